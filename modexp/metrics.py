@@ -1,0 +1,107 @@
+"""Run files on disk: atomic JSON, an append-only metrics log, and their readers.
+
+Layout of one run, results/<experiment>/<run_id>/:
+- run.json      {"plan": <plan entry>, "spec": <resolved spec>}   written once, before training
+- metrics.jsonl one JSON object per line; "kind" is "train" or "eval" (see MetricsWriter)
+- summary.json  {"state": "done"|"failed"|..., "final_eval_loss": ..., ...} at the run's end
+- ckpt.pt       the latest checkpoint (train.py)
+No torch here: plots and status read these files without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+RUN_FILE, METRICS_FILE, SUMMARY_FILE = "run.json", "metrics.jsonl", "summary.json"
+
+
+def write_json_atomic(path: str | Path, obj: object) -> None:
+    """Write JSON via a temp file + fsync + rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(obj), f, indent=2, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON file written by write_json_atomic."""
+    return json.loads(Path(path).read_text())
+
+
+def _clean(obj):
+    """NaN/inf -> None so every file is strict JSON (a diverged loss is recorded as null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+class MetricsWriter:
+    """Append-only metrics.jsonl for one run.
+
+    Train rows: kind="train", step, tokens, flops (cumulative training FLOPs, analytic),
+    train_loss, lm_loss, aux_loss, predictor_loss, lr, grad_norm, routed_frac (list, one per
+    routed layer), wall_time (s since the run started, across resumes), tokens_per_s.
+    Eval rows: kind="eval", step, tokens, flops, budget_frac, eval_loss (top-k routing) and for
+    MoD eval_loss_causal, predictor_acc, predictor_precision, predictor_recall,
+    routed_frac_causal (list per routed layer).
+    On resume, `truncate_after(step)` drops rows logged after the checkpoint, so the log
+    continues with no duplicated or missing rows.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, row: dict) -> None:
+        """Append one row and flush it to disk."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_clean(row), allow_nan=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only rows with step <= `step` (and drop a torn last line)."""
+        rows = [r for r in read_metrics(self.path) if r["step"] <= step] if self.path.exists() else []
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        _write_text_atomic(self.path, text)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Rows of a metrics.jsonl; a torn final line (killed mid-write) is ignored."""
+    rows = []
+    lines = Path(path).read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+    return rows

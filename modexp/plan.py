@@ -1,0 +1,148 @@
+"""The planner: spec -> one FLOP-matched entry per run (pure accounting, no torch).
+
+One explicit rule fixes every horizon (as nanochat derives its horizon from a FLOP target):
+    steps = round(budget / flops_per_step),  flops_per_step = batch_size * train_flops(T)
+so every run of a budget spends the same training FLOPs to within half a step, whatever its
+size or variant, and MoD, cheaper per step, takes more steps. Warmup, decay and eval points
+are fractions of these steps, hence fractions of the FLOP budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from modexp import flops as F
+from modexp.corpus import SourceError, resolve_source
+from modexp.spec import ExperimentSpec, SpecError
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything the trainer needs to know about one run's horizon and cost."""
+
+    run_id: str
+    experiment: str
+    budget: float
+    model: str
+    variant: str
+    kind: str  # vanilla | mod
+    seed: int
+    convention: str
+    seq_len: int
+    batch_size: int
+    vocab: int
+    params: int
+    params_non_embedding: int
+    forward_flops_per_token: float  # one forward pass as sampled (LM + predictors), per token
+    flops_per_step: int  # training FLOPs of one optimiser step (batch_size sequences)
+    steps: int
+    tokens: int
+    total_flops: int
+    residual: float  # total_flops - budget
+    residual_pct: float
+    warmup_steps: int
+    eval_steps: list[int]
+    capacities: list[float | None]
+    fwd_ratio_vs_vanilla: float | None = None  # MoD forward FLOPs / vanilla of the same size
+    epochs: float | None = None  # training tokens / training-split tokens
+
+    def to_dict(self) -> dict:
+        """Plain data for JSON."""
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    """All runs of a spec, in stable order (budget, model, variant, seed), plus warnings."""
+
+    runs: list[RunPlan]
+    warnings: list[str] = field(default_factory=list)
+
+
+def budget_tag(budget: float) -> str:
+    """Readable, stable budget label for run ids: 3e12, 1.5e12, 6e18."""
+    mant, exp = f"{budget:.6e}".split("e")
+    return f"{float(mant):g}e{int(exp)}"
+
+
+def run_id(budget: float, model: str, variant: str, seed: int) -> str:
+    """Stable run id: <budget>-<model>-<variant>-s<seed>."""
+    return f"{budget_tag(budget)}-{model}-{variant}-s{seed}"
+
+
+def eval_steps(steps: int, points: int) -> list[int]:
+    """Steps at k/points of the run, k = 1..points (the same budget fractions for every run)."""
+    return sorted({max(1, round(k * steps / points)) for k in range(1, points + 1)})
+
+
+def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) -> RunPlan:
+    variant, T, B = spec.variants[vname], spec.data.seq_len, spec.train.batch_size
+    arch = F.arch_from_config(model, variant, spec.data.vocab)
+    conv = spec.flops.convention
+    per_step = B * F.train_flops(arch, T, conv)
+    steps = round(budget / per_step)
+    total = steps * per_step
+    counts = F.param_counts(arch)
+    return RunPlan(
+        run_id=run_id(budget, model.name, vname, seed), experiment=spec.name, budget=budget,
+        model=model.name, variant=vname, kind=variant.kind, seed=seed, convention=conv,
+        seq_len=T, batch_size=B, vocab=spec.data.vocab, params=counts["total"],
+        params_non_embedding=counts["non_embedding"],
+        forward_flops_per_token=F.inference_flops(arch, T, conv) / T, flops_per_step=per_step,
+        steps=steps, tokens=steps * B * T, total_flops=total, residual=total - budget,
+        residual_pct=100 * (total - budget) / budget,
+        warmup_steps=round(spec.train.warmup * steps),
+        eval_steps=eval_steps(steps, spec.train.eval_points),
+        capacities=list(arch.capacities) or [None] * model.n_layers)
+
+
+def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
+    """Attach each run's forward-FLOP ratio against the vanilla run of the same size."""
+    vanilla = {r.model: r.forward_flops_per_token for r in runs if r.kind == "vanilla"}
+    return [replace(r, fwd_ratio_vs_vanilla=r.forward_flops_per_token / vanilla[r.model])
+            if r.model in vanilla else r for r in runs]
+
+
+def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int | None = None) -> Plan:
+    """Plan every run; raise SpecError for a budget below one step. `train_tokens` sets epochs."""
+    runs, problems = [], []
+    for i, budget in enumerate(spec.budgets):
+        for model in spec.models:
+            for vname in spec.variants:
+                for seed in spec.seeds:
+                    r = _entry(spec, budget, model, vname, seed)
+                    if r.steps < 1 or budget < r.flops_per_step:
+                        problems.append(
+                            f"budgets[{i}]: {budget:g} FLOPs is less than one training step of "
+                            f"model {model.name} / variant {vname} ({r.flops_per_step:.3g} FLOPs); "
+                            f"allowed: >= {r.flops_per_step:.3g}")
+                        break
+                    runs.append(r)
+    if problems:
+        raise SpecError(source, sorted(set(problems), key=problems.index))
+    plan = Plan(_with_ratios(runs))
+    if train_tokens:
+        plan = _with_epochs(plan, train_tokens)
+    return plan
+
+
+def _with_epochs(plan: Plan, train_tokens: int) -> Plan:
+    runs = [replace(r, epochs=r.tokens / train_tokens) for r in plan.runs]
+    warnings = [f"{r.run_id}: {r.tokens:,} training tokens is {r.epochs:.2f} epochs of the "
+                f"{train_tokens:,}-token training split (data will repeat)"
+                for r in runs if r.epochs > 1]
+    return Plan(runs, plan.warnings + warnings)
+
+
+def plan_spec(spec: ExperimentSpec, source: str = "<spec>") -> Plan:
+    """Plan a spec against its data source (resolved for its size; a missing one is an error)."""
+    try:
+        n = resolve_source(spec.data.source).n_tokens
+    except SourceError as e:
+        raise SpecError(source, [f"data.source: {e}"]) from None
+    return build_plan(spec, source, train_tokens=n - val_tokens(n, spec.data.val_fraction))
+
+
+def val_tokens(n_tokens: int, val_fraction: float) -> int:
+    """Held-out tokens at the end of the corpus (data.py splits there too)."""
+    return int(n_tokens * val_fraction)

@@ -1,0 +1,286 @@
+"""Experiment spec: YAML -> typed, frozen, validated config (the single source of truth).
+
+Every field is documented where it is declared and checked once, here. Unknown keys are
+rejected (`extra="forbid"`), and every problem in a file is reported at once, one bullet per
+field, as `SpecError` (the CLI turns it into exit code 2). No torch import: `modexp plan`
+must stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(Exception):
+    """A spec (or other user input) is invalid; `problems` holds one line per bad field."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source, self.problems = source, problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where tokens come from and how they are windowed."""
+
+    source: str = "builtin:pystdlib"
+    """`builtin:pystdlib` (the Python stdlib's own source, byte tokens), a text file or folder of
+    text files (byte tokens), or a `.bin` of uint16 tokens (nanoGPT layout, needs vocab_size)."""
+    seq_len: int = Field(128, ge=2)
+    """Tokens per training sequence (T)."""
+    vocab_size: int | None = Field(None, ge=2, le=65536)
+    """Vocabulary size; required for `.bin` sources, fixed at 256 for byte-level sources."""
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    """Share of the corpus held out (the tail, deterministic) for evaluation."""
+
+    @model_validator(mode="after")
+    def _vocab_matches_source(self):
+        if self.source.endswith(".bin") and self.vocab_size is None:
+            raise ValueError("vocab_size: required for a .bin token file")
+        if not self.source.endswith(".bin") and self.vocab_size not in (None, 256):
+            raise ValueError("vocab_size: must be 256 (or absent) for byte-level sources")
+        return self
+
+    @property
+    def vocab(self) -> int:
+        """The vocabulary size the model is built with."""
+        return self.vocab_size or 256
+
+
+class FlopsConfig(_Strict):
+    """Which FLOP convention matches budgets to steps (see flops.py)."""
+
+    convention: Literal["matmul", "chinchilla"] = "matmul"
+
+
+class ModelConfig(_Strict):
+    """One size of the model grid; shared by every variant."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.]+$")
+    n_layers: int = Field(ge=1)
+    d_model: int = Field(ge=2)
+    n_heads: int = Field(ge=1)
+    d_ff: int | None = Field(None, ge=1)
+    """MLP hidden width; default 4*d_model (plain) or the 8/3*d_model multiple of 64 (swiglu)."""
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    tie_embeddings: bool = False
+    rope_base: float = Field(10000.0, gt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: must divide d_model ({self.d_model}), got {self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError("n_heads: d_model / n_heads must be even (RoPE rotates pairs of dims)")
+        return self
+
+    @property
+    def ffn(self) -> int:
+        """The MLP hidden width actually used."""
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":  # LLaMA: 2/3 of 4d, rounded up to a multiple of 64
+            return 64 * math.ceil(8 * self.d_model / 3 / 64)
+        return 4 * self.d_model
+
+
+class VanillaVariant(_Strict):
+    """A dense transformer: every token through every block."""
+
+    kind: Literal["vanilla"]
+
+
+class ModVariant(_Strict):
+    """Mixture-of-Depths (Raposo et al. 2024): routed blocks process top-k tokens per sequence."""
+
+    kind: Literal["mod"]
+    capacity: float = Field(0.125, gt=0, le=1)
+    """Fraction of each sequence a routed block processes: k = max(1, floor(capacity * T))."""
+    route_every: int = Field(2, ge=1)
+    """Route every n-th block, the first block dense (paper: every other block, n = 2)."""
+    layers: dict[int, Annotated[float, Field(gt=0, le=1)]] | None = None
+    """Explicit per-layer capacities {layer_index: capacity}; overrides capacity/route_every."""
+    causal: Literal["predictor", "aux_loss", "none"] = "predictor"
+    """How sampling decides per token: a predictor MLP, the router logit (aux BCE loss), or none."""
+    gate: Literal["identity", "sigmoid"] = "sigmoid"
+    """g(r) scaling the block update. Paper: identity; sigmoid bounds it (NaN-free default)."""
+    aux_loss_weight: float = Field(0.01, ge=0)
+    """Weight of the router BCE loss (causal: aux_loss) added to the LM loss."""
+    predictor_hidden: int = Field(64, ge=1)
+    """Hidden width of the causal predictor MLP (causal: predictor)."""
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_nonempty(cls, v):
+        if v is not None and not v:
+            raise ValueError("layers must name at least one layer, or be omitted")
+        if v is not None and any(i < 0 for i in v):
+            raise ValueError("layer indices must be >= 0")
+        return v
+
+    def capacities(self, n_layers: int) -> list[float | None]:
+        """Per-layer capacity, None for a dense layer."""
+        if self.layers is not None:
+            return [self.layers.get(i) for i in range(n_layers)]
+        n = self.route_every
+        return [self.capacity if i % n == n - 1 else None for i in range(n_layers)]
+
+
+Variant = Annotated[Union[VanillaVariant, ModVariant], Field(discriminator="kind")]
+
+
+class TrainConfig(_Strict):
+    """Optimiser and schedule; every horizon is a fraction of the FLOP-derived step count."""
+
+    batch_size: int = Field(32, ge=1)
+    """Global sequences per optimiser step (what the FLOP budget is divided by)."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Sequences per forward pass; gradient accumulation makes up batch_size. Default: all."""
+    lr: float = Field(3e-3, gt=0)
+    warmup: float = Field(0.02, ge=0, lt=1)
+    """Linear warmup, as a fraction of the planned steps."""
+    min_lr: float = Field(0.1, ge=0, le=1)
+    """Cosine decay ends at min_lr * lr exactly at the last planned step."""
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global grad norm to this; 0 disables clipping."""
+    eval_points: int = Field(10, ge=1)
+    """Evaluate at k/eval_points of every run's budget, k = 1..eval_points."""
+    eval_batches: int = Field(4, ge=1)
+    """Validation batches (of batch_size sequences) per evaluation."""
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    """Steps between atomic checkpoints (one is also written at every eval point)."""
+    compile: bool = False
+    """torch.compile the model (top-k training path; static shapes)."""
+
+    @model_validator(mode="after")
+    def _micro_divides_batch(self):
+        mb = self.micro_batch_size
+        if mb is not None and self.batch_size % mb:
+            raise ValueError(f"micro_batch_size: must divide batch_size ({self.batch_size}), got {mb}")
+        return self
+
+
+class ExperimentSpec(_Strict):
+    """A whole experiment: every budget x model x variant x seed is one run."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Results go to results/<name>/."""
+    seeds: list[int] = Field([0], min_length=1)
+    data: DataConfig = DataConfig()
+    flops: FlopsConfig = FlopsConfig()
+    budgets: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1)
+    """Training FLOPs per run, identical for every variant and size."""
+    models: list[ModelConfig] = Field(min_length=1)
+    variants: dict[str, Variant] = Field(min_length=1)
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        problems = _cross_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _cross_problems(spec: ExperimentSpec) -> list[str]:
+    problems = []
+    names = [m.name for m in spec.models]
+    if len(set(names)) != len(names):
+        problems.append(f"models: names must be unique, got {names}")
+    for vname, v in spec.variants.items():
+        if not _NAME_OK(vname):
+            problems.append(f"variants.{vname}: names may use letters, digits, '_' and '.'")
+        if v.kind != "mod" or v.layers is None:
+            continue
+        for m in spec.models:
+            bad = [i for i in v.layers if i >= m.n_layers]
+            if bad:
+                problems.append(f"variants.{vname}.layers: layer {bad[0]} does not exist in "
+                                f"model {m.name} (layers 0..{m.n_layers - 1})")
+    if len(set(spec.budgets)) != len(spec.budgets):
+        problems.append("budgets: each budget must appear once")
+    return problems
+
+
+def _NAME_OK(s: str) -> bool:
+    return bool(s) and all(c.isalnum() or c in "_." for c in s)
+
+
+def _loc(loc: tuple) -> str:
+    """Pydantic error location -> dotted field path, dropping union tags like 'mod'."""
+    parts = [str(p) for p in loc if p not in ("vanilla", "mod", "function-after")]
+    return ".".join(p if not p.isdigit() else f"[{p}]" for p in parts).replace(".[", "[")
+
+
+def _message(err: dict) -> str:
+    field = _loc(err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{field}: unknown key{hint}; allowed: {', '.join(allowed)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    head, _, rest = msg.partition(": ")
+    if err["type"] == "value_error" and rest and head in _allowed_keys(err["loc"]):
+        field, msg = f"{field}.{head}" if field else head, rest  # a validator naming its field
+    if err["type"] == "union_tag_invalid":
+        msg = "kind must be 'vanilla' or 'mod'"
+    if err["type"] == "union_tag_not_found":
+        msg = "missing 'kind' (vanilla or mod)"
+    return f"{field or '(top level)'}: {msg}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The field names of the config class an error location points into."""
+    classes = {"data": DataConfig, "flops": FlopsConfig, "models": ModelConfig,
+               "train": TrainConfig, "vanilla": VanillaVariant, "mod": ModVariant}
+    cls = ExperimentSpec
+    for part in loc:  # the innermost known section wins, e.g. variants.<name>.mod -> ModVariant
+        cls = classes.get(part, cls) if isinstance(part, str) else cls
+    return sorted(cls.model_fields)
+
+
+def parse_spec(raw: object, source: str = "<spec>") -> ExperimentSpec:
+    """Validate a loaded YAML mapping; raise SpecError listing every bad field."""
+    if not isinstance(raw, dict):
+        raise SpecError(source, ["(top level): the spec must be a YAML mapping of keys"])
+    try:
+        return ExperimentSpec.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():  # cross-field checks arrive as one top-level error; split them
+            msg = _message(err)
+            problems += msg.removeprefix("(top level): ").split("; ") if not err["loc"] else [msg]
+        raise SpecError(source, problems) from None
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate a spec file; raise SpecError on a missing file or any bad field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(str(path), ["file not found (expected a YAML experiment spec)"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(str(path), [f"{where}YAML syntax error: {getattr(e, 'problem', e)}"]) from None
+    return parse_spec(raw, str(path))
+
+
+def spec_to_dict(spec: ExperimentSpec) -> dict:
+    """The resolved spec as plain JSON-able data (written next to every run)."""
+    return spec.model_dump(mode="json")
