@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from modexp import flops as F
 from modexp.corpus import SourceError, resolve_source
-from modexp.spec import ExperimentSpec, SpecError
+from modexp.spec import ExperimentSpec, SpecError, load_spec
 
 
 @dataclass(frozen=True)
@@ -135,14 +135,23 @@ def _with_epochs(plan: Plan, train_tokens: int) -> Plan:
 
 
 def plan_spec(spec: ExperimentSpec, source: str = "<spec>") -> Plan:
-    """Plan a spec against its data source (resolved for its size; a missing one is an error)."""
+    """Plan a spec; the data source sets epochs. A missing source is only a warning here:
+    planning is accounting, done before data exists (a cluster's corpus, say); `run` refuses it."""
     try:
         n = resolve_source(spec.data.source).n_tokens
     except SourceError as e:
-        raise SpecError(source, [f"data.source: {e}"]) from None
+        plan = build_plan(spec, source)
+        plan.warnings.append(f"data.source: {e} (epochs not computed; `modexp run` needs it)")
+        return plan
     return build_plan(spec, source, train_tokens=n - val_tokens(n, spec.data.val_fraction))
 
 
 def val_tokens(n_tokens: int, val_fraction: float) -> int:
     """Held-out tokens at the end of the corpus (data.py splits there too)."""
     return int(n_tokens * val_fraction)
+
+
+def plan_file(path) -> tuple[ExperimentSpec, Plan]:
+    """Load, validate and plan a spec file (what `modexp plan` calls)."""
+    spec = load_spec(path)
+    return spec, plan_spec(spec, str(path))

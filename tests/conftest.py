@@ -1,0 +1,34 @@
+"""Shared test helpers: tiny specs written to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {
+    "name": "tiny",
+    "seeds": [0],
+    "data": {"source": "builtin:pystdlib", "seq_len": 32},
+    "budgets": [2e9],
+    "models": [{"name": "xs", "n_layers": 2, "d_model": 32, "n_heads": 2}],
+    "variants": {"vanilla": {"kind": "vanilla"},
+                 "mod": {"kind": "mod", "capacity": 0.25, "route_every": 2, "causal": "predictor"}},
+    "train": {"batch_size": 4, "lr": 3e-3, "eval_points": 2, "eval_batches": 1, "log_every": 2,
+              "checkpoint_every": 5},
+}
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    """Write a spec dict (TINY, updated by keyword sections) to a YAML file; return its path."""
+
+    def _write(spec: dict | None = None, name: str = "spec.yaml", **sections) -> Path:
+        data = dict(TINY if spec is None else spec)
+        data.update(sections)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return _write
