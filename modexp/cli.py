@@ -48,3 +48,65 @@ def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
             err.print(f"warning: {w}", highlight=False)
     else:
         print_plan(p, out)
+
+
+@app.command()
+def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
+        results: Path = typer.Option(Path("results"), help="Results root; runs go to RESULTS/<name>/."),
+        only: list[str] = typer.Option(None, help="Run id or glob to train (repeatable)."),
+        shard: str = typer.Option(None, help="i/n: train every n-th selected run, starting at i."),
+        retry_failed: bool = typer.Option(False, help="Retry runs that failed, from their checkpoint."),
+        device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda."),
+        plot_after: bool = typer.Option(False, "--plot", help="Run `modexp plot` at the end.")) -> None:
+    """Train every run of the spec, FLOP-matched and resumable; finished runs are skipped."""
+    from modexp.progress import SweepProgress
+    from modexp.runner import parse_shard, run_sweep
+
+    try:
+        report = run_sweep(spec, results, only, parse_shard(shard), retry_failed, device,
+                           progress=SweepProgress(out))
+    except SpecError as e:
+        _fail(e)
+    out.print(f"results in {report.experiment_dir}; figures: modexp plot {report.experiment_dir}")
+    if plot_after:
+        plot(report.experiment_dir, "png")
+    if report.failed:
+        err.print(f"[red]{len(report.failed)} run(s) failed:[/] {', '.join(report.failed)} "
+                  "(see error.log in each run folder)")
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(path: Path = typer.Argument(..., help="A spec (YAML) or its results folder."),
+           results: Path = typer.Option(Path("results"), help="Results root, for a spec."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Each run's state (planned, running, interrupted, done, failed), progress and losses."""
+    from modexp.status import print_status, sweep_status
+
+    try:
+        rows = sweep_status(path, results)
+    except SpecError as e:
+        _fail(e)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        print_status(rows, out)
+
+
+@app.command()
+def plot(path: Path = typer.Argument(..., help="A results folder (or the spec that wrote it)."),
+         fmt: str = typer.Option("png", "--format", help="Comma-separated: png, svg, pdf."),
+         results: Path = typer.Option(Path("results"), help="Results root, for a spec.")) -> None:
+    """Loss vs training FLOPs, isoFLOP profiles, MoD routing figures and the summary table."""
+    from modexp.plot import plot_results, print_report
+    from modexp.status import experiment_dir
+
+    formats = [f.strip() for f in fmt.split(",") if f.strip()]
+    try:
+        bad = [f for f in formats if f not in ("png", "svg", "pdf")]
+        if bad:
+            raise SpecError("--format", [f"--format: {', '.join(bad)} not allowed; allowed: png, svg, pdf"])
+        report = plot_results(experiment_dir(path, results), formats)
+    except SpecError as e:
+        _fail(e)
+    print_report(report, out)

@@ -1,0 +1,57 @@
+"""Token data: a held-out tail for validation and seeded random training windows.
+
+The training batch of step s is a pure function of (seed, s): resuming needs no data
+position beyond the step, and a DDP rank takes its slice of the same global batch, so 1 and
+N processes see exactly the same data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from modexp.corpus import Source, resolve_source
+from modexp.plan import val_tokens
+
+
+def load_tokens(source: Source) -> torch.Tensor:
+    """The whole source as a 1-D tensor (uint8 for bytes, int32 for uint16 .bin tokens)."""
+    if source.token_bytes == 2:
+        arrays = [np.fromfile(f, dtype=np.uint16) for f in source.files]
+        return torch.from_numpy(np.concatenate(arrays).astype(np.int32))
+    return torch.frombuffer(bytearray(source.read_bytes()), dtype=torch.uint8)
+
+
+class TokenData:
+    """Train/validation windows over one source (the tail val_fraction is held out)."""
+
+    def __init__(self, source_name: str, seq_len: int, val_fraction: float):
+        self.source = resolve_source(source_name)
+        tokens = load_tokens(self.source)
+        n_val = val_tokens(len(tokens), val_fraction)
+        self.train, self.val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:]
+        self.seq_len = seq_len
+        for split, t in (("training", self.train), ("validation", self.val)):
+            if len(t) < seq_len + 1:
+                raise ValueError(f"data.source {source_name}: the {split} split has {len(t)} "
+                                 f"tokens, fewer than seq_len + 1 = {seq_len + 1}")
+
+    def _windows(self, tokens: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = starts[:, None] + torch.arange(self.seq_len + 1)  # (B, T+1)
+        chunk = tokens[idx].long()
+        return chunk[:, :-1], chunk[:, 1:]  # inputs, next-token targets
+
+    def train_batch(self, seed: int, step: int, batch_size: int,
+                    rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows `rows` of step `step`'s global batch of random windows (seeded by seed, step)."""
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        starts = torch.randint(0, len(self.train) - self.seq_len, (batch_size,), generator=g)
+        return self._windows(self.train, starts[rows])
+
+    def val_batches(self, n_batches: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Fixed, evenly spaced validation windows: the same for every run of an experiment."""
+        n = n_batches * batch_size
+        last = len(self.val) - self.seq_len - 1
+        starts = torch.linspace(0, last, n).long()
+        return [self._windows(self.val, starts[i * batch_size:(i + 1) * batch_size])
+                for i in range(n_batches)]

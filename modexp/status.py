@@ -1,0 +1,57 @@
+"""`modexp status`: every run's state and progress, from the files alone (no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from modexp.metrics import METRICS_FILE, SUMMARY_FILE, read_json, read_metrics
+from modexp.runner import PLAN_FILE, run_state
+from modexp.spec import SpecError, load_spec
+
+
+def experiment_dir(path: str | Path, results: str | Path = "results") -> Path:
+    """A results folder as given, or results/<name> for a spec file."""
+    path = Path(path)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return Path(results) / load_spec(path).name
+    if not path.is_dir():
+        raise SpecError(str(path), ["no such results folder or spec file"])
+    return path
+
+
+def sweep_status(path: str | Path, results: str | Path = "results") -> list[dict]:
+    """One dict per planned run: run_id, state, steps, progress in FLOPs, final eval losses."""
+    exp = experiment_dir(path, results)
+    if not (exp / PLAN_FILE).exists():
+        raise SpecError(str(exp), [f"no {PLAN_FILE}: nothing has been run here yet (modexp run SPEC)"])
+    return [_one(exp / r["run_id"], r) for r in read_json(exp / PLAN_FILE)["runs"]]
+
+
+def _one(run_dir: Path, plan: dict) -> dict:
+    state = run_state(run_dir)
+    rows = read_metrics(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else []
+    flops = max((r["flops"] for r in rows), default=0)
+    summary = read_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).exists() else {}
+    return {"run_id": plan["run_id"], "state": state, "step": max((r["step"] for r in rows), default=0),
+            "steps": plan["steps"], "flops": flops, "total_flops": plan["total_flops"],
+            "progress": flops / plan["total_flops"],
+            "final_eval_loss": summary.get("final_eval_loss"),
+            "final_eval_loss_causal": summary.get("final_eval_loss_causal"),
+            "error": summary.get("error")}
+
+
+def print_status(rows: list[dict], console: Console) -> None:
+    """A rich table of the sweep."""
+    t = Table(title="sweep status")
+    for col in ("run id", "state", "steps", "FLOPs done", "eval loss", "causal loss", "error"):
+        t.add_column(col)
+    colour = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}
+    for r in rows:
+        fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+        t.add_row(r["run_id"], f"[{colour.get(r['state'], 'white')}]{r['state']}[/]",
+                  f"{r['step']}/{r['steps']}", f"{100 * r['progress']:.0f}%",
+                  fmt(r["final_eval_loss"]), fmt(r["final_eval_loss_causal"]), r["error"] or "")
+    console.print(t)

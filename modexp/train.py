@@ -1,0 +1,294 @@
+"""One trainer for every run: it takes a model, a run plan and a logger, nothing else.
+
+The horizon is the plan's FLOP-matched step count; the LR schedule (linear warmup, cosine
+decay to min_lr) spans exactly those steps, so warmup and decay are fractions of the FLOP
+budget. Cumulative FLOPs are analytic: step * flops_per_step from the plan.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.distributed as dist
+
+from modexp.data import TokenData
+from modexp.plan import RunPlan
+from modexp.spec import TrainConfig
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Logger(Protocol):
+    """Where rows go (metrics file, progress bar); the trainer does not know which."""
+
+    def log(self, row: dict) -> None: ...
+
+
+@dataclass
+class Context:
+    """Where and how to run: device, precision, and the DDP rank (world 1 without torchrun)."""
+
+    device: torch.device
+    autocast: bool = False  # bf16 autocast (CUDA)
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes metrics and checkpoints."""
+        return self.rank == 0
+
+
+def lr_factor(step: int, steps: int, warmup: int, min_lr: float) -> float:
+    """LR multiplier for 0-based `step`: linear warmup, then cosine to min_lr at step steps-1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = steps - 1 - warmup
+    progress = 1.0 if span <= 0 else min(1.0, (step - warmup) / span)
+    return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not norms, biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak memory: CUDA allocator peak, or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return {"peak_mem_bytes": torch.cuda.max_memory_allocated(device), "peak_mem_kind": "cuda_allocated"}
+    return {"peak_mem_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_mem_kind": "process_max_rss"}
+
+
+class Trainer:
+    """Trains one model for exactly plan.steps steps, evaluating at the plan's eval steps."""
+
+    def __init__(self, model: torch.nn.Module, plan: RunPlan, cfg: TrainConfig, data: TokenData,
+                 logger: Logger, ckpt_path: Path, ctx: Context,
+                 on_step: Callable[[int, float | None], None] | None = None):
+        self.plan, self.cfg, self.data, self.logger, self.ctx = plan, cfg, data, logger, ctx
+        self.ckpt_path, self.on_step = ckpt_path, on_step or (lambda step, loss: None)
+        self.raw = model.to(ctx.device)
+        self.opt = make_optimizer(self.raw, cfg, ctx.device)
+        warm = plan.warmup_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, plan.steps, warm, cfg.min_lr))
+        self.model = self._wrap(self.raw)
+        self.step, self.wall_offset, self.last_eval = 0, 0.0, {}
+        micro = cfg.micro_batch_size or cfg.batch_size
+        if cfg.batch_size % (micro * ctx.world) and cfg.batch_size % ctx.world == 0:
+            micro = cfg.batch_size // ctx.world  # one micro-batch per rank is the most that fits
+        self.micro, self.accum = micro, cfg.batch_size // (micro * ctx.world)
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.ctx.world > 1:
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(model) if self.cfg.compile else model
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, wall: float) -> None:
+        """Atomically checkpoint model, optimizer, scheduler, step and RNG states (rank 0)."""
+        if not self.ctx.is_main:
+            return
+        state = {"model": self.raw.state_dict(), "opt": self.opt.state_dict(),
+                 "sched": self.sched.state_dict(), "step": self.step, "wall_time": wall,
+                 "cpu_rng": torch.get_rng_state(), "run_id": self.plan.run_id,
+                 "last_eval": self.last_eval}
+        if self.ctx.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
+        _save_atomic(state, self.ckpt_path)
+
+    def resume(self) -> int:
+        """Load the checkpoint if one exists; return the step to continue from."""
+        if not self.ckpt_path.exists():
+            return 0
+        state = torch.load(self.ckpt_path, map_location=self.ctx.device, weights_only=False)
+        self.raw.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        torch.set_rng_state(state["cpu_rng"])
+        if "cuda_rng" in state and self.ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.ctx.device)
+        self.step, self.wall_offset = state["step"], state["wall_time"]
+        self.last_eval = state["last_eval"]
+        return self.step
+
+    # ------------------------------------------------------------ steps
+    def _autocast(self):
+        dev = self.ctx.device.type
+        return torch.autocast(dev, dtype=torch.bfloat16) if self.ctx.autocast else nullcontext()
+
+    def _micro_batches(self, step: int):
+        """This rank's micro-batches of the step's global batch (same data for any world size)."""
+        per_rank = self.cfg.batch_size // self.ctx.world
+        base = self.ctx.rank * per_rank
+        for i in range(self.accum):
+            rows = slice(base + i * self.micro, base + (i + 1) * self.micro)
+            x, y = self.data.train_batch(self.plan.seed, step, self.cfg.batch_size, rows)
+            yield x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimiser step over the global batch; returns detached loss/stat tensors."""
+        sums: dict[str, torch.Tensor] = {}
+        for i, (x, y) in enumerate(self._micro_batches(self.step)):
+            sync = i == self.accum - 1 or self.ctx.world == 1
+            ctx = nullcontext() if sync else self.model.no_sync()
+            with ctx, self._autocast():
+                out = self.model(x, y)
+            with ctx:
+                (out.loss / self.accum).backward()
+            _accumulate(sums, out, self.accum)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), clip)
+        sums["lr"] = torch.tensor(self.sched.get_last_lr()[0])
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        self.step += 1
+        return sums
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Eval loss with top-k routing and, for MoD with a causal method, causal routing."""
+        self.raw.eval()
+        # eval_batches x batch_size sequences, chunked to fit: the same set for every run
+        batches = self.data.val_batches(self.cfg.eval_batches * self.cfg.batch_size // self.micro, self.micro)
+        row = _eval_pass(self.raw, batches, "topk", self.ctx, self._autocast)
+        if row.pop("causal_ok"):
+            causal = _eval_pass(self.raw, batches, "causal", self.ctx, self._autocast)
+            row |= {"eval_loss_causal": causal["eval_loss"],
+                    "routed_frac_causal": causal["routed_frac"],
+                    "routed_frac_topk": row.pop("routed_frac")}
+            causal.pop("causal_ok")
+        self.raw.train()
+        return row
+
+    # ------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        """Train from the current step to plan.steps; return the summary of the finished run."""
+        plan, start_wall = self.plan, time.time() - self.wall_offset
+        eval_at, bad = set(plan.eval_steps), torch.zeros((), dtype=torch.bool)
+        t_log, step_log = time.time(), self.step
+        self.raw.train()
+        while self.step < plan.steps:
+            sums = self.train_step()
+            bad |= ~torch.isfinite(sums["loss"].detach().cpu())
+            s, loss = self.step, None
+            log_now = s % self.cfg.log_every == 0 or s in eval_at or s == plan.steps
+            ckpt_now = s in eval_at or s % self.cfg.checkpoint_every == 0 or s == plan.steps
+            if (log_now or ckpt_now) and bad.item():  # never log or checkpoint a diverged state
+                raise Diverged(f"loss is not finite (NaN/inf) by step {s}")
+            if log_now:
+                now = time.time()
+                tok_s = (s - step_log) * plan.batch_size * plan.seq_len / max(now - t_log, 1e-9)
+                row = self._train_row(sums, now - start_wall, tok_s)
+                self.logger.log(row)
+                t_log, step_log, loss = now, s, row["train_loss"]
+            if s in eval_at:
+                # the nominal fraction k/eval_points this step stands for (within half a step)
+                frac = round(s * self.cfg.eval_points / plan.steps) / self.cfg.eval_points
+                self.last_eval = {"kind": "eval", **self._position(), "budget_frac": frac,
+                                  **self.evaluate()}
+                self.logger.log(self.last_eval)
+            if ckpt_now:
+                self.save(time.time() - start_wall)
+            self.on_step(s, loss)
+        return self._summary(self.last_eval, time.time() - start_wall)
+
+    def _position(self) -> dict:
+        p = self.plan
+        return {"step": self.step, "tokens": self.step * p.batch_size * p.seq_len,
+                "flops": self.step * p.flops_per_step}
+
+    def _train_row(self, sums: dict, wall: float, tok_s: float) -> dict:
+        vals = {k: v.tolist() for k, v in sums.items()}  # one host sync per logged step
+        routed = vals.get("routed", [])
+        return {"kind": "train", **self._position(), "train_loss": vals["loss"],
+                "lm_loss": vals["lm_loss"], "aux_loss": vals.get("aux_loss"),
+                "predictor_loss": vals.get("predictor_loss"), "lr": vals["lr"],
+                "grad_norm": vals["grad_norm"], "routed_frac": routed,
+                "wall_time": wall, "tokens_per_s": tok_s}
+
+    def _summary(self, last_eval: dict, wall: float) -> dict:
+        p = self.plan
+        return {"state": "done", "step": self.step, "flops": self.step * p.flops_per_step,
+                "final_eval_loss": last_eval.get("eval_loss"),
+                "final_eval_loss_causal": last_eval.get("eval_loss_causal"),
+                "predictor_acc": last_eval.get("predictor_acc"),
+                "routed_frac_causal": last_eval.get("routed_frac_causal"),
+                "wall_time": wall, "tokens_per_s": p.tokens / max(wall, 1e-9),
+                **peak_memory(self.ctx.device)}
+
+
+def _accumulate(sums: dict, out, accum: int) -> None:
+    """Average losses over micro-batches; routed fraction per routed layer."""
+    for name in ("loss", "lm_loss", "aux_loss", "predictor_loss"):
+        v = getattr(out, name)
+        if v is not None:
+            sums[name] = sums.get(name, 0) + v.detach().float() / accum
+    if "routed" in out.stats:
+        frac = out.stats["routed"].float() / out.stats["tokens"]
+        sums["routed"] = sums.get("routed", 0) + frac / accum
+
+
+def _eval_pass(model, batches, routing: str, ctx: Context, autocast) -> dict:
+    """Mean LM loss over the validation batches (all ranks see all of them), plus routing stats."""
+    losses, counts = [], {}
+    for x, y in batches:
+        with autocast():
+            out = model(x.to(ctx.device), y.to(ctx.device), routing=routing)
+        losses.append(out.lm_loss.float())
+        for k, v in out.stats.items():
+            counts[k] = counts.get(k, 0) + v.float()
+    row = {"eval_loss": torch.stack(losses).mean().item(), "causal_ok": "pred_tp" in counts}
+    if "routed" in counts:
+        row["routed_frac"] = (counts["routed"] / counts["tokens"]).tolist()
+    if "pred_tp" in counts:
+        row |= _predictor_scores(counts)
+    return row
+
+
+def _predictor_scores(c: dict) -> dict:
+    """Accuracy, precision, recall of the causal decision against top-k membership."""
+    tp, fp, fn, tn = (c[k].sum().item() for k in ("pred_tp", "pred_fp", "pred_fn", "pred_tn"))
+    return {"predictor_acc": (tp + tn) / max(tp + fp + fn + tn, 1),
+            "predictor_precision": tp / max(tp + fp, 1), "predictor_recall": tp / max(tp + fn, 1)}
+
+
+def setup_context(device: str = "auto") -> Context:
+    """Pick the device (cuda, then cpu) and join the torchrun process group if launched by it."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Context(device=dev, autocast=dev.type == "cuda", rank=rank, world=world)

@@ -1,0 +1,148 @@
+"""The trainer and `modexp run`: FLOP-exact, resumable bit for bit, failures recorded, locks."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from modexp import train as T
+from modexp.cli import app
+from modexp.metrics import read_json, read_metrics
+from modexp.runner import run_sweep
+
+from conftest import TINY
+
+runner = CliRunner()
+VOLATILE = {"wall_time", "tokens_per_s"}
+
+
+def _rows(run_dir):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_lr_schedule_spans_exactly_the_planned_steps():
+    f = [T.lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert f[-1] == pytest.approx(0.1)  # min_lr exactly at the last planned step
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_tiny_spec_trains_end_to_end(write_spec, tmp_path):
+    result = runner.invoke(app, ["run", str(write_spec()), "--results", str(tmp_path / "res")])
+    assert result.exit_code == 0, result.output
+    exp = tmp_path / "res" / "tiny"
+    plan = {r["run_id"]: r for r in read_json(exp / "plan.json")["runs"]}
+    for run_id, p in plan.items():
+        rows = read_metrics(exp / run_id / "metrics.jsonl")
+        train = [r for r in rows if r["kind"] == "train"]
+        evals = [r for r in rows if r["kind"] == "eval"]
+        assert train[-1]["flops"] == p["total_flops"]  # cumulative FLOPs end on the plan's total
+        assert train[-1]["step"] == p["steps"]
+        assert train[-1]["lr"] == pytest.approx(TINY["train"]["lr"] * 0.1)  # reaches min_lr
+        assert [r["budget_frac"] for r in evals] == [0.5, 1.0]  # same fractions for every run
+        summary = read_json(exp / run_id / "summary.json")
+        assert summary["state"] == "done" and summary["final_eval_loss"] == evals[-1]["eval_loss"]
+        assert summary["final_eval_loss"] < 5.5  # it learned something (ln 256 = 5.55)
+        if p["kind"] == "mod":
+            assert summary["final_eval_loss_causal"] is not None
+            assert 0 <= summary["predictor_acc"] <= 1
+            assert train[-1]["routed_frac"] == [0.25]
+
+
+class _StopAt:
+    """A progress UI that simulates a kill (Ctrl-C) at a given step."""
+
+    def __init__(self, step):
+        self.at = step
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def step(self, step, loss):
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_kill_and_resume_is_bit_identical(write_spec, tmp_path):
+    spec = write_spec(variants={"mod": TINY["variants"]["mod"]})
+    run_sweep(spec, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):  # checkpoint at step 5, rows 6 and 8 logged, killed at 8
+        run_sweep(spec, tmp_path / "resumed", progress=_StopAt(8))
+    report = run_sweep(spec, tmp_path / "resumed")
+    assert report.outcomes == {"2e9-xs-mod-s0": "done"}
+    a, b = (tmp_path / d / "tiny" / "2e9-xs-mod-s0" for d in ("straight", "resumed"))
+    assert _rows(b) == _rows(a)  # same losses bit for bit, no duplicated or missing rows
+    assert read_json(b / "summary.json")["final_eval_loss"] == read_json(a / "summary.json")["final_eval_loss"]
+
+
+def test_rerun_of_finished_experiment_trains_nothing(write_spec, tmp_path):
+    spec = write_spec()
+    run_sweep(spec, tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("metrics.jsonl")}
+    report = run_sweep(spec, tmp_path)
+    assert set(report.outcomes.values()) == {"skipped"}
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("metrics.jsonl")} == stamps
+
+
+def test_nan_marks_run_failed_and_sweep_goes_on(write_spec, tmp_path, monkeypatch):
+    real = T.Trainer.train_step
+
+    def poisoned(self):
+        sums = real(self)
+        if self.plan.kind == "mod" and self.step >= 3:
+            sums["loss"] = sums["loss"] * float("nan")
+        return sums
+
+    monkeypatch.setattr(T.Trainer, "train_step", poisoned)
+    result = runner.invoke(app, ["run", str(write_spec()), "--results", str(tmp_path)])
+    assert result.exit_code == 1
+    exp = tmp_path / "tiny"
+    failed = read_json(exp / "2e9-xs-mod-s0" / "summary.json")
+    assert failed["state"] == "failed" and "not finite" in failed["error"]
+    assert (exp / "2e9-xs-mod-s0" / "error.log").exists()
+    assert read_json(exp / "2e9-xs-vanilla-s0" / "summary.json")["state"] == "done"
+    status = json.loads(runner.invoke(app, ["status", str(exp), "--json"]).stdout)
+    assert {r["run_id"]: r["state"] for r in status} == {"2e9-xs-vanilla-s0": "done", "2e9-xs-mod-s0": "failed"}
+
+
+def test_lock_refuses_a_second_process(write_spec, tmp_path):
+    run_dir = tmp_path / "tiny" / "2e9-xs-mod-s0"
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"),
+        str(run_dir / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        report = run_sweep(write_spec(), tmp_path)
+        assert report.outcomes == {"2e9-xs-vanilla-s0": "done", "2e9-xs-mod-s0": "locked"}
+        assert not (run_dir / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_only_selects_runs_by_glob(write_spec, tmp_path):
+    report = run_sweep(write_spec(), tmp_path, only=["*-mod-*"])
+    assert report.outcomes == {"2e9-xs-mod-s0": "done"}
+    status = {r["run_id"]: r["state"] for r in json.loads(
+        runner.invoke(app, ["status", str(tmp_path / "tiny"), "--json"]).stdout)}
+    assert status == {"2e9-xs-vanilla-s0": "planned", "2e9-xs-mod-s0": "done"}
+
+
+def test_changed_spec_refuses_to_mix_plans(write_spec, tmp_path):
+    run_sweep(write_spec(), tmp_path, only=["*-vanilla-*"])
+    changed = write_spec(train={**TINY["train"], "batch_size": 8})
+    result = runner.invoke(app, ["run", str(changed), "--results", str(tmp_path)])
+    assert result.exit_code == 2 and "different plan" in result.output
+
+
+def test_missing_data_source_is_refused_before_training(write_spec, tmp_path):
+    spec = write_spec(data={"source": str(tmp_path / "nope.txt"), "seq_len": 32})
+    result = runner.invoke(app, ["run", str(spec), "--results", str(tmp_path / "res")])
+    assert result.exit_code == 2 and "data.source" in result.output and "nope.txt" in result.output
+    assert not (tmp_path / "res").exists()  # nothing written
