@@ -1,0 +1,184 @@
+"""Mixture-of-Depths routing (Raposo et al. 2024, arXiv 2404.02258) around an ordinary Block.
+
+A routed layer l with capacity c on a sequence of T tokens:
+1. router logit r_i = w_l . x_i (its own `Linear(d, 1)`, no bias: flops.py counts d params);
+2. expert-choice top-k over the T positions of each sequence, k = max(1, floor(c*T)), the
+   chosen indices SORTED by position (sort of the indices, not argsort of the scores), so the
+   gathered tokens stay in causal order and `is_causal=True` masks them by original position;
+3. a real gather of the k tokens x~, which run the whole block (attention among themselves
+   only, RoPE at their original positions, MLP): the block's cost really falls to k tokens;
+4. x_i + g(r_i) * f_i scattered back out of place for routed tokens, every other token passed
+   through bit-identical. g is the identity (paper) or a sigmoid (bounded; our default).
+
+Top-k is not causal: whether token i is routed depends on later tokens' scores. For sampling
+(sec. 3.5) each routed layer learns a per-token decision: `aux_loss` (BCE of the router logit
+against top-k membership, added to the LM loss) or `predictor` (a small MLP on stop-gradient
+inputs, trained with its own BCE). routing="causal" routes token i iff that logit is > 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from modexp.flops import routed_k
+from modexp.model import Block
+from modexp.spec import ModVariant
+
+
+@dataclass
+class RouteInfo:
+    """What one routed layer reports: its routing, losses and raw counts (B, T masks)."""
+
+    idx: Tensor  # (B, k) sorted positions gathered (causal mode: padded, see `valid`)
+    valid: Tensor | None  # (B, k) bool, causal mode only: False marks a padding slot
+    n_routed: Tensor  # scalar int64: tokens that ran the block
+    member: Tensor | None  # (B, T) float 0/1 top-k membership: the BCE target
+    decision: Tensor | None  # (B, T) bool: the causal decision (logit > 0)
+    aux_loss: Tensor | None  # router-logit BCE (causal: aux_loss)
+    predictor_loss: Tensor | None  # predictor BCE (causal: predictor)
+
+
+class RoutedLayer(nn.Module):
+    """One routed layer's router (and predictor); runs a given Block on its top-k tokens."""
+
+    def __init__(self, d_model: int, variant: ModVariant, capacity: float):
+        super().__init__()
+        self.capacity, self.gate, self.causal = capacity, variant.gate, variant.causal
+        self.router = nn.Linear(d_model, 1, bias=False)  # own router per layer (not shared)
+        self.predictor = None
+        if variant.causal == "predictor":  # d -> h -> 1 with biases, as flops.py counts it
+            h = variant.predictor_hidden
+            self.predictor = nn.Sequential(nn.Linear(d_model, h), nn.GELU(), nn.Linear(h, 1))
+
+    def forward(self, x: Tensor, block: Block, pos: Tensor,
+                routing: str = "topk") -> tuple[Tensor, RouteInfo]:
+        """x (B, T, d) -> (x with the routed tokens updated, RouteInfo)."""
+        r = self.router(x).squeeze(-1)  # (B, T) router logits
+        k = routed_k(self.capacity, x.size(1))
+        if routing == "topk":
+            idx = topk_positions(r, k)  # (B, k)
+            out = self._run_topk(x, block, pos, r, idx)
+            member = membership(idx, r) if self.causal != "none" else None
+            n_routed = torch.full((), idx.numel(), dtype=torch.long, device=x.device)
+            return out, self._info(x, r, member, idx, None, n_routed)
+        if routing != "causal":
+            raise ValueError(f"routing must be 'topk' or 'causal', got {routing!r}")
+        if self.causal == "none":
+            raise ValueError("routing='causal' needs a causal method; this MoD variant has "
+                             "causal: none (use causal: aux_loss or predictor)")
+        pred = self._predictor_logits(x)
+        decision = (r if pred is None else pred) > 0  # (B, T): route iff logit > 0
+        out, idx, valid = self._run_causal(x, block, pos, r, decision)
+        member = membership(topk_positions(r, k), r)  # what top-k would have done, for stats
+        return out, self._info(x, r, member, idx, valid, decision.sum(), pred, decision)
+
+    def _run_topk(self, x: Tensor, block: Block, pos: Tensor, r: Tensor, idx: Tensor) -> Tensor:
+        """Gather the k tokens of each row, run the block on them, add g(r) * f back."""
+        B, T, d = x.shape
+        flat = flat_index(idx, T)  # (B*k,) rows of x viewed as (B*T, d)
+        xs = x.reshape(B * T, d).index_select(0, flat).view(B, -1, d)  # (B, k, d)
+        f = block.update(xs, pos.expand(B, T).gather(1, idx))  # (B, k, d), original positions
+        upd = self._gated(r.gather(1, idx), f).to(x.dtype)
+        # Out of place: every row not in `flat` is copied from x unchanged (bit-identical).
+        return x.reshape(B * T, d).index_add(0, flat, upd.reshape(-1, d)).view(B, T, d)
+
+    def _run_causal(self, x: Tensor, block: Block, pos: Tensor, r: Tensor,
+                    decision: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Route each token on its own decision; rows padded to the largest routed count."""
+        B, T, d = x.shape
+        counts = decision.sum(1)  # (B,)
+        kmax = int(counts.max())  # host sync: shapes depend on data (eval / sampling only)
+        pos = pos.expand(B, T)
+        # Routed tokens first, each group by position: the first counts[b] slots are row b's.
+        idx = torch.where(decision, pos, pos + T).sort(dim=1).indices[:, :kmax]  # (B, kmax)
+        valid = torch.arange(kmax, device=x.device) < counts.unsqueeze(1)  # (B, kmax)
+        if kmax == 0:
+            return x, idx, valid
+        flat = flat_index(idx, T)
+        xs = x.reshape(B * T, d).index_select(0, flat).view(B, kmax, d)
+        ps = pos.gather(1, idx)  # (B, kmax) original positions
+        f = block.update(xs, ps, padded_causal_mask(ps, valid))
+        new = xs + self._gated(r.gather(1, idx), f).to(x.dtype)
+        new = torch.where(valid.unsqueeze(-1), new, xs)  # padding slots write back x itself
+        return x.reshape(B * T, d).index_copy(0, flat, new.reshape(-1, d)).view(B, T, d), idx, valid
+
+    def _gated(self, r: Tensor, f: Tensor) -> Tensor:
+        """g(r) * f for r (B, k), f (B, k, d): the router weight on the gradient path."""
+        g = torch.sigmoid(r) if self.gate == "sigmoid" else r
+        return g.unsqueeze(-1) * f
+
+    def _predictor_logits(self, x: Tensor) -> Tensor | None:
+        """Predictor logits (B, T) on stop-gradient x (it must not shape the trunk), or None."""
+        if self.predictor is None:
+            return None
+        return self.predictor(x.detach()).squeeze(-1)
+
+    def _info(self, x: Tensor, r: Tensor, member: Tensor | None, idx: Tensor,
+              valid: Tensor | None, n_routed: Tensor, pred: Tensor | None = None,
+              decision: Tensor | None = None) -> RouteInfo:
+        """Losses of the causal method against top-k membership, and the decision for stats."""
+        aux = ploss = None
+        if self.causal == "aux_loss":
+            aux = F.binary_cross_entropy_with_logits(r.float(), member)
+            decision = r > 0 if decision is None else decision
+        elif self.causal == "predictor":
+            pred = self._predictor_logits(x) if pred is None else pred
+            ploss = F.binary_cross_entropy_with_logits(pred.float(), member)
+            decision = pred > 0 if decision is None else decision
+        return RouteInfo(idx, valid, n_routed, member, decision, aux, ploss)
+
+
+def topk_positions(r: Tensor, k: int) -> Tensor:
+    """Expert-choice: the k highest-scoring positions of each row (B, T), sorted by position."""
+    idx = torch.topk(r, k, dim=1, sorted=False).indices  # (B, k) in score order
+    return torch.sort(idx, dim=1).values  # position order keeps the routed tokens causal
+
+
+def membership(idx: Tensor, like: Tensor) -> Tensor:
+    """(B, T) float 1.0 where a row's position is in its top-k set; row by row (dim 1)."""
+    return torch.zeros_like(like, dtype=torch.float32).scatter_(1, idx, 1.0)
+
+
+def flat_index(idx: Tensor, T: int) -> Tensor:
+    """Row indices (B*k,) into x viewed as (B*T, d): position + row offset b*T."""
+    offsets = torch.arange(idx.size(0), device=idx.device).unsqueeze(1) * T  # (B, 1)
+    return (idx + offsets).reshape(-1)
+
+
+def padded_causal_mask(ps: Tensor, valid: Tensor) -> Tensor:
+    """(B, 1, k, k) bool: key valid and not after the query's original position.
+
+    Each slot also sees itself, so a padding query never has an empty row (NaN-free); valid
+    queries are unaffected, since a padding key is never visible to them.
+    """
+    causal = ps.unsqueeze(2) >= ps.unsqueeze(1)  # (B, k, k): query pos >= key pos
+    eye = torch.eye(ps.size(1), dtype=torch.bool, device=ps.device)
+    return ((causal & valid.unsqueeze(1)) | eye).unsqueeze(1)
+
+
+def route_losses(infos: list[RouteInfo]) -> tuple[Tensor | None, Tensor | None]:
+    """Mean aux BCE and mean predictor BCE over the routed layers (None when absent)."""
+    aux = [i.aux_loss for i in infos if i.aux_loss is not None]
+    pred = [i.predictor_loss for i in infos if i.predictor_loss is not None]
+    mean = lambda xs: torch.stack(xs).mean() if xs else None  # noqa: E731
+    return mean(aux), mean(pred)
+
+
+def route_stats(infos: list[RouteInfo], n_tokens: int, device) -> dict[str, Tensor]:
+    """Detached tensors (no .item()): routed per layer, tokens, and the decision's confusion."""
+    stats = {"routed": torch.stack([i.n_routed for i in infos]).detach(),
+             "tokens": torch.full((), n_tokens, dtype=torch.long, device=device)}
+    if infos[0].decision is None:
+        return stats
+    confusion = []
+    for i in infos:
+        dec, mem = i.decision, i.member > 0
+        confusion.append(torch.stack([(dec & mem).sum(), (dec & ~mem).sum(),
+                                      (~dec & mem).sum(), (~dec & ~mem).sum()]))
+    tp, fp, fn, tn = torch.stack(confusion).detach().unbind(1)  # (n_routed,) each
+    stats.update(pred_tp=tp, pred_fp=fp, pred_fn=fn, pred_tn=tn)
+    return stats

@@ -1,0 +1,222 @@
+"""A nanoGPT-style decoder-only transformer, vanilla or Mixture-of-Depths, read top to bottom.
+
+Token embedding -> pre-norm blocks (RMSNorm, causal self-attention with RoPE, MLP) -> final
+RMSNorm -> LM head. No biases anywhere in the LM: flops.py counts none, and the parameter
+count must match it exactly. A Mixture-of-Depths model (Raposo et al. 2024, arXiv 2404.02258)
+is the same stack of the same `Block`s; its routed layers wrap a block with a router
+(modexp/mod.py) that sends only the top-k tokens of each sequence through it.
+
+Every block exposes its update f(x) = block(x) - x separately (`Block.update`): a dense layer
+computes x + f(x), a routed layer x + g(r) * f(x~) on the gathered tokens x~. So a routed
+layer at capacity 1 with g = 1 computes bit for bit what the dense layer computes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from modexp.spec import ModelConfig, ModVariant, VanillaVariant
+
+
+@dataclass
+class ForwardOutput:
+    """What one forward pass returns; every loss is a scalar tensor or None."""
+
+    logits: Tensor | None  # (B, T, V)
+    loss: Tensor | None  # lm_loss + aux_loss_weight * aux_loss + predictor_loss: what to backprop
+    lm_loss: Tensor | None  # mean next-token cross-entropy
+    aux_loss: Tensor | None  # router BCE, mean over routed layers (causal: aux_loss)
+    predictor_loss: Tensor | None  # predictor BCE, mean over routed layers (causal: predictor)
+    stats: dict[str, Tensor] = field(default_factory=dict)  # detached; no host sync needed
+
+
+# ---------------------------------------------------------------- rotary position embedding
+class Rotary(nn.Module):
+    """RoPE (Su et al. 2021) from explicit integer positions, so gathered tokens keep theirs."""
+
+    def __init__(self, head_size: int, base: float):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs/2,)
+
+    def angles(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos, sin of shape (B, 1, t, hs/2) for positions pos (B, t)."""
+        theta = pos.unsqueeze(-1).to(torch.float32) * self.inv_freq  # (B, t, hs/2)
+        theta = theta.unsqueeze(1)  # (B, 1, t, hs/2): broadcast over heads
+        return theta.cos().to(dtype), theta.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x1_i, x2_i) of x (B, nh, t, hs) by the angles of each token's position."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, t, hs/2) each
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+# ---------------------------------------------------------------- attention
+class Attention(nn.Module):
+    """Multi-head causal self-attention, factored so a KV cache can slot in between steps."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_size = cfg.n_heads, cfg.d_model // cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.rotary = Rotary(self.head_size, cfg.rope_base)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v, each (B, nh, t, hs), from x (B, t, d)."""
+        B, t, _ = x.shape
+        qkv = self.qkv(x).view(B, t, 3, self.n_heads, self.head_size)  # (B, t, 3, nh, hs)
+        q, k, v = qkv.unbind(dim=2)  # (B, t, nh, hs) each
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
+
+    def rotate(self, q: Tensor, k: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Apply RoPE at positions pos (B, t) (or (1, t)) to q and k."""
+        cos, sin = self.rotary.angles(pos, q.dtype)  # (B, 1, t, hs/2)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Attention output (B, t, d); causal by order when mask is None, else mask (B, 1, t, s)."""
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, t, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        B, nh, t, hs = y.shape
+        return self.proj(y.transpose(1, 2).reshape(B, t, nh * hs))  # (B, t, d)
+
+    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Self-attention of the t tokens in x (B, t, d) at positions pos (B, t)."""
+        q, k, v = self.project(x)
+        q, k = self.rotate(q, k, pos)
+        return self.attend(q, k, v, mask)
+
+
+# ---------------------------------------------------------------- MLP
+class MLP(nn.Module):
+    """GELU MLP (d -> d_ff -> d) or SwiGLU (Shazeer 2020; gate and up fused in one matmul)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gated = cfg.mlp == "swiglu"
+        n_in = 2 if self.gated else 1  # one (d, 2*d_ff) matmul costs what gate + up cost apart
+        self.fc = nn.Linear(cfg.d_model, n_in * cfg.ffn, bias=False)
+        self.proj = nn.Linear(cfg.ffn, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, t, d) -> (B, t, d)."""
+        h = self.fc(x)  # (B, t, d_ff) or (B, t, 2*d_ff)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return self.proj(h)
+
+
+# ---------------------------------------------------------------- block
+class Block(nn.Module):
+    """Pre-norm transformer block; `update` is its residual update f, forward x + f."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def update(self, x: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
+        """f(x) = block(x) - x (B, t, d), computed without the subtraction."""
+        a = self.attn(self.norm1(x), pos, mask)  # (B, t, d)
+        m = self.mlp(self.norm2(x + a))
+        return a + m
+
+    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x + f(x): the dense layer."""
+        return x + self.update(x, pos, mask)
+
+
+# ---------------------------------------------------------------- the language model
+class Transformer(nn.Module):
+    """Decoder-only LM; with a ModVariant, routed layers use mod.RoutedLayer around the Block."""
+
+    def __init__(self, model: ModelConfig, variant: VanillaVariant | ModVariant, vocab: int):
+        super().__init__()
+        from modexp.mod import RoutedLayer  # mod.py imports Block from here
+
+        self.cfg, self.variant, self.vocab = model, variant, vocab
+        self.embed = nn.Embedding(vocab, model.d_model)
+        # The same Block for every layer, so vanilla weights load into a MoD model unchanged.
+        self.blocks = nn.ModuleList(Block(model) for _ in range(model.n_layers))
+        caps = variant.capacities(model.n_layers) if variant.kind == "mod" else []
+        self.routers = nn.ModuleDict({str(i): RoutedLayer(model.d_model, variant, c)
+                                      for i, c in enumerate(caps) if c is not None})
+        self.norm = nn.RMSNorm(model.d_model)
+        self.head = nn.Linear(model.d_model, vocab, bias=False)
+        if model.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # GPT-2 (Radford et al. 2019): N(0, 0.02); residual projections scaled by 1/sqrt(2L)
+        # so the residual stream's variance does not grow with depth.
+        for mod in self.modules():
+            if isinstance(mod, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(mod.weight, mean=0.0, std=0.02)
+                if getattr(mod, "bias", None) is not None:
+                    nn.init.zeros_(mod.bias)
+        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=resid_std)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=resid_std)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None,
+                routing: str = "topk") -> ForwardOutput:
+        """Logits, losses and routing stats for tokens idx (B, T).
+
+        routing="topk": expert-choice top-k per sequence (training; NOT causal: whether a token
+        is routed depends on later tokens' router scores). routing="causal": each token decides
+        alone (router or predictor logit > 0), as when sampling (MoD paper, sec. 3.5).
+        """
+        if routing not in ("topk", "causal"):
+            raise ValueError(f"routing must be 'topk' or 'causal', got {routing!r}")
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T): original positions
+        x = self.embed(idx)  # (B, T, d)
+        infos = []
+        for i, block in enumerate(self.blocks):
+            router = self.routers[str(i)] if str(i) in self.routers else None
+            if router is None:
+                x = x + block.update(x, pos)
+            else:
+                x, info = router(x, block, pos, routing)
+                infos.append(info)
+        logits = self.head(self.norm(x))  # (B, T, V)
+        return self._output(logits, targets, infos, B * T)
+
+    def _output(self, logits: Tensor, targets: Tensor | None, infos: list,
+                n_tokens: int) -> ForwardOutput:
+        """Assemble losses and detached stats from the routed layers' RouteInfo."""
+        from modexp.mod import route_losses, route_stats
+
+        aux, pred = route_losses(infos)
+        stats = route_stats(infos, n_tokens, logits.device) if infos else {}
+        if targets is None:
+            return ForwardOutput(logits, None, None, aux, pred, stats)
+        lm = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        loss = lm
+        if aux is not None:
+            loss = loss + self.variant.aux_loss_weight * aux
+        if pred is not None:
+            loss = loss + pred  # stop-gradient input: only the predictors learn from it
+        return ForwardOutput(logits, loss, lm, aux, pred, stats)
+
+
+def build_model(model: ModelConfig, variant: VanillaVariant | ModVariant,
+                vocab: int) -> Transformer:
+    """The LM described by a model config and a variant (vanilla or MoD)."""
+    return Transformer(model, variant, vocab)

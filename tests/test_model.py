@@ -1,0 +1,315 @@
+"""The vanilla and Mixture-of-Depths models against flops.py and the MoD paper's definition.
+
+Raposo et al. 2024 (arXiv 2404.02258); ../shared/design/mixture-of-depths.md lists the
+mistakes these tests rule out. Tiny configs on CPU; each test names what it would catch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from modexp import flops
+from modexp.mod import RoutedLayer, membership
+from modexp.model import build_model
+from modexp.spec import ModelConfig, ModVariant, VanillaVariant
+
+V = 64  # vocabulary of the tiny models
+
+
+def cfg(**kw) -> ModelConfig:
+    base = dict(name="t", n_layers=2, d_model=32, n_heads=2)
+    return ModelConfig(**{**base, **kw})
+
+
+def mod(**kw) -> ModVariant:
+    return ModVariant(kind="mod", **kw)
+
+
+VANILLA = VanillaVariant(kind="vanilla")
+
+
+def make(model: ModelConfig, variant, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(model, variant, V)
+
+
+def tokens(B: int, T: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def routed(net, i: int) -> RoutedLayer:
+    return net.routers[str(i)]
+
+
+def layer_call(net, i: int, x: torch.Tensor, routing: str = "topk"):
+    pos = torch.arange(x.size(1)).unsqueeze(0)
+    return routed(net, i)(x, net.blocks[i], pos, routing)
+
+
+# ---------------------------------------------------------------- parameters and FLOPs
+CONFIGS = [
+    (cfg(), VANILLA),
+    (cfg(mlp="swiglu", tie_embeddings=True, n_layers=3), VANILLA),
+    (cfg(n_layers=4), mod(causal="predictor")),
+    (cfg(n_layers=4, mlp="swiglu", tie_embeddings=True), mod(causal="aux_loss", route_every=1)),
+    (cfg(n_layers=3, d_ff=40), mod(causal="none", layers={0: 0.5, 2: 0.25})),
+    (cfg(n_layers=3, mlp="swiglu"), mod(causal="predictor", layers={1: 1.0}, predictor_hidden=7)),
+]
+
+
+@pytest.mark.parametrize("model,variant", CONFIGS)
+def test_param_count_equals_flops_py(model, variant):
+    net = make(model, variant)
+    expected = flops.param_counts(flops.arch_from_config(model, variant, V))["total"]
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+
+def counted(net, idx, train: bool = False) -> int:
+    # MATH SDPA decomposes attention into counted matmuls (the CPU flash kernel is not counted).
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        out = net(idx, idx)
+        if train:
+            out.loss.backward()
+    return counter.get_total_flops()
+
+
+FLOP_CASES = [
+    (cfg(), VANILLA, 16),
+    (cfg(mlp="swiglu", tie_embeddings=True), VANILLA, 33),
+    (cfg(n_layers=4), mod(capacity=0.125), 64),
+    (cfg(n_layers=4), mod(capacity=0.5, route_every=1, causal="aux_loss"), 40),
+    (cfg(n_layers=3, mlp="swiglu"), mod(capacity=1.0, route_every=3, causal="none"), 16),
+    (cfg(n_layers=3), mod(layers={0: 0.3, 2: 0.05}, causal="predictor"), 37),
+]
+
+
+@pytest.mark.parametrize("model,variant,T", FLOP_CASES)
+def test_forward_flops_match_flop_counter(model, variant, T):
+    """A masked (not gathered) routed block would be charged dense FLOPs and fail here."""
+    arch = flops.arch_from_config(model, variant, V)
+    B = 2
+    expected = B * (flops.forward_flops(arch, T) + flops.predictors_forward_flops(arch, T))
+    assert abs(counted(make(model, variant), tokens(B, T)) - expected) <= 0.01 * expected
+
+
+@pytest.mark.parametrize("model,variant,T", FLOP_CASES)
+def test_train_flops_match_flop_counter(model, variant, T):
+    """Forward + backward = 3x forward matmuls, predictors counted exactly (stop-gradient input).
+
+    Exact here because MATH SDPA runs attention as plain matmuls whose backward is two matmuls
+    each; flash / efficient kernels are charged 2.5x forward in backward (a recompute), so on
+    such a kernel the count exceeds flops.train_flops by 0.5x the attention logit/value terms.
+    """
+    arch = flops.arch_from_config(model, variant, V)
+    B = 2
+    expected = B * flops.train_flops(arch, T)
+    assert abs(counted(make(model, variant), tokens(B, T), train=True) - expected) <= 0.01 * expected
+
+
+# ---------------------------------------------------------------- the routed layer
+def test_non_routed_tokens_bit_identical_and_exactly_k_routed():
+    model, variant = cfg(n_layers=2), mod(capacity=0.25, causal="aux_loss")
+    net = make(model, variant)
+    B, T = 3, 32
+    x = torch.randn(B, T, model.d_model)
+    out, info = layer_call(net, 1, x)
+    k = flops.routed_k(0.25, T)
+    assert info.idx.shape == (B, k)
+    assert (info.idx.diff(dim=1) > 0).all()  # sorted by position, no repeats
+    member = info.member.bool()
+    assert (member.sum(1) == k).all()
+    assert torch.equal(out[~member], x[~member])
+    assert (out[member] != x[member]).any(-1).all()  # every routed token was updated
+    r = routed(net, 1).router(x).squeeze(-1)
+    for b in range(B):  # the routed set is each row's own top-k of the router logits
+        assert set(info.idx[b].tolist()) == set(torch.topk(r[b], k).indices.tolist())
+    stats = net(tokens(B, T)).stats
+    assert stats["routed"].tolist() == [B * k] and int(stats["tokens"]) == B * T
+
+
+@pytest.mark.parametrize("gate", ["identity", "sigmoid"])
+def test_gathered_tokens_keep_original_positions(gate):
+    """Reference g(r~) f(x~, positions=idx); RoPE at 0..k-1 gives a clearly different update."""
+    model, variant = cfg(), mod(capacity=0.25, gate=gate, causal="none")
+    net = make(model, variant)
+    block = net.blocks[1]
+    with torch.no_grad():  # sharp attention, so relative positions visibly matter
+        block.attn.qkv.weight.normal_(0.0, 0.5)
+    x = torch.randn(2, 32, model.d_model)
+    out, info = layer_call(net, 1, x)
+    idx, layer = info.idx, routed(net, 1)
+    xs = torch.stack([x[b, idx[b]] for b in range(2)])  # (B, k, d)
+    r = layer.router(xs).squeeze(-1)
+    g = (torch.sigmoid(r) if gate == "sigmoid" else r).unsqueeze(-1)
+    got = torch.stack([out[b, idx[b]] for b in range(2)]) - xs  # the applied update
+    right = g * block.update(xs, idx)
+    compressed = g * block.update(xs, torch.arange(idx.size(1)).expand_as(idx))
+    err, gap = (got - right).abs().max(), (compressed - right).abs().max()
+    assert err < 1e-6 and gap > 1e3 * err + 1e-4
+
+
+def test_capacity_one_with_unit_router_is_the_vanilla_model_bit_for_bit():
+    model = cfg(n_layers=3, mlp="swiglu")
+    variant = mod(layers={0: 1.0, 1: 1.0, 2: 1.0}, gate="identity", causal="none")
+    vanilla, routed_net = make(model, VANILLA, seed=1), make(model, variant, seed=2)
+    missing, unexpected = routed_net.load_state_dict(vanilla.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("routers.") for k in missing)
+
+    class One(nn.Module):  # the router weight held at 1: g(r) = r = 1 exactly
+        def forward(self, x):
+            return torch.ones(*x.shape[:-1], 1, dtype=x.dtype)
+
+    for layer in routed_net.routers.values():
+        layer.router = One()
+    idx = tokens(2, 24)
+    assert torch.equal(routed_net(idx).logits, vanilla(idx).logits)
+
+
+@pytest.mark.parametrize("causal", ["none", "predictor", "aux_loss"])
+@pytest.mark.parametrize("gate", ["identity", "sigmoid"])
+def test_router_gets_gradient_from_lm_loss_alone(causal, gate):
+    model, variant = cfg(n_layers=4), mod(capacity=0.25, causal=causal, gate=gate)
+    net = make(model, variant)
+    idx = tokens(2, 32)
+    net(idx, idx).lm_loss.backward()
+    for layer in net.routers.values():
+        assert layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
+
+
+def test_predictor_sends_no_gradient_into_the_trunk():
+    model, variant = cfg(n_layers=4), mod(capacity=0.25, causal="predictor")
+    net = make(model, variant)
+    idx = tokens(2, 32)
+    net(idx, idx).predictor_loss.backward()
+    for name, p in net.named_parameters():
+        if ".predictor." in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None or not p.grad.any(), name
+    # ...so the total loss trains the trunk exactly as the LM loss alone does.
+    grads = {}
+    for which in ("lm_loss", "loss"):
+        net.zero_grad(set_to_none=True)
+        getattr(net(idx, idx), which).backward()
+        grads[which] = {n: p.grad.clone() for n, p in net.named_parameters()
+                        if ".predictor." not in n}
+    assert all(torch.equal(grads["lm_loss"][n], grads["loss"][n]) for n in grads["loss"])
+
+
+@pytest.mark.parametrize("causal", ["predictor", "aux_loss"])
+def test_bce_targets_are_each_rows_topk_membership(causal):
+    """A lost batch offset (all targets in row 0, or one top-k over B*T) fails here."""
+    model, variant = cfg(), mod(capacity=0.25, causal=causal)
+    net = make(model, variant)
+    B, T = 4, 16
+    x = torch.randn(B, T, model.d_model)
+    x[1] *= 3.0  # rows on very different scales: a top-k over the flat batch would differ
+    _, info = layer_call(net, 1, x)
+    layer, k = routed(net, 1), flops.routed_k(0.25, T)
+    r = layer.router(x).squeeze(-1)
+    target = torch.zeros(B, T)
+    for b in range(B):
+        target[b, torch.topk(r[b], k).indices] = 1.0
+    assert torch.equal(info.member, target)
+    if causal == "aux_loss":
+        assert torch.allclose(info.aux_loss, F.binary_cross_entropy_with_logits(r, target))
+    else:
+        logit = layer.predictor(x).squeeze(-1)
+        assert torch.allclose(info.predictor_loss, F.binary_cross_entropy_with_logits(logit, target))
+
+
+def test_forward_losses_and_stats():
+    model, variant = cfg(n_layers=4), mod(capacity=0.25, causal="aux_loss", aux_loss_weight=0.5)
+    net = make(model, variant)
+    B, T = 3, 32
+    idx = tokens(B, T)
+    out = net(idx, idx)
+    assert out.predictor_loss is None and out.aux_loss is not None
+    assert torch.allclose(out.loss, out.lm_loss + 0.5 * out.aux_loss)
+    confusion = sum(out.stats[f"pred_{c}"] for c in ("tp", "fp", "fn", "tn"))
+    assert confusion.tolist() == [B * T, B * T]
+    assert (out.stats["pred_tp"] + out.stats["pred_fn"]).tolist() == [B * 8, B * 8]
+    assert all(not v.requires_grad for v in out.stats.values())
+    assert net(idx).loss is None
+
+
+# ---------------------------------------------------------------- causal routing
+@pytest.mark.parametrize("causal", ["predictor", "aux_loss"])
+def test_causal_mode_is_causal_and_topk_is_not(causal):
+    model, variant = cfg(n_layers=4), mod(capacity=0.25, causal=causal)
+    net = make(model, variant)
+    B, T, t = 4, 32, 12
+    idx = tokens(B, T)
+    later = idx.clone()
+    later[:, t + 1:] = tokens(B, T - t - 1, seed=7)
+    out = net(idx, routing="causal")
+    routed_tokens = out.stats["routed"]
+    assert ((routed_tokens > 0) & (routed_tokens < B * T)).all()  # a real decision per token
+    a, b = out.logits[:, :t + 1], net(later, routing="causal").logits[:, :t + 1]
+    assert torch.allclose(a, b, atol=1e-5, rtol=0)
+    # Top-k is not causal: later tokens' scores change which earlier tokens are routed.
+    a, b = net(idx).logits[:, :t + 1], net(later).logits[:, :t + 1]
+    assert not torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("causal", ["predictor", "aux_loss"])
+def test_causal_mode_routes_each_rows_own_decisions(causal):
+    """Per row: tokens with logit > 0 run the block among themselves; others untouched."""
+    model, variant = cfg(), mod(capacity=0.25, causal=causal, gate="identity")
+    net = make(model, variant)
+    B, T = 3, 20
+    x = torch.randn(B, T, model.d_model)
+    out, info = layer_call(net, 1, x, routing="causal")
+    layer, block = routed(net, 1), net.blocks[1]
+    r = layer.router(x).squeeze(-1)
+    logit = r if causal == "aux_loss" else layer.predictor(x).squeeze(-1)
+    decision = logit > 0
+    assert torch.equal(info.decision, decision)
+    assert len(set(decision.sum(1).tolist())) > 1  # rows route different counts: padding used
+    assert torch.equal(out[~decision], x[~decision])
+    for b in range(B):
+        sel = decision[b].nonzero().squeeze(1)
+        xs = x[b, sel].unsqueeze(0)
+        expected = xs + r[b, sel].view(1, -1, 1) * block.update(xs, sel.unsqueeze(0))
+        assert torch.allclose(out[b, sel], expected[0], atol=1e-6, rtol=0)
+    assert int(info.n_routed) == int(decision.sum())
+
+
+def test_causal_mode_without_a_causal_method_raises():
+    net = make(cfg(), mod(causal="none"))
+    with pytest.raises(ValueError, match="causal: none"):
+        net(tokens(1, 8), routing="causal")
+
+
+# ---------------------------------------------------------------- precision and compile
+@pytest.mark.parametrize("variant", [VANILLA, mod(capacity=0.25, causal="predictor"),
+                                     mod(capacity=0.25, causal="aux_loss")])
+def test_bf16_autocast_forward_backward(variant):
+    net = make(cfg(n_layers=2), variant)
+    idx = tokens(2, 16)
+    routings = ["topk"] if variant.kind == "vanilla" else ["topk", "causal"]
+    for routing in routings:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(idx, idx, routing=routing)
+        assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+        out.loss.backward()
+
+
+def test_topk_mode_compiles_without_graph_breaks():
+    net = make(cfg(n_layers=2), mod(capacity=0.25, causal="predictor"))
+    idx = tokens(2, 16)
+    eager = net(idx, idx)
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)(idx, idx)
+    compiled.loss.backward()
+    assert torch.allclose(compiled.loss, eager.loss, atol=1e-5)
+    assert torch.equal(compiled.stats["routed"], eager.stats["routed"])
+
+
+def test_membership_is_per_row():
+    idx = torch.tensor([[0, 2], [1, 3]])
+    assert membership(idx, torch.zeros(2, 4)).tolist() == [[1, 0, 1, 0], [0, 1, 0, 1]]
