@@ -1,0 +1,442 @@
+"""Results folder -> tables: the runs, their metrics, isoFLOP parabola fits and the summary.
+
+Reads only what the trainer writes (plan.json, <run>/run.json, metrics.jsonl, summary.json; see
+metrics.py), so it never imports torch, and it imports no matplotlib either: `modexp status`
+style callers get the tables without a plotting stack. Every problem with the folder is
+collected and raised at once as SpecError (the CLI's exit code 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modexp.metrics import METRICS_FILE, RUN_FILE, SUMMARY_FILE, read_json, read_metrics
+from modexp.plan import budget_tag
+from modexp.spec import SpecError
+
+PLAN_FILE = "plan.json"
+PLAN_KEYS = ("run_id", "budget", "model", "variant", "kind", "seed", "params",
+             "forward_flops_per_token", "flops_per_step", "steps")
+NUMBER_KEYS = ("step", "tokens", "flops", "train_loss", "lm_loss", "aux_loss", "predictor_loss",
+               "lr", "grad_norm", "wall_time", "tokens_per_s", "budget_frac", "eval_loss",
+               "eval_loss_causal", "predictor_acc", "predictor_precision", "predictor_recall")
+LIST_KEYS = ("routed_frac", "routed_frac_causal", "routed_frac_topk")
+FIT_COLUMNS = ["budget", "variant", "n_sizes", "opt_params", "opt_loss", "flag", "coeffs",
+               "params_min", "params_max"]
+MIN_SIZES = 3  # a parabola through fewer points is not a fit
+MAX_PROBLEMS_PER_FILE = 5  # one broken writer should not bury the other messages
+
+
+@dataclass
+class Results:
+    """One experiment's results: a row per run (planned or found) and each run's metric rows."""
+
+    root: Path
+    experiment: str
+    runs: pd.DataFrame
+    metrics: dict[str, pd.DataFrame]
+    warnings: list[str]
+
+    @property
+    def missing(self) -> list[str]:
+        """Planned run ids with no metric rows yet."""
+        return list(self.runs.loc[self.runs["state"] == "missing", "run_id"])
+
+    def rows(self, run_id: str, kind: str) -> pd.DataFrame:
+        """A run's 'train' or 'eval' rows, in step order (empty if none)."""
+        m = self.metrics.get(run_id)
+        if m is None or m.empty:
+            return pd.DataFrame(columns=["step", "flops"])
+        return m[m["kind"] == kind].sort_values("step").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- loading and validation
+
+
+def load_results(root: str | Path) -> Results:
+    """Read a results folder; raise SpecError listing every problem (nothing is written)."""
+    root = Path(root)
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "folder not found"
+        raise SpecError(str(root), [f"{what} (expected results/<experiment>/ from `modexp run`)"])
+    problems: list[str] = []
+    plan_runs, experiment = _read_plan(root, problems)
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and _is_run_dir(d))
+    if not plan_runs and not dirs and not problems:
+        problems.append(f"no {PLAN_FILE} and no run folders: nothing to plot yet "
+                        "(start the sweep with `modexp run SPEC`)")
+    entries = {p["run_id"]: p for p in plan_runs}
+    found: dict[str, tuple[dict | None, list[dict]]] = {}
+    for d in dirs:
+        plan, summary, rows = _read_run(root, d, entries.get(d.name), problems)
+        if plan is not None:
+            entries[plan["run_id"]] = plan
+            found[plan["run_id"]] = (summary, rows)
+    if not problems and not any(rows for _, rows in found.values()):
+        problems.append(f"no run has any metrics yet ({len(entries)} planned, "
+                        f"{len(found)} started): nothing to plot")
+    if problems:
+        raise SpecError(str(root), problems)
+    return _assemble(root, experiment or root.name, entries, found)
+
+
+def _is_run_dir(d: Path) -> bool:
+    return any((d / f).exists() for f in (RUN_FILE, METRICS_FILE, SUMMARY_FILE))
+
+
+def _read_json_file(root: Path, path: Path, problems: list[str]) -> dict | None:
+    """A JSON object from disk, or None with a problem naming the file."""
+    try:
+        obj = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problems.append(f"{path.relative_to(root)}: not valid JSON ({e})")
+        return None
+    if not isinstance(obj, dict):
+        problems.append(f"{path.relative_to(root)}: expected a JSON object, got {type(obj).__name__}")
+        return None
+    return obj
+
+
+def _plan_problems(entry: object, where: str) -> list[str]:
+    if not isinstance(entry, dict):
+        return [f"{where}: a plan entry must be an object"]
+    missing = [k for k in PLAN_KEYS if k not in entry]
+    return [f"{where}: plan entry lacks {', '.join(missing)}"] if missing else []
+
+
+def _read_plan(root: Path, problems: list[str]) -> tuple[list[dict], str | None]:
+    obj = _read_json_file(root, root / PLAN_FILE, problems) if (root / PLAN_FILE).exists() else None
+    runs = (obj or {}).get("runs", [])
+    if not isinstance(runs, list):
+        problems.append(f"{PLAN_FILE}: 'runs' must be a list of plan entries")
+        runs = []
+    bad = [p for i, e in enumerate(runs) for p in _plan_problems(e, f"{PLAN_FILE} runs[{i}]")]
+    problems += bad
+    return ([] if bad else runs), (obj or {}).get("experiment")
+
+
+def _read_run(root: Path, d: Path, planned: dict | None, problems: list[str]):
+    """(plan entry, summary, metric rows) of one run folder; the plan from run.json wins."""
+    plan = planned
+    if (d / RUN_FILE).exists():
+        run = _read_json_file(root, d / RUN_FILE, problems)
+        if run is not None:
+            bad = _plan_problems(run.get("plan"), f"{d.name}/{RUN_FILE}")
+            problems += bad
+            plan = None if bad else run["plan"]
+    elif planned is None:
+        problems.append(f"{d.name}: no {RUN_FILE} and not in {PLAN_FILE}, so its model and "
+                        "variant are unknown")
+    summary = _read_json_file(root, d / SUMMARY_FILE, problems) if (d / SUMMARY_FILE).exists() else None
+    rows = _read_rows(root, d / METRICS_FILE, problems) if (d / METRICS_FILE).exists() else []
+    return plan, summary, rows
+
+
+def _read_rows(root: Path, path: Path, problems: list[str]) -> list[dict]:
+    rel = path.relative_to(root)
+    try:
+        rows = read_metrics(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        problems.append(f"{rel}: {str(e).removeprefix(f'{path}: ')}")
+        return []
+    found = [f"{rel} row {i + 1}: {p}" for i, r in enumerate(rows) for p in _row_problems(r)]
+    problems += found[:MAX_PROBLEMS_PER_FILE]
+    if len(found) > MAX_PROBLEMS_PER_FILE:
+        problems.append(f"{rel}: {len(found) - MAX_PROBLEMS_PER_FILE} more bad rows")
+    return [] if found else rows
+
+
+def _is_number(v: object) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _row_problems(row: object) -> list[str]:
+    if not isinstance(row, dict):
+        return ["a metrics row must be a JSON object"]
+    out = [] if row.get("kind") in ("train", "eval") else [
+        f"kind is {row.get('kind')!r}, expected 'train' or 'eval'"]
+    if not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool):
+        out.append(f"step is {row.get('step')!r}, expected an integer")
+    out += [f"{k} is {row[k]!r}, expected a number or null"
+            for k in NUMBER_KEYS if k in row and k != "step" and not _is_number(row[k])]
+    out += [f"{k} is {row[k]!r}, expected a list of numbers or null" for k in LIST_KEYS
+            if k in row and not (row[k] is None or isinstance(row[k], list) and all(map(_is_number, row[k])))]
+    return out
+
+
+def _assemble(root: Path, experiment: str, entries: dict, found: dict) -> Results:
+    records, metrics, warnings = [], {}, []
+    for run_id, plan in entries.items():
+        summary, rows = found.get(run_id, (None, []))
+        frame = _metrics_frame(rows, plan)
+        if not frame.empty:
+            metrics[run_id] = frame
+        rec = _run_record(plan, summary, frame)
+        warnings += _run_warnings(rec)
+        records.append(rec)
+    runs = pd.DataFrame.from_records(records)
+    return Results(root, experiment, runs, metrics, warnings)
+
+
+def _metrics_frame(rows: list[dict], plan: dict) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame.from_records(rows)
+    for k in NUMBER_KEYS:
+        df[k] = pd.to_numeric(df[k], errors="coerce") if k in df else np.nan
+    # flops are analytic (step x flops_per_step); recompute where a row left them null
+    df["flops"] = df["flops"].fillna(df["step"] * float(plan["flops_per_step"]))
+    return df
+
+
+def _last(frame: pd.DataFrame, kind: str, key: str):
+    """The latest non-null value of `key` among a run's `kind` rows (None if none)."""
+    if frame.empty or key not in frame:
+        return None
+    vals = frame.loc[frame["kind"] == kind].sort_values("step")[key].dropna()
+    return vals.iloc[-1] if len(vals) else None
+
+
+def _finite(v) -> float:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
+
+
+def _run_record(plan: dict, summary: dict | None, frame: pd.DataFrame) -> dict:
+    s = summary or {}
+    state = s["state"] if s.get("state") in ("done", "failed") else "missing" if frame.empty else "partial"
+    last_step = int(frame["step"].max()) if not frame.empty else 0
+    last_flops = float(frame["flops"].max()) if not frame.empty else 0.0
+
+    def pick(key: str, col: str) -> float:  # the summary's value, else the last eval row's
+        return _finite(s[key]) if s.get(key) is not None else _finite(_last(frame, "eval", col))
+
+    loss = pick("final_eval_loss", "eval_loss")
+    causal = pick("final_eval_loss_causal", "eval_loss_causal")
+    total = float(plan.get("total_flops") or plan["steps"] * plan["flops_per_step"])
+    return {
+        "run_id": plan["run_id"], "budget": float(plan["budget"]), "model": plan["model"],
+        "variant": plan["variant"], "kind": plan["kind"], "seed": plan["seed"],
+        "params": float(plan["params"]),
+        "forward_flops_per_token": float(plan["forward_flops_per_token"]),
+        "steps": int(plan["steps"]), "total_flops": total, "state": state,
+        "last_step": last_step, "budget_frac_done": last_flops / total if total else math.nan,
+        "final_eval_loss": loss, "final_eval_loss_causal": causal,
+        "error": s.get("error"), "capacities": plan.get("capacities"),
+        "complete": state == "done" and math.isfinite(loss),
+    }
+
+
+def _run_warnings(r: dict) -> list[str]:
+    rid = r["run_id"]
+    if r["state"] == "failed":
+        return [f"{rid}: failed at step {r['last_step']} ({r['error'] or 'no error recorded'}); "
+                "excluded from the table and fits"]
+    if r["state"] == "partial":
+        return [f"{rid}: running or interrupted at {100 * r['budget_frac_done']:.0f}% of its budget; "
+                "plotted, excluded from the table and fits"]
+    if r["state"] == "done" and not r["complete"]:
+        return [f"{rid}: done but its final eval loss is null (diverged?); "
+                "excluded from the table and fits"]
+    return []
+
+
+# ---------------------------------------------------------------- isoFLOP fits and the summary
+
+
+@dataclass
+class Analysis:
+    """A loaded folder plus everything derived from it (what the figures and table show)."""
+
+    results: Results
+    means: pd.DataFrame
+    fits: pd.DataFrame
+    table: pd.DataFrame
+    warnings: list[str]
+
+
+def analyze(root: str | Path) -> Analysis:
+    """Load a results folder, average seeds, fit isoFLOP parabolas, build the summary table."""
+    res = load_results(root)
+    means = seed_means(res.runs)
+    fits = fit_isoflop(means, variant_order(res.runs)[0])
+    return Analysis(res, means, fits, summary_table(res.runs, means, fits),
+                    res.warnings + fit_warnings(fits))
+
+
+@dataclass
+class Fit:
+    """An isoFLOP parabola, loss = a*x^2 + b*x + c with x = log10(params) (Hoffmann Approach 2)."""
+
+    coeffs: tuple[float, float, float] | None
+    opt_params: float
+    opt_loss: float
+    n_sizes: int
+    flag: str  # "" when the minimum is inside the grid
+
+
+def fit_parabola(params, losses) -> Fit:
+    """Fit loss against log10(params); flag too few sizes, a non-convex fit or an edge minimum."""
+    x, y = np.log10(np.asarray(params, float)), np.asarray(losses, float)
+    n = len(np.unique(x))
+    if n < MIN_SIZES:
+        return Fit(None, math.nan, math.nan, n, f"too few sizes ({n} < {MIN_SIZES}), no fit")
+    a, b, c = np.polyfit(x, y, 2)
+    if a <= 0:
+        return Fit((a, b, c), math.nan, math.nan, n, "no minimum (parabola opens downward)")
+    xo = -b / (2 * a)
+    lo, hi = x.min(), x.max()
+    tol = 1e-3 * (hi - lo)  # "at the edge" within rounding of the grid's end points
+    flag = ("edge: minimum at/below the smallest size" if xo <= lo + tol else
+            "edge: minimum at/above the largest size" if xo >= hi - tol else "")
+    return Fit((a, b, c), float(10 ** xo), float(c - b * b / (4 * a)), n, flag)
+
+
+def seed_means(runs: pd.DataFrame) -> pd.DataFrame:
+    """Complete runs averaged over seeds: one row per budget, model and variant, with n."""
+    done = runs[runs["complete"]]
+    cols = ["budget", "model", "variant", "kind", "params", "forward_flops_per_token",
+            "loss", "loss_std", "loss_causal", "n"]
+    if done.empty:
+        return pd.DataFrame(columns=cols)
+    g = done.groupby(["budget", "model", "variant"], sort=False)
+    out = g.agg(kind=("kind", "first"), params=("params", "mean"),
+                forward_flops_per_token=("forward_flops_per_token", "mean"),
+                loss=("final_eval_loss", "mean"), loss_std=("final_eval_loss", "std"),
+                loss_causal=("final_eval_loss_causal", "mean"), n=("final_eval_loss", "size"))
+    return out.reset_index()[cols]
+
+
+def fit_isoflop(means: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+    """One parabola per budget and variant over the seed-averaged sizes."""
+    recs = []
+    for budget in sorted(means["budget"].unique()):
+        for v in variants:
+            sel = means[(means["budget"] == budget) & (means["variant"] == v)]
+            f = fit_parabola(sel["params"], sel["loss"])
+            recs.append({"budget": budget, "variant": v, "n_sizes": f.n_sizes,
+                         "opt_params": f.opt_params, "opt_loss": f.opt_loss, "flag": f.flag,
+                         "coeffs": f.coeffs, "params_min": sel["params"].min(),
+                         "params_max": sel["params"].max()})
+    return pd.DataFrame.from_records(recs, columns=FIT_COLUMNS)
+
+
+def fit_warnings(fits: pd.DataFrame) -> list[str]:
+    """One line per flagged fit (edge of grid, too few sizes, no minimum)."""
+    return [f"budget {budget_tag(f.budget)} FLOPs, {f.variant}: {f.flag}" + (
+        f" ({compact(f.opt_params)} params, grid {compact(f.params_min)}..{compact(f.params_max)}: "
+        "an extrapolation; extend the grid)" if f.flag.startswith("edge") else "")
+        for f in fits.itertuples() if f.flag]
+
+
+def variant_order(runs: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    """(all variants in plan order, the vanilla ones, the MoD ones)."""
+    order = list(dict.fromkeys(runs["variant"]))
+    kinds = dict(zip(runs["variant"], runs["kind"]))
+    return order, [v for v in order if kinds[v] == "vanilla"], [v for v in order if kinds[v] == "mod"]
+
+
+def summary_table(runs: pd.DataFrame, means: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
+    """Per budget and size: loss per variant (seed mean, n), MoD vs vanilla %, forward-FLOPs
+    ratio; then one 'isoFLOP optimum' row per budget with each variant's fitted size and loss."""
+    order, vanillas, mods = variant_order(runs)
+    sizes = runs.groupby("model", sort=False)["params"].min().sort_values()
+    planned = runs[["budget", "model"]].drop_duplicates()
+    rows = []
+    for budget in sorted(planned["budget"].unique()):
+        models = [m for m in sizes.index if ((planned.budget == budget) & (planned.model == m)).any()]
+        for m in models:
+            rows.append(_size_row(runs, means, budget, m, order, vanillas, mods))
+        rows.append(_optimum_row(fits, budget, order, vanillas, mods))
+    return pd.DataFrame.from_records(rows)
+
+
+def _size_row(runs, means, budget, model, order, vanillas, mods) -> dict:
+    planned = runs[(runs.budget == budget) & (runs.model == model)]
+    got = means[(means.budget == budget) & (means.model == model)].set_index("variant")
+    cells = {v: (float(planned.loc[planned.variant == v, "params"].min()),
+                 got.at[v, "loss"] if v in got.index else math.nan,
+                 int(got.at[v, "n"]) if v in got.index else 0,
+                 got.at[v, "loss_causal"] if v in got.index else math.nan) for v in order}
+    fwd = planned.groupby("variant")["forward_flops_per_token"].first()
+    note = "; ".join(f"{r.variant} s{r.seed}: {_state_text(r)}"
+                     for r in planned.itertuples() if not r.complete)
+    return _row(budget, model, cells, fwd, vanillas, mods, note)
+
+
+def _optimum_row(fits, budget, order, vanillas, mods) -> dict:
+    f = fits[fits.budget == budget].set_index("variant")
+    cells = {v: (f.at[v, "opt_params"], f.at[v, "opt_loss"], int(f.at[v, "n_sizes"]), math.nan)
+             if v in f.index else (math.nan, math.nan, 0, math.nan) for v in order}
+    note = "; ".join(f"{v}: {f.at[v, 'flag']}" for v in order if v in f.index and f.at[v, "flag"])
+    return _row(budget, "isoFLOP optimum", cells, {}, vanillas, mods, note)
+
+
+def _row(budget, model, cells: dict, fwd, vanillas, mods, note: str) -> dict:
+    """cells: variant -> (params, loss, n, causal loss). n counts seeds, or sizes in a fit."""
+    row = {"budget": budget, "model": model}
+    for v, (params, loss, n, causal) in cells.items():
+        row |= {f"{v} params": params, f"{v} loss": loss, f"{v} n": n}
+        if v in mods:
+            row[f"{v} causal loss"] = causal
+    for m in mods:
+        for b in vanillas:
+            row[f"{m} vs {b} %"] = _pct(row[f"{m} loss"], row[f"{b} loss"])
+            row[f"{m}/{b} fwd FLOPs"] = fwd[m] / fwd[b] if m in fwd and b in fwd else math.nan
+    return row | {"note": note}
+
+
+def _state_text(r) -> str:
+    if r.state == "partial":
+        return f"partial ({100 * r.budget_frac_done:.0f}%)"
+    return "diverged" if r.state == "done" else r.state
+
+
+def _pct(loss: float, base: float) -> float:
+    """Relative loss difference in percent; negative means lower (better) than the base."""
+    return 100 * (loss - base) / base if math.isfinite(loss) and math.isfinite(base) else math.nan
+
+
+# ---------------------------------------------------------------- text formatting
+
+
+def fmt_cell(col: str, v) -> str:
+    """A table value as text: compact params, 4-decimal losses, signed percentages."""
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if col == "budget":
+        return budget_tag(v)
+    if col.endswith(" params"):
+        return compact(v)
+    if col.endswith(" %"):
+        return f"{v:+.2f}%"
+    if col.endswith(" fwd FLOPs"):
+        return f"{v:.3f}x"
+    if col.endswith(" n"):
+        return str(int(v))
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def compact(n: float) -> str:
+    """1.23M-style count."""
+    for div, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suf}"
+    return f"{n:.3g}"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no tabulate dependency)."""
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |",
+             "|" + "|".join("---" if c in ("model", "note") else "---:" for c in cols) + "|"]
+    for _, r in table.iterrows():
+        lines.append("| " + " | ".join(fmt_cell(c, r[c]).replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(lines) + "\n"
