@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from modexp import flops  # noqa: E402
 from modexp.model import build_model  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
+from modexp.train import make_optimizer  # noqa: E402  (the trainer's AdamW, as trained)
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,10 +57,10 @@ def pick(variants: dict, kind: str, name: str | None):
 class Stepper:
     """One model with its optimiser and a fixed batch; `step()` is one timed training step."""
 
-    def __init__(self, model_cfg, variant, vocab, batch, args):
+    def __init__(self, model_cfg, variant, vocab, batch, train_cfg, args):
         torch.manual_seed(0)
         self.net = build_model(model_cfg, variant, vocab).to(args.device)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-3, weight_decay=0.1)
+        self.opt = make_optimizer(self.net, train_cfg, torch.device(args.device))
         self.fwd = torch.compile(self.net) if args.compile else self.net
         self.idx, self.targets = batch
         self.args = args
@@ -80,13 +81,13 @@ class Stepper:
         return time.perf_counter() - t0
 
 
-def bench_size(model_cfg, vanilla, mod, vocab, B, T, args) -> dict:
+def bench_size(model_cfg, vanilla, mod, vocab, B, T, train_cfg, args) -> dict:
     """Median step times of both variants on the same batch, interleaved."""
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (B, T + 1), generator=g).to(args.device)
     batch = (tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
-    runs = {"vanilla": Stepper(model_cfg, vanilla, vocab, batch, args),
-            "mod": Stepper(model_cfg, mod, vocab, batch, args)}
+    runs = {"vanilla": Stepper(model_cfg, vanilla, vocab, batch, train_cfg, args),
+            "mod": Stepper(model_cfg, mod, vocab, batch, train_cfg, args)}
     for s in runs.values():
         for _ in range(args.warmup):
             s.step()
@@ -120,7 +121,7 @@ def main() -> None:
     for m in spec.models:
         if args.models and m.name not in args.models:
             continue
-        r = bench_size(m, vanilla, mod, spec.data.vocab, B, T, args)
+        r = bench_size(m, vanilla, mod, spec.data.vocab, B, T, spec.train, args)
         print(f"{m.name:<8}{r['vanilla_ms']:>12.1f}{r['mod_ms']:>10.1f}{r['measured']:>9.2f}x"
               f"{r['analytic']:>9.2f}x{r['realisation']:>13.2f}")
 

@@ -19,14 +19,17 @@ inputs, trained with its own BCE). routing="causal" routes token i iff that logi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modexp.flops import routed_k
-from modexp.model import Block
 from modexp.spec import ModVariant
+
+if TYPE_CHECKING:  # model.py imports this module; the Block is only passed in
+    from modexp.model import Block
 
 
 @dataclass
@@ -57,7 +60,7 @@ class RoutedLayer(nn.Module):
     def forward(self, x: Tensor, block: Block, pos: Tensor,
                 routing: str = "topk") -> tuple[Tensor, RouteInfo]:
         """x (B, T, d) -> (x with the routed tokens updated, RouteInfo)."""
-        r = self.router(x).squeeze(-1)  # (B, T) router logits
+        r = self._router_logits(x)  # (B, T)
         k = routed_k(self.capacity, x.size(1))
         if routing == "topk":
             idx = topk_positions(r, k)  # (B, k)
@@ -105,6 +108,11 @@ class RoutedLayer(nn.Module):
         new = xs + self._gated(r.gather(1, idx), f).to(x.dtype)
         new = torch.where(valid.unsqueeze(-1), new, xs)  # padding slots write back x itself
         return x.reshape(B * T, d).index_copy(0, flat, new.reshape(-1, d)).view(B, T, d), idx, valid
+
+    def _router_logits(self, x: Tensor) -> Tensor:
+        """Router logits (B, T) in fp32 even under autocast: bf16 would tie scores at top-k."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.router(x.float()).squeeze(-1)
 
     def _gated(self, r: Tensor, f: Tensor) -> Tensor:
         """g(r) * f for r (B, k), f (B, k, d): the router weight on the gradient path."""
@@ -174,11 +182,10 @@ def route_stats(infos: list[RouteInfo], n_tokens: int, device) -> dict[str, Tens
              "tokens": torch.full((), n_tokens, dtype=torch.long, device=device)}
     if infos[0].decision is None:
         return stats
-    confusion = []
-    for i in infos:
-        dec, mem = i.decision, i.member > 0
-        confusion.append(torch.stack([(dec & mem).sum(), (dec & ~mem).sum(),
-                                      (~dec & mem).sum(), (~dec & ~mem).sum()]))
-    tp, fp, fn, tn = torch.stack(confusion).detach().unbind(1)  # (n_routed,) each
-    stats.update(pred_tp=tp, pred_fp=fp, pred_fn=fn, pred_tn=tn)
+    # One joint reduction per layer; fp, fn, tn follow from the totals (fewer small ops).
+    tp = torch.stack([(i.decision & (i.member > 0)).sum() for i in infos])  # (n_routed,)
+    decided = torch.stack([i.decision.sum() for i in infos])
+    members = torch.stack([i.member.sum() for i in infos]).long()
+    fp, fn = decided - tp, members - tp
+    stats.update(pred_tp=tp, pred_fp=fp, pred_fn=fn, pred_tn=n_tokens - tp - fp - fn)
     return stats

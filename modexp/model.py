@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modexp.mod import RoutedLayer, route_losses, route_stats
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
 
 
@@ -45,15 +46,15 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs/2,)
 
     def angles(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos, sin of shape (B, 1, t, hs/2) for positions pos (B, t)."""
+        """cos, sin of shape (B, t, 1, 1, hs/2) for positions pos (B, t)."""
         theta = pos.unsqueeze(-1).to(torch.float32) * self.inv_freq  # (B, t, hs/2)
-        theta = theta.unsqueeze(1)  # (B, 1, t, hs/2): broadcast over heads
+        theta = theta[:, :, None, None, :]  # broadcast over (q|k, heads)
         return theta.cos().to(dtype), theta.sin().to(dtype)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x1_i, x2_i) of x (B, nh, t, hs) by the angles of each token's position."""
-    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, t, hs/2) each
+    """Rotate pairs (x1_i, x2_i) of the last dim of x by each token's angles."""
+    x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
@@ -68,17 +69,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.rotary = Rotary(self.head_size, cfg.rope_base)
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v, each (B, nh, t, hs), from x (B, t, d)."""
+    def project(self, x: Tensor) -> Tensor:
+        """Fused q, k, v projection of x (B, t, d): (B, t, 3, nh, hs)."""
         B, t, _ = x.shape
-        qkv = self.qkv(x).view(B, t, 3, self.n_heads, self.head_size)  # (B, t, 3, nh, hs)
-        q, k, v = qkv.unbind(dim=2)  # (B, t, nh, hs) each
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
+        return self.qkv(x).view(B, t, 3, self.n_heads, self.head_size)
 
-    def rotate(self, q: Tensor, k: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """Apply RoPE at positions pos (B, t) (or (1, t)) to q and k."""
-        cos, sin = self.rotary.angles(pos, q.dtype)  # (B, 1, t, hs/2)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    def rotate(self, qkv: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """RoPE on q and k at positions pos (B, t) (or (1, t)); q, k, v each (B, nh, t, hs)."""
+        cos, sin = self.rotary.angles(pos, qkv.dtype)  # (B, t, 1, 1, hs/2)
+        qk = apply_rotary(qkv[:, :, :2], cos, sin)  # q and k in one pass: (B, t, 2, nh, hs)
+        q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # (B, t, nh, hs)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """Attention output (B, t, d); causal by order when mask is None, else mask (B, 1, t, s)."""
@@ -91,8 +92,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
         """Self-attention of the t tokens in x (B, t, d) at positions pos (B, t)."""
-        q, k, v = self.project(x)
-        q, k = self.rotate(q, k, pos)
+        q, k, v = self.rotate(self.project(x), pos)
         return self.attend(q, k, v, mask)
 
 
@@ -146,8 +146,6 @@ class Transformer(nn.Module):
 
     def __init__(self, model: ModelConfig, variant: VanillaVariant | ModVariant, vocab: int):
         super().__init__()
-        from modexp.mod import RoutedLayer  # mod.py imports Block from here
-
         self.cfg, self.variant, self.vocab = model, variant, vocab
         self.embed = nn.Embedding(vocab, model.d_model)
         # The same Block for every layer, so vanilla weights load into a MoD model unchanged.
@@ -201,8 +199,6 @@ class Transformer(nn.Module):
     def _output(self, logits: Tensor, targets: Tensor | None, infos: list,
                 n_tokens: int) -> ForwardOutput:
         """Assemble losses and detached stats from the routed layers' RouteInfo."""
-        from modexp.mod import route_losses, route_stats
-
         aux, pred = route_losses(infos)
         stats = route_stats(infos, n_tokens, logits.device) if infos else {}
         if targets is None:
