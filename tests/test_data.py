@@ -1,0 +1,57 @@
+"""Data sources: the embedded stdlib corpus, text folders, uint16 .bin files, batches."""
+
+import numpy as np
+import pytest
+import torch
+
+from modexp.corpus import SourceError, resolve_source, stdlib_files
+from modexp.data import TokenData
+
+
+def test_pystdlib_is_sorted_and_excludes_tests():
+    files = stdlib_files()
+    assert len(files) > 100
+    assert files == sorted(files, key=lambda p: p.as_posix())
+    assert not any(part in ("test", "tests", "site-packages") for f in files for part in f.parts[-3:-1])
+    fp = resolve_source("builtin:pystdlib").fingerprint()
+    assert fp["tokens"] > 1_000_000 and len(fp["sha256"]) == 64
+
+
+def test_text_folder_is_byte_level(tmp_path):
+    (tmp_path / "b.txt").write_bytes(b"world")
+    (tmp_path / "a.txt").write_bytes(b"hello ")
+    data = TokenData(str(tmp_path), seq_len=2, val_fraction=0.3)
+    assert bytes(torch.cat([data.train, data.val]).tolist()) == b"hello world"  # sorted order
+    assert len(data.val) == 3  # the tail, int(11 * 0.3)
+
+
+def test_bin_tokens_uint16(tmp_path):
+    tokens = np.arange(1000, dtype=np.uint16) * 37
+    path = tmp_path / "train.bin"
+    tokens.tofile(path)
+    data = TokenData(str(path), seq_len=8, val_fraction=0.1)
+    x, y = data.train_batch(seed=0, step=0, batch_size=4)
+    assert x.shape == (4, 8) and x.dtype == torch.long
+    assert torch.equal(y[:, :-1], x[:, 1:])  # next-token targets
+    assert int(data.train.max()) == int(tokens[:900].max())
+
+
+def test_batches_are_seeded_and_sliceable():
+    data = TokenData("builtin:pystdlib", seq_len=16, val_fraction=0.05)
+    a = data.train_batch(seed=1, step=5, batch_size=8)
+    b = data.train_batch(seed=1, step=5, batch_size=8)
+    c = data.train_batch(seed=1, step=6, batch_size=8)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+    half = data.train_batch(seed=1, step=5, batch_size=8, rows=slice(4, 8))  # a DDP rank's share
+    assert torch.equal(half[0], a[0][4:])
+    v1, v2 = data.val_batches(2, 4), data.val_batches(4, 2)
+    assert torch.equal(torch.cat([x for x, _ in v1]), torch.cat([x for x, _ in v2]))
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_missing_or_empty_source(tmp_path, make):
+    path = tmp_path / "corpus.txt"
+    if make == "empty":
+        path.write_bytes(b"")
+    with pytest.raises(SourceError, match="corpus.txt"):
+        resolve_source(str(path))
