@@ -58,15 +58,26 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         retry_failed: bool = typer.Option(False, help="Retry runs that failed, from their checkpoint."),
         device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda."),
         plot_after: bool = typer.Option(False, "--plot", help="Run `modexp plot` at the end.")) -> None:
-    """Train every run of the spec, FLOP-matched and resumable; finished runs are skipped."""
+    """Train every run of the spec, FLOP-matched and resumable; finished runs are skipped.
+
+    Under `torchrun --nproc_per_node N -m modexp run SPEC` each run trains with DDP over N
+    processes (the same global batch); only rank 0 writes files and prints.
+    """
+    import os
+
     from modexp.progress import SweepProgress
     from modexp.runner import parse_shard, run_sweep
 
+    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; unset: one process
     try:
         report = run_sweep(spec, results, only, parse_shard(shard), retry_failed, device,
-                           progress=SweepProgress(out))
+                           progress=SweepProgress(out) if main_rank else None)
     except SpecError as e:
+        if not main_rank:  # every rank fails alike; one copy of the message is enough
+            raise typer.Exit(2)
         _fail(e)
+    if not main_rank:
+        raise typer.Exit(1 if report.failed else 0)
     out.print(f"results in {report.experiment_dir}; figures: modexp plot {report.experiment_dir}")
     if plot_after:
         plot(report.experiment_dir, "png")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import os
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,9 +42,7 @@ def run_lock(run_dir: Path):
     """Hold an exclusive, non-blocking flock on run_dir/.lock; yields False if already held."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _try_lock(fd):
         os.close(fd)
         yield False
         return
@@ -54,12 +53,31 @@ def run_lock(run_dir: Path):
         os.close(fd)
 
 
+def _try_lock(fd: int, tries: int = 4) -> bool:
+    """Exclusive flock, retried briefly: a `modexp status` probe holds it for microseconds."""
+    for i in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if i < tries - 1:
+                time.sleep(0.05)
+    return False
+
+
 def is_locked(run_dir: Path) -> bool:
-    """True while some process trains this run."""
-    if not (run_dir / LOCK_FILE).exists():
+    """True while some process trains this run (a shared-lock probe: works on read-only mounts)."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
         return False
-    with run_lock(run_dir) as got:
-        return not got
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the probe's own shared lock
+    return False
 
 
 def select_runs(plan: Plan, only: list[str] | None = None, shard: tuple[int, int] | None = None) -> list[RunPlan]:
@@ -117,13 +135,23 @@ def run_state(run_dir: Path) -> str:
     return "running" if is_locked(run_dir) else "interrupted"
 
 
-def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None):
-    """Validate everything a sweep needs before any training: spec, plan, data, old folders."""
+def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, world=None):
+    """Validate everything a sweep needs before any training: spec, plan, data, old folders.
+
+    `world`: the process count (default: torchrun's WORLD_SIZE), which must split the batch.
+    """
     spec, plan = plan_file(spec_path)
-    runs = select_runs(plan, only, shard)
-    if not runs:
+    if not select_runs(plan, only):
         raise SpecError(str(spec_path), [f"--only: no run id matches {only}; "
                                          f"runs: {', '.join(r.run_id for r in plan.runs)}"])
+    runs = select_runs(plan, only, shard)  # may be empty: an array bigger than the sweep
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    from modexp.train import split_batch
+
+    try:
+        split_batch(spec.train.batch_size, spec.train.micro_batch_size, world)
+    except ValueError as e:
+        raise SpecError(str(spec_path), [str(e)]) from None
     exp_dir = Path(results) / spec.name
     check_existing(exp_dir, str(spec_path), runs)
     from modexp.data import TokenData
@@ -165,6 +193,13 @@ def record_failure(run_dir: Path, run: RunPlan, exc: BaseException) -> None:
                                                "run_id": run.run_id})
 
 
+def _on_every_rank(exc: BaseException) -> bool:
+    """Divergence is decided on globally reduced losses, so every rank raises it at one step."""
+    from modexp.train import Diverged
+
+    return isinstance(exc, Diverged)
+
+
 def _agree(ctx, value):
     """Rank 0's decision, shared with every rank (so all ranks train or skip the same runs)."""
     if ctx.world == 1:
@@ -188,15 +223,18 @@ def _decide(run_dir: Path, retry_failed: bool) -> str:
 
 def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=False,
               device="auto", progress=None) -> SweepReport:
-    """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI."""
-    from modexp.train import setup_context
+    """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI.
+
+    Under torchrun every rank calls this; rank 0 decides (locks, skips), writes and reports.
+    """
+    from modexp.train import setup_context, teardown_context
 
     spec, plan, runs, exp_dir, data = prepare(spec_path, results, only, shard)
     ctx = setup_context(device)
     report = SweepReport(exp_dir)
     if ctx.is_main:
         write_plan_file(exp_dir, spec, plan)
-    ui = progress or _QuietProgress()
+    ui = progress if progress is not None and ctx.is_main else _QuietProgress()
     ui.start_sweep(runs)
     for run in runs:
         run_dir = exp_dir / run.run_id
@@ -208,6 +246,7 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
                 continue
             report.outcomes[run.run_id] = _train_locked(spec, run, run_dir, data, ctx, ui)
     ui.end_sweep()
+    teardown_context(ctx)  # on errors the process exits instead and torchrun reaps the group
     return report
 
 
@@ -227,6 +266,11 @@ def _train_locked(spec, run, run_dir, data, ctx, ui) -> str:
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the checkpoint continues it
     except Exception as exc:  # a run's failure must not stop the sweep
+        if ctx.world > 1 and not _on_every_rank(exc):
+            # this rank's own error, or a peer's crash seen as a lost connection: the others
+            # wait in a collective, so end the job (torchrun stops every rank); the run is
+            # left interrupted, to resume from its checkpoint
+            raise
         if ctx.is_main:
             record_failure(run_dir, run, exc)
         ui.end_run(run, {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})

@@ -42,6 +42,7 @@ class Context:
     autocast: bool = False  # bf16 autocast (CUDA)
     rank: int = 0
     world: int = 1
+    owns_group: bool = False  # setup_context started the process group, so teardown ends it
 
     @property
     def is_main(self) -> bool:
@@ -56,6 +57,22 @@ def lr_factor(step: int, steps: int, warmup: int, min_lr: float) -> float:
     span = steps - 1 - warmup
     progress = 1.0 if span <= 0 else min(1.0, (step - warmup) / span)
     return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def split_batch(batch_size: int, micro_batch_size: int | None, world: int) -> tuple[int, int]:
+    """(micro, accum): each rank runs accum micro-batches of `micro` sequences per global step."""
+    if batch_size % world:
+        raise ValueError(f"train.batch_size ({batch_size}) is global and must divide evenly over "
+                         f"the {world} processes; use a batch_size that is a multiple of {world}, "
+                         "or another process count")
+    per_rank = batch_size // world
+    micro = min(micro_batch_size or per_rank, per_rank)  # a rank never needs more than its share
+    if per_rank % micro:
+        fits = [m for m in range(1, per_rank + 1) if per_rank % m == 0]
+        raise ValueError(f"train.micro_batch_size ({micro}) must divide the per-process batch "
+                         f"batch_size / processes = {batch_size} / {world} = {per_rank}; "
+                         f"with {world} processes use one of {fits}")
+    return micro, per_rank // micro
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -96,18 +113,20 @@ class Trainer:
         warm = plan.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, plan.steps, warm, cfg.min_lr))
-        self.model = self._wrap(self.raw)
+        self.ddp = self._ddp(self.raw)
+        # compile outside DDP: Dynamo then splits graphs at DDP's buckets, so gradient
+        # all-reduce overlaps the backward; no_sync stays on self.ddp (run eagerly, not traced)
+        self.model = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.step, self.wall_offset, self.last_eval = 0, 0.0, {}
-        micro = cfg.micro_batch_size or cfg.batch_size
-        if cfg.batch_size % (micro * ctx.world) and cfg.batch_size % ctx.world == 0:
-            micro = cfg.batch_size // ctx.world  # one micro-batch per rank is the most that fits
-        self.micro, self.accum = micro, cfg.batch_size // (micro * ctx.world)
+        self.micro, self.accum = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world)
 
-    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.ctx.world > 1:
-            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        return torch.compile(model) if self.cfg.compile else model
+    def _ddp(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.ctx.world == 1:
+            return model
+        ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        # every parameter gets a gradient each step (routers via the gate, predictors via
+        # their BCE), so DDP needs no search for unused parameters
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     # ------------------------------------------------------------ checkpoints
     def save(self, wall: float) -> None:
@@ -125,6 +144,7 @@ class Trainer:
     def resume(self) -> int:
         """Load the checkpoint if one exists; return the step to continue from."""
         if not self.ckpt_path.exists():
+            self._check_same_step()
             return 0
         state = torch.load(self.ckpt_path, map_location=self.ctx.device, weights_only=False)
         self.raw.load_state_dict(state["model"])
@@ -135,7 +155,18 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.ctx.device)
         self.step, self.wall_offset = state["step"], state["wall_time"]
         self.last_eval = state["last_eval"]
+        self._check_same_step()
         return self.step
+
+    def _check_same_step(self) -> None:
+        """Every rank must resume from rank 0's checkpoint (multi-node: a shared results folder)."""
+        if self.ctx.world == 1:
+            return
+        steps = [None] * self.ctx.world
+        dist.all_gather_object(steps, self.step)
+        if len(set(steps)) > 1:
+            raise RuntimeError(f"ranks resume from different steps {steps}: every node must see "
+                               f"the same results folder ({self.ckpt_path})")
 
     # ------------------------------------------------------------ steps
     def _autocast(self):
@@ -156,10 +187,11 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         for i, (x, y) in enumerate(self._micro_batches(self.step)):
             sync = i == self.accum - 1 or self.ctx.world == 1
-            ctx = nullcontext() if sync else self.model.no_sync()
-            with ctx, self._autocast():
-                out = self.model(x, y)
-            with ctx:
+            # all-reduce once, after the last micro-batch; no_sync is entered once (a context
+            # manager made by a generator cannot be re-entered) around forward and backward
+            with nullcontext() if sync else self.ddp.no_sync():
+                with self._autocast():
+                    out = self.model(x, y)
                 (out.loss / self.accum).backward()
             _accumulate(sums, out, self.accum)
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
@@ -201,6 +233,8 @@ class Trainer:
             s, loss = self.step, None
             log_now = s % self.cfg.log_every == 0 or s in eval_at or s == plan.steps
             ckpt_now = s in eval_at or s % self.cfg.checkpoint_every == 0 or s == plan.steps
+            if log_now or ckpt_now:
+                sums, bad = self._all_ranks(sums, bad)
             if (log_now or ckpt_now) and bad.item():  # never log or checkpoint a diverged state
                 raise Diverged(f"loss is not finite (NaN/inf) by step {s}")
             if log_now:
@@ -219,6 +253,24 @@ class Trainer:
                 self.save(time.time() - start_wall)
             self.on_step(s, loss)
         return self._summary(self.last_eval, time.time() - start_wall)
+
+    def _all_ranks(self, sums: dict, bad: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """The global batch's mean losses/stats, and whether any rank saw a non-finite loss.
+
+        Every rank then logs the same numbers and raises Diverged at the same step, so no rank
+        is left waiting in a collective for one that stopped.
+        """
+        if self.ctx.world == 1:
+            return sums, bad
+        keys = [k for k in sums if k not in ("grad_norm", "lr")]  # already equal on every rank
+        parts = [sums[k].float().reshape(-1) for k in keys]
+        flat = torch.cat(parts + [bad.float().reshape(1).to(parts[0].device)])
+        dist.all_reduce(flat)
+        out, at = dict(sums), 0
+        for k, p in zip(keys, parts):
+            out[k] = (flat[at:at + p.numel()] / self.ctx.world).reshape(sums[k].shape)
+            at += p.numel()
+        return out, (flat[-1] > 0).cpu()
 
     def _position(self) -> dict:
         p = self.plan
@@ -289,6 +341,13 @@ def setup_context(device: str = "auto") -> Context:
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Context(device=dev, autocast=dev.type == "cuda", rank=rank, world=world)
+    return Context(device=dev, autocast=dev.type == "cuda", rank=rank, world=world, owns_group=owns)
+
+
+def teardown_context(ctx: Context) -> None:
+    """End the process group setup_context started (after the last collective of the sweep)."""
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
