@@ -14,12 +14,13 @@ from modexp.corpus import Source, resolve_source
 from modexp.plan import val_tokens
 
 
-def load_tokens(source: Source) -> torch.Tensor:
-    """The whole source as a 1-D tensor (uint8 for bytes, int32 for uint16 .bin tokens)."""
+def load_tokens(source: Source) -> np.ndarray:
+    """The whole source as a 1-D array: a read-only memory map for a single uint16 .bin (so N
+    DDP ranks share the page cache instead of holding N copies), bytes for text."""
     if source.token_bytes == 2:
-        arrays = [np.fromfile(f, dtype=np.uint16) for f in source.files]
-        return torch.from_numpy(np.concatenate(arrays).astype(np.int32))
-    return torch.frombuffer(bytearray(source.read_bytes()), dtype=torch.uint8)
+        maps = [np.memmap(f, dtype=np.uint16, mode="r") for f in source.files]
+        return maps[0] if len(maps) == 1 else np.concatenate(maps)
+    return np.frombuffer(source.read_bytes(), dtype=np.uint8)
 
 
 class TokenData:
@@ -36,9 +37,9 @@ class TokenData:
                 raise ValueError(f"data.source {source_name}: the {split} split has {len(t)} "
                                  f"tokens, fewer than seq_len + 1 = {seq_len + 1}")
 
-    def _windows(self, tokens: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = starts[:, None] + torch.arange(self.seq_len + 1)  # (B, T+1)
-        chunk = tokens[idx].long()
+    def _windows(self, tokens: np.ndarray, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = starts.numpy()[:, None] + np.arange(self.seq_len + 1)  # (B, T+1)
+        chunk = torch.from_numpy(tokens[idx].astype(np.int64))
         return chunk[:, :-1], chunk[:, 1:]  # inputs, next-token targets
 
     def train_batch(self, seed: int, step: int, batch_size: int,

@@ -60,5 +60,6 @@ class SweepProgress:
                            f"{extra}, {summary['tokens_per_s']:,.0f} tok/s, {summary['wall_time']:.0f} s")
 
     def end_sweep(self) -> None:
-        """Close the bars."""
+        """Close the bars (the overall one at exactly 100%, whatever the float rounding)."""
+        self.bars.update(self.overall, completed=100)
         self.bars.stop()
