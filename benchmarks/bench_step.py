@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from modexp import flops  # noqa: E402
+from modexp.bench import Stepper, random_batch, time_interleaved  # noqa: E402  (shared timing)
 from modexp.model import build_model  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
-from modexp.train import make_optimizer  # noqa: E402  (the trainer's AdamW, as trained)
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,47 +53,15 @@ def pick(variants: dict, kind: str, name: str | None):
     return next(v for v in variants.values() if v.kind == kind)
 
 
-class Stepper:
-    """One model with its optimiser and a fixed batch; `step()` is one timed training step."""
-
-    def __init__(self, model_cfg, variant, vocab, batch, train_cfg, args):
-        torch.manual_seed(0)
-        self.net = build_model(model_cfg, variant, vocab).to(args.device)
-        self.opt = make_optimizer(self.net, train_cfg, torch.device(args.device))
-        self.fwd = torch.compile(self.net) if args.compile else self.net
-        self.idx, self.targets = batch
-        self.args = args
-
-    def step(self) -> float:
-        """Seconds for forward + backward + AdamW step (synchronised on CUDA)."""
-        dev = self.args.device
-        if dev.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(dev.split(":")[0], torch.bfloat16, enabled=self.args.bf16):
-            out = self.fwd(self.idx, self.targets)
-        out.loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        if dev.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-
 def bench_size(model_cfg, vanilla, mod, vocab, B, T, train_cfg, args) -> dict:
     """Median step times of both variants on the same batch, interleaved."""
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, vocab, (B, T + 1), generator=g).to(args.device)
-    batch = (tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
-    runs = {"vanilla": Stepper(model_cfg, vanilla, vocab, batch, train_cfg, args),
-            "mod": Stepper(model_cfg, mod, vocab, batch, train_cfg, args)}
-    for s in runs.values():
-        for _ in range(args.warmup):
-            s.step()
-    times = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, s in runs.items():
-            times[name].append(s.step())
+    batch = random_batch(vocab, B, T)
+    runs = {}
+    for name, variant in (("vanilla", vanilla), ("mod", mod)):
+        torch.manual_seed(0)
+        net = build_model(model_cfg, variant, vocab)
+        runs[name] = Stepper(net, train_cfg, batch, args.device, args.bf16, args.compile)
+    times = time_interleaved({name: s.step for name, s in runs.items()}, args.warmup, args.repeats)
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     fl = {name: flops.train_flops(flops.arch_from_config(model_cfg, v, vocab), T)
           for name, v in (("vanilla", vanilla), ("mod", mod))}

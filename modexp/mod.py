@@ -30,6 +30,7 @@ from modexp.spec import ModVariant
 
 if TYPE_CHECKING:  # model.py imports this module; the Block is only passed in
     from modexp.model import Block
+    from modexp.decode import KVCache
 
 
 @dataclass
@@ -57,11 +58,16 @@ class RoutedLayer(nn.Module):
             h = variant.predictor_hidden
             self.predictor = nn.Sequential(nn.Linear(d_model, h), nn.GELU(), nn.Linear(h, 1))
 
-    def forward(self, x: Tensor, block: Block, pos: Tensor,
-                routing: str = "topk") -> tuple[Tensor, RouteInfo]:
-        """x (B, T, d) -> (x with the routed tokens updated, RouteInfo)."""
+    def forward(self, x: Tensor, block: Block, pos: Tensor, routing: str = "topk",
+                cache: KVCache | None = None) -> tuple[Tensor, RouteInfo]:
+        """x (B, T, d) -> (x with the routed tokens updated, RouteInfo).
+
+        cache (causal routing only): receives the keys and values of the routed tokens alone.
+        """
         r = self._router_logits(x)  # (B, T)
         k = routed_k(self.capacity, x.size(1))
+        if routing == "topk" and cache is not None:
+            raise ValueError("a KV cache needs routing='causal': top-k routing is not causal")
         if routing == "topk":
             idx = topk_positions(r, k)  # (B, k)
             out = self._run_topk(x, block, pos, r, idx)
@@ -75,7 +81,7 @@ class RoutedLayer(nn.Module):
                              "causal: none (use causal: aux_loss or predictor)")
         pred = self._predictor_logits(x)
         decision = (r if pred is None else pred) > 0  # (B, T): route iff logit > 0
-        out, idx, valid = self._run_causal(x, block, pos, r, decision)
+        out, idx, valid = self._run_causal(x, block, pos, r, decision, cache)
         member = membership(topk_positions(r, k), r)  # what top-k would have done, for stats
         return out, self._info(x, r, member, idx, valid, decision.sum(), pred, decision)
 
@@ -85,12 +91,12 @@ class RoutedLayer(nn.Module):
         flat = flat_index(idx, T)  # (B*k,) rows of x viewed as (B*T, d)
         xs = x.reshape(B * T, d).index_select(0, flat).view(B, -1, d)  # (B, k, d)
         f = block.update(xs, pos.expand(B, T).gather(1, idx))  # (B, k, d), original positions
-        upd = self._gated(r.gather(1, idx), f).to(x.dtype)
+        upd = self.gated(r.gather(1, idx), f).to(x.dtype)
         # Out of place: every row not in `flat` is copied from x unchanged (bit-identical).
         return x.reshape(B * T, d).index_add(0, flat, upd.reshape(-1, d)).view(B, T, d)
 
-    def _run_causal(self, x: Tensor, block: Block, pos: Tensor, r: Tensor,
-                    decision: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _run_causal(self, x: Tensor, block: Block, pos: Tensor, r: Tensor, decision: Tensor,
+                    cache: KVCache | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Route each token on its own decision; rows padded to the largest routed count."""
         B, T, d = x.shape
         counts = decision.sum(1)  # (B,)
@@ -104,20 +110,45 @@ class RoutedLayer(nn.Module):
         flat = flat_index(idx, T)
         xs = x.reshape(B * T, d).index_select(0, flat).view(B, kmax, d)
         ps = pos.gather(1, idx)  # (B, kmax) original positions
-        f = block.update(xs, ps, padded_causal_mask(ps, valid))
-        new = xs + self._gated(r.gather(1, idx), f).to(x.dtype)
+        f = block.update(xs, ps, padded_causal_mask(ps, valid), cache)
+        if cache is not None:  # padding slots were written too, but only routed tokens count
+            cache.keep(counts.tolist())
+        new = xs + self.gated(r.gather(1, idx), f).to(x.dtype)
         new = torch.where(valid.unsqueeze(-1), new, xs)  # padding slots write back x itself
         return x.reshape(B * T, d).index_copy(0, flat, new.reshape(-1, d)).view(B, T, d), idx, valid
+
+    # ------------------------------------------------------------ decoding (modexp/decode.py)
+    # One token per row: matrix-vector products, since at batch 1 an F.linear costs ~3x a mv
+    # in fixed dispatch time, and these run at every routed layer for every decoded token.
+    def decide_one(self, x: Tensor) -> bool:
+        """Batch-1 decode (under inference_mode): does the token x (1, 1, d) route here?"""
+        v = x.view(-1).float()  # (d,)
+        if self.predictor is None:
+            return float(torch.dot(self.router.weight[0], v)) > 0
+        first, last = self.predictor._modules["0"], self.predictor._modules["2"]  # [i]: slow
+        h = F.gelu(torch.addmv(first.bias, first.weight, v))  # (h,)
+        return float(torch.dot(last.weight[0], h)) > -float(last.bias)  # no op for the bias
+
+    def step_update(self, x: Tensor, block: Block, angles, cache: KVCache) -> Tensor:
+        """g(r) * f (n, 1, d) for decode tokens x (n, 1, d) that route here, via the cache."""
+        f = block.update(x, angles, None, cache)  # attends over this layer's cached routed tokens
+        r = x.float() @ self.router.weight[0]  # (n, 1) router logits, fp32
+        return self.gated(r, f).to(x.dtype)
 
     def _router_logits(self, x: Tensor) -> Tensor:
         """Router logits (B, T) in fp32 even under autocast: bf16 would tie scores at top-k."""
         with torch.autocast(x.device.type, enabled=False):
             return self.router(x.float()).squeeze(-1)
 
-    def _gated(self, r: Tensor, f: Tensor) -> Tensor:
+    def gated(self, r: Tensor, f: Tensor) -> Tensor:
         """g(r) * f for r (B, k), f (B, k, d): the router weight on the gradient path."""
         g = torch.sigmoid(r) if self.gate == "sigmoid" else r
         return g.unsqueeze(-1) * f
+
+    def decision_logits(self, x: Tensor) -> Tensor:
+        """The causal decision's logits (B, T): route iff > 0 (predictor, else the router)."""
+        pred = self._predictor_logits(x)
+        return self._router_logits(x) if pred is None else pred
 
     def _predictor_logits(self, x: Tensor) -> Tensor | None:
         """Predictor logits (B, T) on stop-gradient x (it must not shape the trunk), or None."""

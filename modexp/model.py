@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,9 @@ from torch import Tensor, nn
 
 from modexp.mod import RoutedLayer, route_losses, route_stats
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
+
+if TYPE_CHECKING:  # the cache lives with the decoder; the model only passes it through
+    from modexp.decode import KVCache
 
 
 @dataclass
@@ -74,25 +78,40 @@ class Attention(nn.Module):
         B, t, _ = x.shape
         return self.qkv(x).view(B, t, 3, self.n_heads, self.head_size)
 
-    def rotate(self, qkv: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """RoPE on q and k at positions pos (B, t) (or (1, t)); q, k, v each (B, nh, t, hs)."""
-        cos, sin = self.rotary.angles(pos, qkv.dtype)  # (B, t, 1, 1, hs/2)
+    def rotate(self, qkv: Tensor, pos: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
+        """RoPE on q and k at positions pos (B, t) (or (1, t)); q, k, v each (B, nh, t, hs).
+
+        pos may also be angles (cos, sin) from Rotary.angles: a decode step computes them once
+        for all layers (every layer's Rotary is the same function of position).
+        """
+        angles = pos if isinstance(pos, tuple) else self.rotary.angles(pos, qkv.dtype)
+        cos, sin = angles  # (B, t, 1, 1, hs/2)
         qk = apply_rotary(qkv[:, :, :2], cos, sin)  # q and k in one pass: (B, t, 2, nh, hs)
         q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # (B, t, nh, hs)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """Attention output (B, t, d); causal by order when mask is None, else mask (B, 1, t, s)."""
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, t, hs)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        """Attention output (B, t, d) under mask (B, 1, t, s); mask None: causal by order.
+
+        A single query with mask None (a decode step over a KV cache) sees every key: SDPA's
+        is_causal would align it with the first key instead (top-left), so it is not used.
+        """
+        causal = mask is None and q.size(2) > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        # y: (B, nh, t, hs)
         B, nh, t, hs = y.shape
         return self.proj(y.transpose(1, 2).reshape(B, t, nh * hs))  # (B, t, d)
 
-    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Self-attention of the t tokens in x (B, t, d) at positions pos (B, t)."""
+    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None,
+                cache: KVCache | None = None) -> Tensor:
+        """Self-attention of the t tokens in x (B, t, d) at positions pos (B, t).
+
+        With a cache (sampling), the new keys and values are stored there and the queries
+        attend over everything the cache holds (modexp/decode.py), under the mask it returns.
+        """
         q, k, v = self.rotate(self.project(x), pos)
+        if cache is not None:
+            k, v, mask = cache.extend(k, v, mask)
         return self.attend(q, k, v, mask)
 
 
@@ -129,9 +148,10 @@ class Block(nn.Module):
         self.norm2 = nn.RMSNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def update(self, x: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
+    def update(self, x: Tensor, pos: Tensor, mask: Tensor | None = None,
+               cache: KVCache | None = None) -> Tensor:
         """f(x) = block(x) - x (B, t, d), computed without the subtraction."""
-        a = self.attn(self.norm1(x), pos, mask)  # (B, t, d)
+        a = self.attn(self.norm1(x), pos, mask, cache)  # (B, t, d)
         m = self.mlp(self.norm2(x + a))
         return a + m
 
@@ -172,13 +192,19 @@ class Transformer(nn.Module):
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=resid_std)
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=resid_std)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None,
-                routing: str = "topk") -> ForwardOutput:
+    def layers(self) -> list[tuple[Block, RoutedLayer | None]]:
+        """Each layer's block and its router (None for a dense layer), in order."""
+        return [(b, self.routers[str(i)] if str(i) in self.routers else None)
+                for i, b in enumerate(self.blocks)]
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, routing: str = "topk",
+                caches: list[KVCache] | None = None) -> ForwardOutput:
         """Logits, losses and routing stats for tokens idx (B, T).
 
         routing="topk": expert-choice top-k per sequence (training; NOT causal: whether a token
         is routed depends on later tokens' router scores). routing="causal": each token decides
         alone (router or predictor logit > 0), as when sampling (MoD paper, sec. 3.5).
+        caches (one per layer, empty): fill them with the prompt's keys and values (prefill).
         """
         if routing not in ("topk", "causal"):
             raise ValueError(f"routing must be 'topk' or 'causal', got {routing!r}")
@@ -186,12 +212,12 @@ class Transformer(nn.Module):
         pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T): original positions
         x = self.embed(idx)  # (B, T, d)
         infos = []
-        for i, block in enumerate(self.blocks):
-            router = self.routers[str(i)] if str(i) in self.routers else None
+        for i, (block, router) in enumerate(self.layers()):
+            cache = caches[i] if caches is not None else None
             if router is None:
-                x = x + block.update(x, pos)
+                x = x + block.update(x, pos, None, cache)
             else:
-                x, info = router(x, block, pos, routing)
+                x, info = router(x, block, pos, routing, cache)
                 infos.append(info)
         logits = self.head(self.norm(x))  # (B, T, V)
         return self._output(logits, targets, infos, B * T)

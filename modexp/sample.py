@@ -1,0 +1,203 @@
+"""`modexp sample`: continue a prompt with a run's checkpoint, and report how MoD routed it.
+
+Also how models come out of run folders: one run (load_run), or the vanilla and MoD models of
+one size from a run, a results folder or a spec (resolve, for `modexp bench`). Decoding itself
+(KV caches, causal routing, sampling) lives in modexp/decode.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modexp.decode import generate
+from modexp.spec import SpecError
+
+
+@dataclass
+class SampleResult:
+    """What `modexp sample` prints: the continuation and how the model routed it."""
+
+    run_id: str
+    kind: str  # vanilla | mod
+    step: int | None  # the checkpoint's training step
+    prompt: str
+    text: str  # the continuation: bytes decoded (errors replaced), or token ids
+    tokens: list[int]  # the generated token ids
+    routed_frac: dict[int, float]  # routed layer -> fraction of decoded tokens routed there
+    tokens_per_s: float  # decode steps only
+    seconds: float  # prefill + decode
+
+
+def load_run(run_dir: str | Path, device: str = "cpu"):
+    """(model in eval mode, run.json, checkpoint step) from a run folder; SpecError if unusable."""
+    from modexp.metrics import RUN_FILE, read_json
+    from modexp.model import build_model
+    from modexp.spec import parse_spec
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).is_file():
+        raise SpecError(str(run_dir), [f"not a run folder: no {RUN_FILE} (expected "
+                                       "results/<experiment>/<run_id>/)"])
+    ckpt = run_dir / "ckpt.pt"
+    if not ckpt.is_file():
+        raise SpecError(str(run_dir), ["no checkpoint (ckpt.pt): the run has not trained yet "
+                                       "(modexp run SPEC)"])
+    run = read_json(run_dir / RUN_FILE)
+    spec, plan = parse_spec(run["spec"], str(run_dir / RUN_FILE)), run["plan"]
+    model_cfg = next(m for m in spec.models if m.name == plan["model"])
+    model = build_model(model_cfg, spec.variants[plan["variant"]], plan["vocab"])
+    state = torch.load(ckpt, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), run, state.get("step")
+
+
+def encode_prompt(text: str, vocab: int, byte_level: bool) -> list[int]:
+    """Prompt text -> ids: UTF-8 bytes, or whitespace-separated ids for a token vocabulary."""
+    if byte_level:
+        ids = list(text.encode("utf-8"))
+    else:
+        try:
+            ids = [int(t) for t in text.split()]
+        except ValueError:
+            raise SpecError("--prompt", ["this run's vocabulary is not bytes: give the prompt "
+                                         "as whitespace-separated token ids"]) from None
+    if not ids:
+        raise SpecError("--prompt", ["the prompt is empty; sampling needs at least one token"])
+    if not all(0 <= i < vocab for i in ids):
+        raise SpecError("--prompt", [f"token ids must lie in 0..{vocab - 1}"])
+    return ids
+
+
+def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int = 200,
+               temperature: float = 0.8, top_k: int | None = None, seed: int = 0,
+               device: str = "auto") -> SampleResult:
+    """Continue a prompt with a run's checkpoint (causal routing for MoD); text and routing."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if max_new_tokens < 1:
+        raise SpecError("--max-new-tokens", ["must be at least 1"])
+    model, run, step = load_run(run_dir, device)
+    spec, plan = run["spec"], run["plan"]
+    if plan["kind"] == "mod" and spec["variants"][plan["variant"]]["causal"] == "none":
+        raise SpecError(str(run_dir), ["this MoD variant has causal: none, so it cannot route "
+                                       "token by token; sampling needs aux_loss or predictor"])
+    byte_level = not spec["data"]["source"].endswith(".bin")
+    ids = encode_prompt(prompt, plan["vocab"], byte_level)
+    g = generate(model, torch.tensor([ids], device=device), max_new_tokens, temperature,
+                 top_k, seed)
+    new = g.tokens[0, len(ids):].tolist()
+    text = bytes(new).decode("utf-8", errors="replace") if byte_level else " ".join(map(str, new))
+    routed_layers = [i for i, (_, r) in enumerate(model.layers()) if r is not None]
+    return SampleResult(plan["run_id"], plan["kind"], step, prompt, text, new,
+                        dict(zip(routed_layers, g.routed_frac())), g.decode_tokens_per_s,
+                        g.prefill_s + g.decode_s)
+
+
+def print_sample(res: SampleResult, console) -> None:
+    """The continuation, then one line of routing statistics (rich console)."""
+    from rich.text import Text
+
+    console.print(Text(res.prompt, style="dim") + Text(res.text))
+    stats = (f"{res.run_id} (step {res.step}): {len(res.tokens)} tokens, "
+             f"{res.tokens_per_s:,.0f} tok/s")
+    if res.routed_frac:
+        fr = ", ".join(f"L{i} {f:.1%}" for i, f in res.routed_frac.items())
+        stats += f"; routed (causal decision) per layer: {fr}"
+    console.print(stats, style="cyan", highlight=False)
+
+
+# ---------------------------------------------------------------- both kinds of one size (bench)
+@dataclass
+class Pair:
+    """The vanilla and MoD models of one size, and where their weights come from."""
+
+    spec: object  # ExperimentSpec
+    model_cfg: object  # ModelConfig
+    variants: dict  # "vanilla" / "mod" -> variant config
+    nets: dict  # "vanilla" / "mod" -> Transformer
+    weights: dict  # "vanilla" / "mod" -> "checkpoint <run_id> (step n)" | "fresh init"
+
+
+def _variant_name(spec, kind: str) -> str:
+    """The first variant of a kind (vanilla or mod)."""
+    names = [n for n, v in spec.variants.items() if v.kind == kind]
+    if not names:
+        raise SpecError(spec.name, [f"variants: no {kind} variant to benchmark against"])
+    return names[0]
+
+
+def _largest(spec, name: str | None):
+    """The named model size, or the largest (by L * d^2, ~ its non-embedding parameters)."""
+    if name is not None:
+        found = [m for m in spec.models if m.name == name]
+        if not found:
+            raise SpecError(spec.name, [f"--model: no size {name!r}; sizes: "
+                                        f"{', '.join(m.name for m in spec.models)}"])
+        return found[0]
+    return max(spec.models, key=lambda m: m.n_layers * m.d_model ** 2)
+
+
+def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
+    """A run folder, a results folder, a spec file (or spec) -> the pair of models to compare."""
+    from modexp.metrics import RUN_FILE, read_json
+    from modexp.runner import PLAN_FILE
+    from modexp.spec import load_spec, parse_spec
+
+    if not isinstance(target, (str, Path)):  # an ExperimentSpec already loaded (scripts)
+        return _pair(target, _largest(target, model), {}, {}, device)
+    target = Path(target)
+    if target.is_file() or target.suffix in (".yaml", ".yml"):
+        spec = load_spec(target)
+        return _pair(spec, _largest(spec, model), {}, {}, device)
+    if (target / RUN_FILE).is_file():  # a run: its size, with its sibling of the other kind
+        run = read_json(target / RUN_FILE)
+        spec, p = parse_spec(run["spec"], str(target / RUN_FILE)), run["plan"]
+        runs = _runs(target.parent, p["budget"], p["seed"])
+        return _pair(spec, _largest(spec, p["model"]), runs, {p["kind"]: p["variant"]}, device)
+    if (target / PLAN_FILE).is_file():  # a results folder: its largest trained budget
+        planned = read_json(target / PLAN_FILE)
+        spec = parse_spec(planned["spec"], str(target / PLAN_FILE))
+        size = _largest(spec, model)
+        done = [r["budget"] for r in planned["runs"]
+                if r["model"] == size.name and (target / r["run_id"] / "ckpt.pt").is_file()]
+        runs = _runs(target, max(done), spec.seeds[0]) if done else {}
+        return _pair(spec, size, runs, {}, device)
+    raise SpecError(str(target), ["expected a run folder (run.json), a results folder "
+                                  "(plan.json) or a spec file (YAML)"])
+
+
+def _runs(exp_dir: Path, budget: float, seed: int) -> dict[tuple[str, str], Path]:
+    """(model, variant) -> run folder with a checkpoint, for one budget and seed."""
+    from modexp.metrics import RUN_FILE, read_json
+
+    found = {}
+    for run_file in exp_dir.glob(f"*/{RUN_FILE}"):
+        p = read_json(run_file)["plan"]
+        if p["budget"] == budget and p["seed"] == seed and (run_file.parent / "ckpt.pt").is_file():
+            found[(p["model"], p["variant"])] = run_file.parent
+    return found
+
+
+def _pair(spec, size, runs: dict, names: dict, device: str) -> Pair:
+    """Both models: from the runs' checkpoints where they exist, else freshly initialised.
+
+    names: kind -> variant name (default: the spec's first of each kind).
+    """
+    from modexp.model import build_model
+
+    names = {k: names.get(k) or _variant_name(spec, k) for k in ("vanilla", "mod")}
+    variants = {k: spec.variants[n] for k, n in names.items()}
+    nets, weights = {}, {}
+    for kind in ("vanilla", "mod"):
+        run_dir = runs.get((size.name, names[kind]))
+        if run_dir is not None:
+            nets[kind], run, step = load_run(run_dir, device)
+            weights[kind] = f"checkpoint {run['plan']['run_id']} (step {step})"
+        else:
+            torch.manual_seed(0)
+            nets[kind] = build_model(size, variants[kind], spec.data.vocab).to(device).eval()
+            weights[kind] = "fresh init"
+    return Pair(spec, size, variants, nets, weights)
