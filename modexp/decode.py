@@ -133,10 +133,14 @@ def make_caches(model, batch: int, max_len: int) -> list[KVCache]:
 
 
 # ---------------------------------------------------------------- one decode step
-def routed_step(router, block, x: Tensor, angles, cache: KVCache) -> tuple[Tensor, Tensor | bool]:
-    """One token per row (B, 1, d) through a routed layer by its causal decision; (x, go)."""
+def routed_step(router, decide, block, x: Tensor, angles,
+                cache: KVCache) -> tuple[Tensor, Tensor | bool]:
+    """One token per row (B, 1, d) through a routed layer by its causal decision; (x, go).
+
+    decide: router.decider(), the batch-1 decision with the layer's weights bound.
+    """
     if x.size(0) == 1:  # batch 1: a skipping token skips the whole block
-        go = router.decide_one(x)
+        go = decide(x)
         return (x + router.step_update(x, block, angles, cache) if go else x), go
     go = router.decision_logits(x)[:, 0] > 0  # (B,): route iff logit > 0
     rows = go.nonzero()[:, 0]  # (n,) rows that route
@@ -153,11 +157,11 @@ def decode_step(model, layers: list, tok: Tensor, angles: tuple[Tensor, Tensor],
     """Logits (B, V) for the next token after tok (B, 1), at the RoPE angles of its position."""
     x = model.embed(tok)  # (B, 1, d)
     r = 0
-    for (block, router), cache in zip(layers, caches):
+    for (block, router, decide), cache in zip(layers, caches):
         if router is None:
             x = x + block.update(x, angles, None, cache)
         else:
-            x, go = routed_step(router, block, x, angles, cache)
+            x, go = routed_step(router, decide, block, x, angles, cache)
             decisions[r].append(go)
             r += 1
     return model.head(model.norm(x))[:, 0]
@@ -178,22 +182,24 @@ class Sampler:
         self.gen = torch.Generator(device).manual_seed(seed)
         self.shape, self.device = (batch, vocab), device
         self.block = min(steps, max(1, 2 ** 16 // (batch * vocab)))  # steps of noise per draw
-        self.noise, self.at = None, self.block
+        self.noise, self.at = (), self.block
 
     def __call__(self, logits: Tensor) -> Tensor:
-        """Pick one token per row."""
+        """Pick one token per row: (B, 1)."""
         if not self.inv_t:
-            return logits.argmax(-1)
+            return logits.argmax(-1, keepdim=True)
         if self.top_k is not None:  # only the k most likely tokens stay possible
             kth = logits.topk(self.top_k, dim=-1).values[:, -1:]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        return torch.add(self._gumbel(), logits, alpha=self.inv_t).argmax(-1)  # one op
+        noisy = torch.add(self._gumbel(), logits, alpha=self.inv_t)  # one op: logits / T + G
+        return noisy.argmax(-1, keepdim=True)
 
     def _gumbel(self) -> Tensor:
         """Standard Gumbel noise (B, V) for this step."""
         if self.at == self.block:
             u = torch.rand((self.block, *self.shape), generator=self.gen, device=self.device)
-            self.noise, self.at = -torch.log(-torch.log(u)), 0  # u = 0 gives -inf: never picked
+            g = -torch.log(-torch.log(u))  # u = 0 gives -inf: never picked
+            self.noise, self.at = g.unbind(0), 0  # per-step views, taken once
         self.at += 1
         return self.noise[self.at - 1]
 
@@ -241,11 +247,11 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
     B, P = prompt.shape
     dev = prompt.device
     caches = make_caches(model, B, P + max_new_tokens)
-    layers = model.layers()
-    n_routed = sum(r is not None for _, r in layers)
+    layers = [(b, r, None if r is None else r.decider()) for b, r in model.layers()]
+    n_routed = sum(r is not None for _, r, _ in layers)
     pick = Sampler(temperature, top_k, seed, B, model.vocab, dev, max_new_tokens)
     rope = rope_table(layers[0][0].attn.rotary, P + max_new_tokens, model.head.weight.dtype)
-    out = torch.empty(B, max_new_tokens, dtype=torch.long, device=dev)
+    out = []  # (B, 1) per new token
     decisions: list[list] = [[] for _ in range(n_routed)]
     kept = []
     with native_cpu_kernels(dev):
@@ -256,15 +262,15 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
         for s in range(max_new_tokens):
             if keep_logits:
                 kept.append(logits.clone())
-            out[:, s] = pick(logits) if feed is None else feed[:, s]
+            out.append(pick(logits) if feed is None else feed[:, s:s + 1])
             if s + 1 < max_new_tokens:
-                logits = decode_step(model, layers, out[:, s:s + 1], rope[P + s], caches, decisions)
+                logits = decode_step(model, layers, out[-1], rope[P + s], caches, decisions)
         _sync(dev)
         t2 = time.perf_counter()
     model.train(was_training)
     routed = stack_decisions(decisions, B) if n_routed and max_new_tokens > 1 else None
-    return Generation(torch.cat([prompt, out], dim=1), max_new_tokens, routed, t1 - t0, t2 - t1,
-                      caches, kept)
+    return Generation(torch.cat([prompt, *out], dim=1), max_new_tokens, routed, t1 - t0,
+                      t2 - t1, caches, kept)
 
 
 def rope_table(rotary, n: int, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:

@@ -19,7 +19,7 @@ inputs, trained with its own BCE). routing="causal" routes token i iff that logi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -118,21 +118,25 @@ class RoutedLayer(nn.Module):
         return x.reshape(B * T, d).index_copy(0, flat, new.reshape(-1, d)).view(B, T, d), idx, valid
 
     # ------------------------------------------------------------ decoding (modexp/decode.py)
-    # One token per row: matrix-vector products, since at batch 1 an F.linear costs ~3x a mv
-    # in fixed dispatch time, and these run at every routed layer for every decoded token.
-    def decide_one(self, x: Tensor) -> bool:
-        """Batch-1 decode (under inference_mode): does the token x (1, 1, d) route here?"""
-        v = x.view(-1).float()  # (d,)
+    def decider(self) -> Callable[[Tensor], bool]:
+        """Batch-1 decode: x (1, 1, d) -> does this token route here (decision logit > 0)?
+
+        The weights are bound once per generation (they are fixed there), and the products are
+        matrix-vector ones: at one token per step, module and parameter look-ups and F.linear's
+        fixed cost would take longer than the arithmetic, at every routed layer and token.
+        """
         if self.predictor is None:
-            return float(torch.dot(self.router.weight[0], v)) > 0
-        first, last = self.predictor._modules["0"], self.predictor._modules["2"]  # [i]: slow
-        h = F.gelu(torch.addmv(first.bias, first.weight, v))  # (h,)
-        return float(torch.dot(last.weight[0], h)) > -float(last.bias)  # no op for the bias
+            w = self.router.weight[0]  # (d,)
+            return lambda x: float(torch.dot(w, x.view(-1))) > 0
+        first, last = self.predictor[0], self.predictor[2]
+        w1, b1, w2 = first.weight, first.bias, last.weight[0]  # (h, d), (h,), (h,)
+        neg_b2 = -float(last.bias.detach())  # compared on the host: no op for the bias
+        return lambda x: float(torch.dot(w2, F.gelu(torch.addmv(b1, w1, x.view(-1))))) > neg_b2
 
     def step_update(self, x: Tensor, block: Block, angles, cache: KVCache) -> Tensor:
         """g(r) * f (n, 1, d) for decode tokens x (n, 1, d) that route here, via the cache."""
         f = block.update(x, angles, None, cache)  # attends over this layer's cached routed tokens
-        r = x.float() @ self.router.weight[0]  # (n, 1) router logits, fp32
+        r = F.linear(x, self.router.weight).squeeze(-1)  # (n, 1) router logits (decode: fp32)
         return self.gated(r, f).to(x.dtype)
 
     def _router_logits(self, x: Tensor) -> Tensor:
