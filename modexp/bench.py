@@ -1,8 +1,9 @@
 """`modexp bench`: what MoD's FLOP saving buys in wall time and memory, MoD next to vanilla.
 
 One process, the same inputs for both models, warm-up first, then interleaved repeats (so
-drift in machine load hits both alike) and medians. Each measured speedup is printed next to
-the analytic FLOP ratio it should approach, and realisation = measured / analytic:
+drift in machine load hits both alike) and medians; a speedup is the median of the ratios of
+adjacent runs, robust to load that comes and goes on a shared machine. Each speedup is printed
+next to the analytic FLOP ratio it should approach, and realisation = measured / analytic:
 - decode tokens/s at batch 1 and 8 (KV-cached sampling, MoD on its causal routing), against
   the per-token inference_flops ratio at the MEASURED routed fraction of each routed layer;
 - training step time (forward + backward + the trainer's AdamW), against train_flops;
@@ -114,7 +115,7 @@ class Ratio:
     vanilla: float  # tok/s (decode) or ms (train)
     mod: float
     unit: str
-    measured: float  # MoD speedup: >1 means MoD is faster
+    measured: float  # MoD speedup (>1: MoD faster): median over repeats of adjacent-run ratios
     analytic: float  # vanilla FLOPs / MoD FLOPs
     routed_frac: list[float] = field(default_factory=list)  # decode: measured, per routed layer
     spread: tuple[float, float] = (math.nan, math.nan)  # quartiles of the per-repeat speedups
@@ -186,8 +187,9 @@ def bench_decode(pair: Pair, batch: int, prompt: torch.Tensor, new_tokens: int, 
     v, m = statistics.median(tok_s["vanilla"]), statistics.median(tok_s["mod"])
     frac = [statistics.mean(col) for col in zip(*fracs["mod"])]  # every run, warm-up included
     analytic = decode_flop_ratio(pair, prompt.size(1) + new_tokens, frac)
-    paired = [b / a for a, b in zip(tok_s["vanilla"], tok_s["mod"])]
-    return Ratio(f"decode b{batch}", v, m, "tok/s", m / v, analytic, frac, quartiles(paired))
+    paired = [b / a for a, b in zip(tok_s["vanilla"], tok_s["mod"])]  # adjacent runs
+    return Ratio(f"decode b{batch}", v, m, "tok/s", statistics.median(paired), analytic, frac,
+                 quartiles(paired))
 
 
 def bench_train(pair: Pair, warmup: int, repeats: int, device: str,
@@ -200,8 +202,8 @@ def bench_train(pair: Pair, warmup: int, repeats: int, device: str,
                 for k in ("vanilla", "mod")}  # copies: training must not change the weights
     secs = time_interleaved({k: s.step for k, s in steppers.items()}, warmup, repeats)
     v, m = (1e3 * statistics.median(secs[k]) for k in ("vanilla", "mod"))
-    paired = [a / b for a, b in zip(secs["vanilla"], secs["mod"])]
-    return Ratio("train step", v, m, "ms", v / m, train_flop_ratio(pair, T),
+    paired = [a / b for a, b in zip(secs["vanilla"], secs["mod"])]  # adjacent steps
+    return Ratio("train step", v, m, "ms", statistics.median(paired), train_flop_ratio(pair, T),
                  spread=quartiles(paired)), steppers
 
 
@@ -279,13 +281,14 @@ def _prompts(pair: Pair, n: int, length: int, seed: int) -> tuple[torch.Tensor, 
     """n prompts (n, length): held-out text windows for trained models, else random tokens."""
     trained = any(w != "fresh init" for w in pair.weights.values())
     if trained:
+        from modexp.corpus import SourceError
         from modexp.data import TokenData
 
         d = pair.spec.data
         try:
             val = TokenData(d.source, length, d.val_fraction).val_batches(1, n)[0][0]
             return val, "held-out text windows"
-        except Exception as e:  # the corpus may live elsewhere: fall back, and say so
+        except (SourceError, ValueError, OSError) as e:  # the corpus may live elsewhere
             note = f"random tokens (data unavailable: {e})"
     else:
         note = "random tokens"

@@ -35,13 +35,14 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model in eval mode, run.json, checkpoint step) from a run folder; SpecError if unusable."""
     from modexp.metrics import RUN_FILE, read_json
     from modexp.model import build_model
+    from modexp.runner import CKPT_FILE
     from modexp.spec import parse_spec
 
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).is_file():
         raise SpecError(str(run_dir), [f"not a run folder: no {RUN_FILE} (expected "
                                        "results/<experiment>/<run_id>/)"])
-    ckpt = run_dir / "ckpt.pt"
+    ckpt = run_dir / CKPT_FILE
     if not ckpt.is_file():
         raise SpecError(str(run_dir), ["no checkpoint (ckpt.pt): the run has not trained yet "
                                        "(modexp run SPEC)"])
@@ -77,8 +78,12 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int = 200,
     """Continue a prompt with a run's checkpoint (causal routing for MoD); text and routing."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if max_new_tokens < 1:
-        raise SpecError("--max-new-tokens", ["must be at least 1"])
+    bad = [m for ok, m in ((max_new_tokens >= 1, "--max-new-tokens: must be at least 1"),
+                           (temperature >= 0, "--temperature: must be >= 0 (0 = greedy)"),
+                           (top_k is None or top_k >= 1, "--top-k: must be at least 1"))
+           if not ok]
+    if bad:
+        raise SpecError("modexp sample", bad)
     model, run, step = load_run(run_dir, device)
     spec, plan = run["spec"], run["plan"]
     if plan["kind"] == "mod" and spec["variants"][plan["variant"]]["causal"] == "none":
@@ -143,7 +148,7 @@ def _largest(spec, name: str | None):
 def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
     """A run folder, a results folder, a spec file (or spec) -> the pair of models to compare."""
     from modexp.metrics import RUN_FILE, read_json
-    from modexp.runner import PLAN_FILE
+    from modexp.runner import CKPT_FILE, PLAN_FILE
     from modexp.spec import load_spec, parse_spec
 
     if not isinstance(target, (str, Path)):  # an ExperimentSpec already loaded (scripts)
@@ -162,7 +167,7 @@ def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
         spec = parse_spec(planned["spec"], str(target / PLAN_FILE))
         size = _largest(spec, model)
         done = [r["budget"] for r in planned["runs"]
-                if r["model"] == size.name and (target / r["run_id"] / "ckpt.pt").is_file()]
+                if r["model"] == size.name and (target / r["run_id"] / CKPT_FILE).is_file()]
         runs = _runs(target, max(done), spec.seeds[0]) if done else {}
         return _pair(spec, size, runs, {}, device)
     raise SpecError(str(target), ["expected a run folder (run.json), a results folder "
@@ -172,11 +177,12 @@ def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
 def _runs(exp_dir: Path, budget: float, seed: int) -> dict[tuple[str, str], Path]:
     """(model, variant) -> run folder with a checkpoint, for one budget and seed."""
     from modexp.metrics import RUN_FILE, read_json
+    from modexp.runner import CKPT_FILE
 
     found = {}
     for run_file in exp_dir.glob(f"*/{RUN_FILE}"):
         p = read_json(run_file)["plan"]
-        if p["budget"] == budget and p["seed"] == seed and (run_file.parent / "ckpt.pt").is_file():
+        if p["budget"] == budget and p["seed"] == seed and (run_file.parent / CKPT_FILE).is_file():
             found[(p["model"], p["variant"])] = run_file.parent
     return found
 

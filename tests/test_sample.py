@@ -62,9 +62,9 @@ def causal_decisions(net, idx) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-@pytest.mark.parametrize("P", [1, 7])
-def test_cached_decode_equals_full_causal_forward(name, P):
-    net, idx = rigged(VARIANTS[name]), tokens(2, 24)
+@pytest.mark.parametrize("B, P", [(1, 7), (2, 1), (2, 7)])  # batch 1 has its own fast path
+def test_cached_decode_equals_full_causal_forward(name, B, P):
+    net, idx = rigged(VARIANTS[name]), tokens(B, 24)
     full, decisions = causal_decisions(net, idx[:, :-1])
     g = generate(net, idx[:, :P], 24 - P, feed=idx[:, P:], keep_logits=True)
     cached = torch.stack(g.logits, dim=1)  # (B, 24 - P, V): predictions for positions P..23
@@ -188,3 +188,11 @@ def test_cache_grows_keeping_its_contents_and_refuses_overflow():
     assert cache.k[0, 0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     with pytest.raises(RuntimeError, match="full"):
         cache.extend(kv, kv, None)
+
+
+def test_sample_run_bad_arguments(tmp_path):
+    run_dir = write_run(tmp_path)
+    with pytest.raises(SpecError, match="top-k"):
+        sample_run(run_dir, "x", top_k=0)
+    with pytest.raises(SpecError, match="empty"):
+        sample_run(run_dir, "")
