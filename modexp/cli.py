@@ -20,7 +20,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 @app.callback()
 def main() -> None:
-    """isoFLOP experiments for Mixture-of-Depths transformers: plan, run, status, plot."""
+    """isoFLOP experiments for Mixture-of-Depths transformers: plan, run, status, plot, sample, bench."""
 
 
 def _fail(e: SpecError) -> None:
@@ -121,3 +121,48 @@ def plot(path: Path = typer.Argument(..., help="A results folder (or the spec th
     except SpecError as e:
         _fail(e)
     print_report(report, out)
+
+
+@app.command()
+def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<experiment>/<run_id>."),
+           prompt: str = typer.Option(..., help="Text to continue (token ids for a .bin corpus)."),
+           max_new_tokens: int = typer.Option(200, help="Tokens to generate."),
+           temperature: float = typer.Option(0.8, help="Sampling temperature; 0 = greedy."),
+           top_k: int = typer.Option(None, help="Sample from the k most likely tokens only."),
+           seed: int = typer.Option(0, help="Sampling seed."),
+           device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda.")) -> None:
+    """Continue a prompt with a run's checkpoint (KV cache; MoD routes causally) and show routing."""
+    from modexp.sample import print_sample, sample_run
+
+    try:
+        res = sample_run(run_dir, prompt, max_new_tokens, temperature, top_k, seed, device)
+    except SpecError as e:
+        _fail(e)
+    print_sample(res, out)
+
+
+@app.command()
+def bench(target: Path = typer.Argument(..., help="A run folder, a results folder or a spec."),
+          model: str = typer.Option(None, help="Model size name (default: the largest)."),
+          batch_size: list[int] = typer.Option([1, 8], help="Decode batch size (repeatable)."),
+          prompt_len: int = typer.Option(16, help="Prompt tokens per row."),
+          new_tokens: int = typer.Option(128, help="Tokens decoded per row."),
+          repeats: int = typer.Option(15, help="Timed decode repeats (median reported)."),
+          train_repeats: int = typer.Option(10, help="Timed training steps (median reported)."),
+          train: bool = typer.Option(True, "--train/--no-train", help="Also time a training step."),
+          device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda."),
+          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """MoD vs vanilla of one size: decode tok/s, train step time, memory, vs the FLOP ratios."""
+    from modexp.bench import bench as run_bench
+    from modexp.bench import print_bench, report_dict
+
+    try:
+        report = run_bench(target, model, tuple(batch_size), prompt_len, new_tokens,
+                           repeats=repeats, train=train, train_repeats=train_repeats,
+                           device=device)
+    except SpecError as e:
+        _fail(e)
+    if as_json:
+        sys.stdout.write(json.dumps(report_dict(report), indent=2) + "\n")
+    else:
+        print_bench(report, out)

@@ -196,3 +196,19 @@ def test_sample_run_bad_arguments(tmp_path):
         sample_run(run_dir, "x", top_k=0)
     with pytest.raises(SpecError, match="empty"):
         sample_run(run_dir, "")
+
+
+def test_sample_command_prints_the_continuation_and_routing(tmp_path):
+    from typer.testing import CliRunner
+
+    from modexp.cli import app
+
+    run_dir = write_run(tmp_path)
+    result = CliRunner().invoke(app, ["sample", str(run_dir), "--prompt", "import os",
+                                      "--max-new-tokens", "12", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("import os")
+    assert "2e9-xs-mod-s0 (step 7): 12 tokens" in result.output and "L1 " in result.output
+    bad = CliRunner().invoke(app, ["sample", str(tmp_path / "nope"), "--prompt", "x"])
+    assert bad.exit_code == 2 and "not a run folder" in bad.output
+    assert "Traceback" not in bad.output
