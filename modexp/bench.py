@@ -151,15 +151,16 @@ class BenchReport:
     memory: list[Memory] = field(default_factory=list)
 
 
-def decode_flop_ratio(pair: Pair, context: int, routed_frac: list[float]) -> float:
-    """Per-token inference FLOPs, vanilla / MoD, MoD's routed layers at their measured fractions."""
+def decode_flop_ratio(pair: Pair, prompt_len: int, steps: int, routed_frac: list[float]) -> float:
+    """FLOPs of the timed decode steps, vanilla / MoD (routed layers at measured fractions)."""
     vocab = pair.spec.data.vocab
     arch_v = flops.arch_from_config(pair.model_cfg, pair.variants["vanilla"], vocab)
     arch_m = flops.arch_from_config(pair.model_cfg, pair.variants["mod"], vocab)
     fracs = iter(routed_frac)
-    caps = tuple(None if c is None else max(next(fracs), 1e-9) for c in arch_m.capacities)
+    caps = tuple(None if c is None else next(fracs) for c in arch_m.capacities)
     measured = dataclasses.replace(arch_m, capacities=caps)
-    return flops.inference_flops(arch_v, context) / flops.inference_flops(measured, context)
+    return (flops.decode_flops(arch_v, prompt_len, steps)
+            / flops.decode_flops(measured, prompt_len, steps))
 
 
 def train_flop_ratio(pair: Pair, seq_len: int) -> float:
@@ -186,7 +187,7 @@ def bench_decode(pair: Pair, batch: int, prompt: torch.Tensor, new_tokens: int, 
     tok_s = time_interleaved({k: run(k) for k in ("vanilla", "mod")}, warmup, repeats)
     v, m = statistics.median(tok_s["vanilla"]), statistics.median(tok_s["mod"])
     frac = [statistics.mean(col) for col in zip(*fracs["mod"])]  # every run, warm-up included
-    analytic = decode_flop_ratio(pair, prompt.size(1) + new_tokens, frac)
+    analytic = decode_flop_ratio(pair, prompt.size(1), new_tokens - 1, frac)  # the timed steps
     paired = [b / a for a, b in zip(tok_s["vanilla"], tok_s["mod"])]  # adjacent runs
     return Ratio(f"decode b{batch}", v, m, "tok/s", statistics.median(paired), analytic, frac,
                  quartiles(paired))
@@ -383,6 +384,7 @@ def print_bench(report: BenchReport, console) -> None:
                   f"decode: {s['prompt_len']}-token prompts ({s['prompts']}), "
                   f"{s['new_tokens']} new tokens, temperature {s['temperature']}, median of "
                   f"{s['repeats']} after {s['warmup']} warm-up{train}\n"
-                  "analytic: decode = inference_flops per token at the final context, MoD at the "
-                  "measured routed fractions; training = train_flops per sequence",
+                  "analytic: decode = flops.decode_flops of the timed steps (KV cache, causal "
+                  "attention), "
+                  "MoD at the measured routed fractions; training = train_flops per sequence",
                   highlight=False)

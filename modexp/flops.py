@@ -143,6 +143,33 @@ def inference_flops(arch: Arch, seq_len: int, convention: str = "matmul") -> int
     return forward_flops(arch, seq_len, convention) + predictors_forward_flops(arch, seq_len)
 
 
+def decode_flops(arch: Arch, prompt_len: int, steps: int) -> float:
+    """Forward FLOPs of `steps` KV-cached decode steps of one row after a prompt_len prompt.
+
+    Step s feeds the token at position p = prompt_len + s; in a dense layer it attends over
+    the p + 1 cached keys (2*(p+1)*d for the logits, as much for the values: a decode step
+    pays causal attention, not the full square). A routed layer's capacity is read as the
+    fraction c of tokens that run its block (at decode: the measured causal routed
+    fraction); such a token attends over about c*(p+1) keys, the routed tokens of its row.
+    The predictor (if any) runs on every token and the router only on the routed ones (for
+    the gate g(r)); without a predictor the router's logit is the decision, on every token.
+    Matmul convention; an expected value, so a float.
+    """
+    d = arch.d_model
+    block = attention_flops(1, d) - 4 * d + mlp_flops(1, arch)  # one token, keys excluded
+    total = 0.0
+    for p in range(prompt_len, prompt_len + steps):
+        for i in range(arch.n_layers):
+            c = arch.capacity(i)
+            if c is None:
+                total += block + 4 * (p + 1) * d
+            else:
+                router = router_flops(1, arch) * (c if arch.predictor_hidden else 1)
+                total += c * (block + 4 * c * (p + 1) * d) + router
+    per_token = 2 * d * arch.vocab + (predictors_forward_flops(arch, 1))  # LM head, predictors
+    return total + steps * per_token
+
+
 def predictors_train_flops(arch: Arch, seq_len: int) -> int:
     """Training FLOPs of the predictors: forward 2T(dh + h), backward 2T(dh + 2h).
 

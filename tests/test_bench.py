@@ -50,11 +50,12 @@ def test_calibration_routes_the_capacity_fraction(write_spec):
 
 def test_decode_flop_ratio_uses_the_measured_fraction(write_spec):
     pair = resolve(write_spec())
-    at_capacity = decode_flop_ratio(pair, 32, [0.25])
+    at_capacity = decode_flop_ratio(pair, 8, 24, [0.25])
     arch = {k: flops.arch_from_config(pair.model_cfg, v, 256) for k, v in pair.variants.items()}
-    expected = flops.inference_flops(arch["vanilla"], 32) / flops.inference_flops(arch["mod"], 32)
+    expected = flops.decode_flops(arch["vanilla"], 8, 24) / flops.decode_flops(arch["mod"], 8, 24)
     assert at_capacity == pytest.approx(expected)
-    assert decode_flop_ratio(pair, 32, [0.0]) > at_capacity > 1 > decode_flop_ratio(pair, 32, [1.0])
+    assert decode_flop_ratio(pair, 8, 24, [0.0]) > at_capacity > 1
+    assert decode_flop_ratio(pair, 8, 24, [1.0]) < 1  # routing everything adds the router's cost
 
 
 def test_a_run_folder_benchmarks_the_checkpoints_of_both_kinds(tmp_path):
@@ -69,3 +70,21 @@ def test_bad_targets_are_spec_errors(tmp_path):
         resolve(tmp_path)
     with pytest.raises(SpecError, match="not found"):
         resolve(tmp_path / "missing.yaml")
+
+
+def test_bench_command_json_and_bad_target(write_spec, tmp_path):
+    from typer.testing import CliRunner
+
+    from modexp.cli import app
+
+    args = ["bench", str(write_spec()), "--batch-size", "1", "--prompt-len", "4",
+            "--new-tokens", "6", "--repeats", "1", "--train-repeats", "1", "--device", "cpu"]
+    result = CliRunner().invoke(app, args + ["--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [r["what"] for r in report["ratios"]] == ["decode b1", "train step"]
+    assert all(r["realisation"] > 0 for r in report["ratios"])
+    table = CliRunner().invoke(app, args + ["--no-train"])
+    assert table.exit_code == 0 and "decode b1" in table.output and "train step" not in table.output
+    bad = CliRunner().invoke(app, ["bench", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code == 2 and "not found" in bad.output and "Traceback" not in bad.output

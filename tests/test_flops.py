@@ -73,3 +73,20 @@ def test_routed_k():
 def test_unknown_convention():
     with pytest.raises(ValueError, match="matmul, chinchilla"):
         F.forward_flops(ONE, 3, "kaplan")
+
+
+def test_decode_flops_by_hand():
+    arch = F.Arch(n_layers=2, d_model=4, n_heads=2, d_ff=8, vocab=10, capacities=(None, 0.5))
+    block = 2 * 4 * 12 + 2 * 4 * 4 + 2 * 4 * 8 * 2  # QKV, O, MLP of one token: 256
+    dense = block + 4 * 4 * 4  # the token at position 3 attends over 4 keys
+    routed = 0.5 * (block + 4 * (0.5 * 4) * 4) + 2 * 4  # half the tokens, half the keys; router
+    assert F.decode_flops(arch, 3, 1) == dense + routed + 2 * 4 * 10  # + LM head
+    two = F.decode_flops(arch, 3, 2) - F.decode_flops(arch, 3, 1)  # position 4: one more key
+    assert two - (dense + routed + 80) == 4 * 4 + 0.5 * 4 * 0.5 * 4
+
+
+def test_decode_flops_predictor_runs_on_every_token_router_on_routed_ones():
+    base = dict(n_layers=2, d_model=4, n_heads=2, d_ff=8, vocab=10, predictor_hidden=3)
+    skip_all = F.decode_flops(F.Arch(**base, capacities=(None, 0.0)), 5, 2)
+    dense_only = F.decode_flops(F.Arch(**{**base, "n_layers": 1, "predictor_hidden": 0}), 5, 2)
+    assert skip_all - dense_only == 2 * F.predictor_flops(1, F.Arch(**base))
