@@ -25,7 +25,8 @@ PLAN_KEYS = ("run_id", "budget", "model", "variant", "kind", "seed", "params",
              "forward_flops_per_token", "flops_per_step", "steps")
 NUMBER_KEYS = ("step", "tokens", "flops", "train_loss", "lm_loss", "aux_loss", "predictor_loss",
                "lr", "grad_norm", "wall_time", "tokens_per_s", "budget_frac", "eval_loss",
-               "eval_loss_causal", "predictor_acc", "predictor_precision", "predictor_recall")
+               "eval_loss_causal", "predictor_acc", "predictor_precision", "predictor_recall",
+               "predictor_acc_causal", "predictor_precision_causal", "predictor_recall_causal")
 LIST_KEYS = ("routed_frac", "routed_frac_causal", "routed_frac_topk")
 FIT_COLUMNS = ["budget", "variant", "n_sizes", "opt_params", "opt_loss", "flag", "coeffs",
                "params_min", "params_max"]

@@ -216,7 +216,9 @@ class Trainer:
             row |= {"eval_loss_causal": causal["eval_loss"],
                     "routed_frac_causal": causal["routed_frac"],
                     "routed_frac_topk": row.pop("routed_frac")}
-            causal.pop("causal_ok")
+            # The decision scored both on the top-k pass (the inputs it trains on) and on the
+            # causal pass (the inputs it meets when sampling), each against top-k membership.
+            row |= {f"{k}_causal": v for k, v in causal.items() if k.startswith("predictor_")}
         self.raw.train()
         return row
 
@@ -292,6 +294,7 @@ class Trainer:
                 "final_eval_loss": last_eval.get("eval_loss"),
                 "final_eval_loss_causal": last_eval.get("eval_loss_causal"),
                 "predictor_acc": last_eval.get("predictor_acc"),
+                "predictor_acc_causal": last_eval.get("predictor_acc_causal"),
                 "routed_frac_causal": last_eval.get("routed_frac_causal"),
                 "wall_time": wall, "tokens_per_s": p.tokens / max(wall, 1e-9),
                 **peak_memory(self.ctx.device)}

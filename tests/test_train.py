@@ -49,7 +49,8 @@ def test_tiny_spec_trains_end_to_end(write_spec, tmp_path):
         assert summary["final_eval_loss"] < 5.5  # it learned something (ln 256 = 5.55)
         if p["kind"] == "mod":
             assert summary["final_eval_loss_causal"] is not None
-            assert 0 <= summary["predictor_acc"] <= 1
+            assert 0 <= summary["predictor_acc"] <= 1 and 0 <= summary["predictor_acc_causal"] <= 1
+            assert evals[-1]["predictor_recall_causal"] is not None
             assert train[-1]["routed_frac"] == [0.25]
 
 
