@@ -93,7 +93,9 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 
 def peak_memory(device: torch.device) -> dict:
-    """Peak memory: CUDA allocator peak, or this process's peak RSS on CPU."""
+    """Peak memory: CUDA allocator peak of this run (reset when its Trainer starts), or on CPU
+    this process's peak RSS, which covers earlier runs of the same sweep too (the OS keeps one
+    high-water mark per process)."""
     if device.type == "cuda":
         return {"peak_mem_bytes": torch.cuda.max_memory_allocated(device), "peak_mem_kind": "cuda_allocated"}
     return {"peak_mem_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -109,6 +111,8 @@ class Trainer:
         self.plan, self.cfg, self.data, self.logger, self.ctx = plan, cfg, data, logger, ctx
         self.ckpt_path, self.on_step = ckpt_path, on_step or (lambda step, loss: None)
         self.raw = model.to(ctx.device)
+        if ctx.device.type == "cuda":  # summary's peak_mem_bytes: this run's, not the sweep's
+            torch.cuda.reset_peak_memory_stats(ctx.device)
         self.opt = make_optimizer(self.raw, cfg, ctx.device)
         warm = plan.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
