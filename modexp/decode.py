@@ -8,7 +8,9 @@ itself, RoPE at original positions), its update scaled by g(r) as in training. A
 skips neither reads nor writes that layer's cache; its residual passes unchanged. So caches
 have a length per layer and per row: preallocated (B, nh, size, hs) buffers that grow by
 doubling, per-row lengths on the host, and a key mask when the rows of a batch differ. At
-batch 1 a skipping token skips the block outright, so decoding really gets cheaper.
+batch 1 a skipping token skips the block outright, so decoding really gets cheaper. At batch
+B > 1 the block runs on the routed rows only; one routed row (the usual case at small
+capacity) runs as at batch 1, on views of its own cache row: no gathers, no mask.
 
 The prompt is prefilled by the model's own causal-mode forward pass (Transformer.forward
 with caches), so cached decoding computes exactly what a full causal forward computes.
@@ -26,8 +28,10 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -48,7 +52,7 @@ class KVCache:
         self.lengths = [0] * batch  # host ints: attention shapes depend on them
 
     def extend(self, k: Tensor, v: Tensor, mask: Tensor | None,
-               rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+               rows: _Rows | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """Store new keys/values (n, nh, t, hs) of `rows` (None: all); return what to attend to."""
         if k.size(2) > 1:
             return self._prefill(k, v, mask)
@@ -59,15 +63,30 @@ class KVCache:
             self.v[:, :, n:n + 1].copy_(v)
             self.lengths = [n + 1] * len(self.lengths)
             return self.k[:, :, :n + 1], self.v[:, :, :n + 1], None
+        if rows is not None and len(rows.ids) == 1:
+            return self._extend_row(k, v, rows.ids[0])
         return self._extend_ragged(k, v, rows)
 
-    def _extend_ragged(self, k: Tensor, v: Tensor, rows: Tensor | None):
+    def _extend_row(self, k: Tensor, v: Tensor, r: int):
+        """One row r alone, as at batch 1: write at its length, attend over its slice, no mask.
+
+        The common case of a routed layer at small capacity (one row in eight routes at 12.5%):
+        views of row r's cache, no index tensors, no gather of keys, no masked attention.
+        """
+        n = self.lengths[r]
+        self._reserve(n + 1)
+        self.k[r:r + 1, :, n:n + 1].copy_(k)  # (1, nh, 1, hs)
+        self.v[r:r + 1, :, n:n + 1].copy_(v)
+        self.lengths[r] = n + 1
+        return self.k[r:r + 1, :, :n + 1], self.v[r:r + 1, :, :n + 1], None  # (1, nh, n+1, hs)
+
+    def _extend_ragged(self, k: Tensor, v: Tensor, rows: _Rows | None):
         """Write each row's token at its own length; keys masked beyond each row's length."""
-        ids = list(range(len(self.lengths))) if rows is None else rows.tolist()
+        ids = range(len(self.lengths)) if rows is None else rows.ids
         lens = [self.lengths[r] for r in ids]
-        s = max(lens) + 1  # longest row after the write
+        s = max(lens) + 1  # longest selected row after the write: keys beyond are never read
         self._reserve(s)
-        at = torch.arange(len(ids), device=k.device) if rows is None else rows  # (n,)
+        at = torch.arange(len(ids), device=k.device) if rows is None else rows.at  # (n,)
         slot = torch.tensor(lens, device=k.device)  # (n,) each row's write position
         self.k[at, :, slot] = k[:, :, 0]  # (n, nh, hs) scattered to (row, :, slot)
         self.v[at, :, slot] = v[:, :, 0]
@@ -75,7 +94,9 @@ class KVCache:
             self.lengths[r] += 1
         keys, vals = self.k[:, :, :s], self.v[:, :, :s]  # (B, nh, s, hs) views
         if rows is not None:
-            keys, vals = keys.index_select(0, rows), vals.index_select(0, rows)  # (n, nh, s, hs)
+            keys, vals = keys.index_select(0, at), vals.index_select(0, at)  # (n, nh, s, hs)
+        if len(set(lens)) == 1:  # equal lengths: every key up to s is the row's own
+            return keys, vals, None
         mask = torch.arange(s, device=k.device) <= slot.unsqueeze(1)  # (n, s): own slots only
         return keys, vals, mask[:, None, None, :]  # (n, 1, 1, s)
 
@@ -108,9 +129,9 @@ class KVCache:
         """After a routed prefill: row b holds counts[b] routed tokens (the rest was padding)."""
         self.lengths = list(counts)
 
-    def rows(self, rows: Tensor) -> _Rows:
-        """The cache as seen by a block that runs on some rows of the batch only."""
-        return _Rows(self, rows)
+    def rows(self, ids: list[int], at: Tensor | None) -> _Rows:
+        """The cache as seen by a block that runs on rows `ids` only; at: ids as a tensor (n,)."""
+        return _Rows(self, ids, at)
 
     @property
     def nbytes(self) -> int:
@@ -119,14 +140,14 @@ class KVCache:
 
 
 class _Rows:
-    """Rows `rows` (n,) of a KVCache, with the cache's `extend` interface."""
+    """Rows of a KVCache, ids on the host, at (n,) on the device (None for one row: unused)."""
 
-    def __init__(self, cache: KVCache, rows: Tensor):
-        self.cache, self.rows = cache, rows
+    def __init__(self, cache: KVCache, ids: list[int], at: Tensor | None):
+        self.cache, self.ids, self.at = cache, ids, at
 
     def extend(self, k: Tensor, v: Tensor, mask: Tensor | None):
         """Store and attend for the selected rows only."""
-        return self.cache.extend(k, v, mask, self.rows)
+        return self.cache.extend(k, v, mask, self)
 
 
 def make_caches(model, batch: int, max_len: int) -> list[KVCache]:
@@ -143,19 +164,40 @@ def routed_step(router, decide, block, x: Tensor, angles,
                 cache: KVCache) -> tuple[Tensor, Tensor | bool]:
     """One token per row (B, 1, d) through a routed layer by its causal decision; (x, go).
 
-    decide: router.decider(), the batch-1 decision with the layer's weights bound.
+    decide: the layer's decision with its weights bound, router.decider() at batch 1 (a bool),
+    else batch_decider(router) ((B,) bool). Every op costs its fixed overhead at these sizes,
+    so the block runs on the routed rows through the cheapest path their number allows.
     """
+    go = decide(x)
     if x.size(0) == 1:  # batch 1: a skipping token skips the whole block
-        go = decide(x)
         return (x + router.step_update(x, block, angles, cache) if go else x), go
-    go = router.decision_logits(x)[:, 0] > 0  # (B,): route iff logit > 0
-    rows = go.nonzero()[:, 0]  # (n,) rows that route
-    if rows.numel() == 0:
+    ids = [b for b, g in enumerate(go.tolist()) if g]  # host sync: shapes depend on it
+    if not ids:
         return x, go
-    if rows.numel() == x.size(0):
+    if len(ids) == x.size(0):
         return x + router.step_update(x, block, angles, cache), go
-    upd = router.step_update(x.index_select(0, rows), block, angles, cache.rows(rows))
-    return x.index_add(0, rows, upd), go  # skipping rows pass through bit-identical
+    if len(ids) == 1:  # the usual case at small capacity: row r alone, as at batch 1
+        r = ids[0]
+        upd = router.step_update(x[r:r + 1], block, angles, cache.rows(ids, None))
+        out = x.clone()
+        out[r:r + 1] += upd  # x[r] + upd, as index_add computes it
+        return out, go
+    at = torch.tensor(ids, device=x.device)  # (n,)
+    upd = router.step_update(x.index_select(0, at), block, angles, cache.rows(ids, at))
+    return x.index_add(0, at, upd), go
+
+
+def batch_decider(router) -> Callable[[Tensor], Tensor]:
+    """Batch decode: x (B, 1, d) -> (B,) bool, router.decision_logits(x) > 0 with weights bound.
+
+    The same F.linear calls the modules make (so the same logits), without their look-ups.
+    """
+    if router.predictor is None:
+        w = router.router.weight  # (1, d)
+        return lambda x: F.linear(x.float(), w)[:, 0, 0] > 0
+    first, last = router.predictor[0], router.predictor[2]
+    w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias  # (h, d), (h,), (1, h), (1,)
+    return lambda x: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)[:, 0, 0] > 0
 
 
 def decode_step(model, layers: list, tok: Tensor, angles: tuple[Tensor, Tensor],
@@ -253,7 +295,8 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
     B, P = prompt.shape
     dev = prompt.device
     caches = make_caches(model, B, P + max_new_tokens)
-    layers = [(b, r, None if r is None else r.decider()) for b, r in model.layers()]
+    bind = (lambda r: r.decider()) if B == 1 else batch_decider  # decisions, weights bound
+    layers = [(b, r, None if r is None else bind(r)) for b, r in model.layers()]
     n_routed = sum(r is not None for _, r, _ in layers)
     pick = Sampler(temperature, top_k, seed, B, model.vocab, dev, max_new_tokens)
     rope = rope_table(layers[0][0].attn.rotary, P + max_new_tokens, model.head.weight.dtype)

@@ -115,6 +115,17 @@ def test_batch_decode_equals_per_row_decode(name):
             assert c_row.lengths == [c_batch.lengths[b]], f"layer {i} row {b}"
 
 
+@pytest.mark.parametrize("name", ["predictor", "aux_loss"])
+def test_batch_decode_with_one_or_some_rows_routed_equals_full_forward(name):
+    """Steps where one row routes (run as batch 1 on its cache row) and where several do."""
+    net, idx = rigged(VARIANTS[name]), tokens(4, 24, seed=3)
+    full, _ = causal_decisions(net, idx[:, :-1])
+    g = generate(net, idx[:, :4], 20, feed=idx[:, 4:], keep_logits=True)
+    torch.testing.assert_close(torch.stack(g.logits, 1), full[:, 3:], atol=1e-5, rtol=1e-5)
+    n = g.routed.sum(-1)  # (R, steps): rows routed per layer and step
+    assert (n == 1).any() and ((n > 1) & (n < 4)).any()  # both paths were taken
+
+
 def test_greedy_is_deterministic_and_picks_the_argmax():
     net, prompt = rigged(VARIANTS["predictor"]), tokens(2, 4)
     a = generate(net, prompt, 12, keep_logits=True)
