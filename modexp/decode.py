@@ -170,7 +170,7 @@ def routed_step(router, decide, block, x: Tensor, angles,
     """
     go = decide(x)
     if x.size(0) == 1:  # batch 1: a skipping token skips the whole block
-        return (x + router.step_update(x, block, angles, cache) if go else x), go
+        return (router.step_one(x, block, angles, cache) if go else x), go
     ids = [b for b, g in enumerate(go.tolist()) if g]  # host sync: shapes depend on it
     if not ids:
         return x, go
@@ -203,7 +203,7 @@ def batch_decider(router) -> Callable[[Tensor], Tensor]:
 def decode_step(model, layers: list, tok: Tensor, angles: tuple[Tensor, Tensor],
                 caches: list[KVCache], decisions: list[list]) -> Tensor:
     """Logits (B, V) for the next token after tok (B, 1), at the RoPE angles of its position."""
-    x = model.embed(tok)  # (B, 1, d)
+    x = F.embedding(tok, model.embed.weight)  # (B, 1, d); as nn.Embedding, minus its call
     r = 0
     for (block, router, decide), cache in zip(layers, caches):
         if router is None:
@@ -212,7 +212,11 @@ def decode_step(model, layers: list, tok: Tensor, angles: tuple[Tensor, Tensor],
             x, go = routed_step(router, decide, block, x, angles, cache)
             decisions[r].append(go)
             r += 1
-    return model.head(model.norm(x))[:, 0]
+    # The final norm and LM head as the modules compute them, without the module calls: costs
+    # every model pays per token, not per layer, weigh more in MoD's smaller step.
+    norm = model.norm
+    x = F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
+    return F.linear(x, model.head.weight)[:, 0]
 
 
 class Sampler:
