@@ -343,6 +343,7 @@ def _fig_routing(res: A.Results, style: _Style) -> Figure:
              Line2D([], [], color="k", ls="--", marker="s", ms=4, label="causal routing (eval)"),
              Line2D([], [], color="k", marker="o", ms=4, label="predictor accuracy"),
              Line2D([], [], color="k", ls=":", marker="v", ms=4, label="predictor recall (routed caught)"),
+             Line2D([], [], color="k", ls="--", marker="^", ms=4, label="recall on the causal pass"),
              Line2D([], [], color="0.5", ls="-.", label="accuracy of never routing"),
              Line2D([], [], color="k", ls=":", marker="x", ms=6, label="top-k, training (last 10%)"),
              Line2D([], [], color="k", ls="", marker="_", ms=14, mew=2, label="capacity (planned)")]
@@ -359,6 +360,10 @@ def _draw_predictor(ax, ev: pd.DataFrame, r, color) -> None:
     ax.plot(ev.flops, ev.predictor_acc, color=color, marker="o", ms=3)
     if "predictor_recall" in ev:
         ax.plot(ev.flops, ev.predictor_recall, color=color, ls=":", marker="v", ms=3)
+    if "predictor_recall_causal" in ev and not ev.predictor_recall_causal.isna().all():
+        # On the causal pass earlier layers route by their own decisions, so later predictors
+        # see inputs they were not trained on: recall there is what sampling gets.
+        ax.plot(ev.flops, ev.predictor_recall_causal, color=color, ls="--", marker="^", ms=3)
     caps = [c for c in (r.capacities if isinstance(r.capacities, list) else []) if c is not None]
     if caps:
         ax.axhline(1 - float(np.mean(caps)), color="0.5", ls="-.", lw=1)
