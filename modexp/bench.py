@@ -119,6 +119,8 @@ class Ratio:
     analytic: float  # vanilla FLOPs / MoD FLOPs
     routed_frac: list[float] = field(default_factory=list)  # decode: measured, per routed layer
     spread: tuple[float, float] = (math.nan, math.nan)  # quartiles of the per-repeat speedups
+    busy: list[float] = field(default_factory=list)  # batch > 1: steps in which some row ran
+    weight_bound: float = math.nan  # batch > 1: vanilla / MoD weights read per step (see below)
 
     @property
     def realisation(self) -> float:
@@ -170,17 +172,35 @@ def train_flop_ratio(pair: Pair, seq_len: int) -> float:
     return flops.train_flops(arch["vanilla"], seq_len) / flops.train_flops(arch["mod"], seq_len)
 
 
+def weight_read_ratio(pair: Pair, busy: list[float]) -> float:
+    """Weights read per decode step, vanilla / MoD, if routed layer i is read in busy[i] of them.
+
+    A batched decoder on a CPU streams every weight it uses once per step, whatever the
+    number of rows: MoD saves a routed layer's reads only in steps where no row routes
+    there, (1 - c)^B of them at capacity c. That bounds a weight-bound decoder's speedup.
+    """
+    vocab = pair.spec.data.vocab
+    arch = flops.arch_from_config(pair.model_cfg, pair.variants["mod"], vocab)
+    block, head = flops.block_params(arch), arch.d_model * vocab
+    n_dense = arch.n_layers - arch.n_routed
+    mod = n_dense * block + sum(busy) * block + arch.n_routed * flops.router_params(arch) + head
+    return (arch.n_layers * block + head) / mod
+
+
 def bench_decode(pair: Pair, batch: int, prompt: torch.Tensor, new_tokens: int, warmup: int,
                  repeats: int, temperature: float) -> Ratio:
     """Decode tokens/s of both models on the same prompt, interleaved; medians."""
     from modexp.decode import generate
 
     fracs: dict[str, list] = {"vanilla": [], "mod": []}
+    busy = []  # per run: per routed layer, the fraction of steps in which some row ran it
 
     def run(kind: str) -> Callable[[], float]:
         def once() -> float:
             g = generate(pair.nets[kind], prompt, new_tokens, temperature, seed=len(fracs[kind]))
             fracs[kind].append(g.routed_frac())
+            if kind == "mod" and g.routed is not None:
+                busy.append(g.routed.any(dim=2).float().mean(dim=1).tolist())  # (R,)
             return g.decode_tokens_per_s
         return once
 
@@ -189,8 +209,12 @@ def bench_decode(pair: Pair, batch: int, prompt: torch.Tensor, new_tokens: int, 
     frac = [statistics.mean(col) for col in zip(*fracs["mod"])]  # every run, warm-up included
     analytic = decode_flop_ratio(pair, prompt.size(1), new_tokens - 1, frac)  # the timed steps
     paired = [b / a for a, b in zip(tok_s["vanilla"], tok_s["mod"])]  # adjacent runs
-    return Ratio(f"decode b{batch}", v, m, "tok/s", statistics.median(paired), analytic, frac,
-                 quartiles(paired))
+    ratio = Ratio(f"decode b{batch}", v, m, "tok/s", statistics.median(paired), analytic, frac,
+                  quartiles(paired))
+    if batch > 1 and busy:
+        ratio.busy = [statistics.mean(col) for col in zip(*busy)]
+        ratio.weight_bound = weight_read_ratio(pair, ratio.busy)
+    return ratio
 
 
 def bench_train(pair: Pair, warmup: int, repeats: int, device: str,
@@ -368,6 +392,12 @@ def print_bench(report: BenchReport, console) -> None:
                   f"{r.spread[0]:.2f}-{r.spread[1]:.2f}", f"{r.analytic:.2f}x",
                   f"{r.realisation:.2f}", frac)
     console.print(t)
+    for r in report.ratios:
+        if r.busy:
+            console.print(f"{r.what}: some row ran the routed layers in "
+                          f"{', '.join(f'{b:.0%}' for b in r.busy)} of the steps; a decoder "
+                          f"bound by weight reads (each such step reads the layer's weights) "
+                          f"gains at most {r.weight_bound:.2f}x", highlight=False)
     if report.memory:
         m = Table(title="peak memory")
         for col in ("workload", "vanilla", "MoD", "MoD / vanilla", "measured as"):

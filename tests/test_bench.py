@@ -11,7 +11,7 @@ from rich.console import Console
 
 from modexp import flops
 from modexp.bench import (bench, calibrate_routing, decode_flop_ratio, print_bench, report_dict,
-                          resolve)
+                          resolve, weight_read_ratio)
 from modexp.spec import SpecError
 from tests.test_sample import write_run
 
@@ -27,6 +27,9 @@ def test_bench_on_a_spec_reports_every_ratio(write_spec):
         assert math.isfinite(r.realisation)
     assert report.ratios[-1].analytic > 1  # MoD trains on fewer FLOPs
     assert all(len(r.routed_frac) == 1 for r in report.ratios[:2])  # tiny: layer 1 routed
+    b1, b2 = report.ratios[:2]
+    assert b1.busy == [] and len(b2.busy) == 1 and b2.routed_frac[0] <= b2.busy[0] <= 1
+    assert b2.weight_bound == pytest.approx(weight_read_ratio(resolve(write_spec()), b2.busy))
     assert "capacity" in report.routing_note and report.weights["mod"] == "fresh init"
     assert [m.what for m in report.memory] == ["decode b1", "  of which KV cache", "train step"]
     assert all(m.vanilla_bytes > 0 and m.mod_bytes > 0 for m in report.memory)
@@ -56,6 +59,14 @@ def test_decode_flop_ratio_uses_the_measured_fraction(write_spec):
     assert at_capacity == pytest.approx(expected)
     assert decode_flop_ratio(pair, 8, 24, [0.0]) > at_capacity > 1
     assert decode_flop_ratio(pair, 8, 24, [1.0]) < 1  # routing everything adds the router's cost
+
+
+def test_weight_read_ratio_counts_a_routed_layer_only_when_some_row_runs_it(write_spec):
+    pair = resolve(write_spec())  # xs: 2 layers, layer 1 routed
+    arch = flops.arch_from_config(pair.model_cfg, pair.variants["mod"], 256)
+    block, head, extra = flops.block_params(arch), arch.d_model * 256, flops.router_params(arch)
+    assert weight_read_ratio(pair, [0.0]) == (2 * block + head) / (block + extra + head)
+    assert weight_read_ratio(pair, [1.0]) == (2 * block + head) / (2 * block + extra + head)
 
 
 def test_a_run_folder_benchmarks_the_checkpoints_of_both_kinds(tmp_path):
