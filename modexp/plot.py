@@ -2,7 +2,7 @@
 
 Figures use matplotlib's object API (Figure + the Agg canvas it picks by default), never
 pyplot: no global backend switch for the caller and no figure registry to leak. Everything
-is read from the files the trainer writes (analysis.py); torch is never imported.
+is read from the files the trainer writes (analysis.py, isoflop.py); torch is never imported.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from modexp import analysis as A
+from modexp import isoflop as I
 from modexp.plan import budget_tag
 from modexp.spec import SpecError
 
@@ -46,7 +47,7 @@ class PlotReport:
 def plot_results(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> PlotReport:
     """Write every figure and the summary table to <results_dir>/plots/; SpecError on bad input."""
     fmts = _check_formats(formats)
-    an = A.analyze(results_dir)  # raises before anything is written
+    an = I.analyze(results_dir)  # raises before anything is written
     res, means, fits, table, warnings = an.results, an.means, an.fits, an.table, an.warnings
     out = res.root / PLOTS_DIR
     out.mkdir(exist_ok=True)
@@ -76,7 +77,7 @@ def _markdown(res: A.Results, table: pd.DataFrame, warnings: list[str]) -> str:
     text = (f"# {res.experiment}: final eval loss\n\nMean over seeds (n = seeds); 'isoFLOP optimum' "
             "rows: parabola fit in log10(params) (n = sizes fitted). 'X vs Y %' < 0: X has the lower "
             "loss. 'X/Y fwd FLOPs': forward FLOPs per token of X over Y, same size.\n\n")
-    text += A.to_markdown(table)
+    text += I.to_markdown(table)
     if warnings:
         text += "\n## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings)
     if res.missing:
@@ -91,7 +92,7 @@ class _Style:
     """Colour = variant (one colormap each), shade = model size (darker = larger)."""
 
     def __init__(self, runs: pd.DataFrame):
-        order, _, _ = A.variant_order(runs)
+        order, _, _ = I.variant_order(runs)
         self.kinds = dict(zip(runs.variant, runs.kind))
         self.cmaps = {v: mpl.colormaps[CMAPS[i % len(CMAPS)]] for i, v in enumerate(order)}
         sizes = list(runs.groupby("model", sort=False)["params"].min().sort_values().index)
@@ -112,7 +113,7 @@ class _Style:
     def size_handles(self) -> list:
         grey = mpl.colormaps["Greys"]
         return [Line2D([], [], color=grey(self.shade[m]), lw=3,
-                       label=f"{m} ({A.compact(self.params[m])} params)") for m in self.sizes]
+                       label=f"{m} ({I.compact(self.params[m])} params)") for m in self.sizes]
 
 
 def _figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
@@ -180,7 +181,7 @@ def _fig_loss(res: A.Results, style: _Style) -> Figure:
         ax_f.axvline(budget, color="0.4", ls=":", lw=1)
         tag = budget_tag(budget)
         _log_x(ax_f, _sci)
-        _log_x(ax_s, A.compact)
+        _log_x(ax_s, I.compact)
         ax_f.set(xlabel="cumulative training FLOPs", ylabel="loss (nats/token)",
                  title=f"budget {tag} FLOPs: loss vs training FLOPs")
         ax_s.set(xlabel="optimizer steps", ylabel="loss (nats/token)",
@@ -247,7 +248,7 @@ def _fig_isoflop(res: A.Results, means: pd.DataFrame, fits: pd.DataFrame, style:
                 ax_f.annotate(p.model, (p.forward_flops_per_token, p.loss), xytext=(4, 4),
                               textcoords="offset points", fontsize=7, color="0.3")
         tag = budget_tag(budget)
-        _log_x(ax_p, A.compact)
+        _log_x(ax_p, I.compact)
         _log_x(ax_f, _sci)
         ax_p.set(xlabel="parameters (params, log scale)", ylabel="final eval loss (nats/token)",
                  title=f"isoFLOP profile at {tag} training FLOPs")
@@ -297,7 +298,7 @@ def _label_minima(ax, fits: pd.DataFrame, style: _Style) -> None:
         if xlo <= f.opt_params <= xhi:  # an off-axes line would rescale the axis
             ax.axvline(f.opt_params, color=c, ls=":", lw=1, alpha=0.7)
         ax.text(0.5, 0.03 + 0.075 * (len(shown) - 1 - i), f"\u2605 {f.variant} optimum: "
-                f"{A.compact(f.opt_params)} params, loss {f.opt_loss:.3f}"
+                f"{I.compact(f.opt_params)} params, loss {f.opt_loss:.3f}"
                 + (" (extrapolated)" if f.flag else ""), transform=ax.transAxes,
                 ha="center", va="bottom", fontsize=8.5, color=c,
                 bbox=dict(fc="white", ec=c, alpha=0.9, pad=2))
@@ -411,7 +412,7 @@ def print_report(report: PlotReport, console: "Console") -> None:
                              overflow="fold")
         for _, row in t[t["budget"] == budget].iterrows():
             opt = row["model"] == "isoFLOP optimum"
-            table.add_row(*(A.fmt_cell(c, row[c]) for c in cols), style="bold" if opt else None,
+            table.add_row(*(I.fmt_cell(c, row[c]) for c in cols), style="bold" if opt else None,
                           end_section=False)
         console.print(table)
     for w in report.warnings:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modexp import analysis as A
+from modexp import isoflop as A
 from modexp.metrics import SUMMARY_FILE, MetricsWriter, write_json_atomic
 from modexp.plan import build_plan
 from modexp.plot import PlotReport, plot_results, print_report

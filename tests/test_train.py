@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from modexp import train as T
