@@ -153,23 +153,25 @@ class BenchReport:
     memory: list[Memory] = field(default_factory=list)
 
 
+def _arch(pair: Pair, kind: str) -> flops.Arch:
+    """flops.py's description of the pair's vanilla or MoD model."""
+    return flops.arch_from_config(pair.model_cfg, pair.variants[kind], pair.spec.data.vocab)
+
+
 def decode_flop_ratio(pair: Pair, prompt_len: int, steps: int, routed_frac: list[float]) -> float:
     """FLOPs of the timed decode steps, vanilla / MoD (routed layers at measured fractions)."""
-    vocab = pair.spec.data.vocab
-    arch_v = flops.arch_from_config(pair.model_cfg, pair.variants["vanilla"], vocab)
-    arch_m = flops.arch_from_config(pair.model_cfg, pair.variants["mod"], vocab)
+    arch_m = _arch(pair, "mod")
     fracs = iter(routed_frac)
     caps = tuple(None if c is None else next(fracs) for c in arch_m.capacities)
     measured = dataclasses.replace(arch_m, capacities=caps)
-    return (flops.decode_flops(arch_v, prompt_len, steps)
+    return (flops.decode_flops(_arch(pair, "vanilla"), prompt_len, steps)
             / flops.decode_flops(measured, prompt_len, steps))
 
 
 def train_flop_ratio(pair: Pair, seq_len: int) -> float:
     """Training FLOPs per sequence, vanilla / MoD."""
-    vocab = pair.spec.data.vocab
-    arch = {k: flops.arch_from_config(pair.model_cfg, v, vocab) for k, v in pair.variants.items()}
-    return flops.train_flops(arch["vanilla"], seq_len) / flops.train_flops(arch["mod"], seq_len)
+    return (flops.train_flops(_arch(pair, "vanilla"), seq_len)
+            / flops.train_flops(_arch(pair, "mod"), seq_len))
 
 
 def weight_read_ratio(pair: Pair, busy: list[float]) -> float:
@@ -179,9 +181,8 @@ def weight_read_ratio(pair: Pair, busy: list[float]) -> float:
     number of rows: MoD saves a routed layer's reads only in steps where no row routes
     there, (1 - c)^B of them at capacity c. That bounds a weight-bound decoder's speedup.
     """
-    vocab = pair.spec.data.vocab
-    arch = flops.arch_from_config(pair.model_cfg, pair.variants["mod"], vocab)
-    block, head = flops.block_params(arch), arch.d_model * vocab
+    arch = _arch(pair, "mod")
+    block, head = flops.block_params(arch), arch.d_model * arch.vocab
     n_dense = arch.n_layers - arch.n_routed
     mod = n_dense * block + sum(busy) * block + arch.n_routed * flops.router_params(arch) + head
     return (arch.n_layers * block + head) / mod
@@ -415,6 +416,6 @@ def print_bench(report: BenchReport, console) -> None:
                   f"{s['new_tokens']} new tokens, temperature {s['temperature']}, median of "
                   f"{s['repeats']} after {s['warmup']} warm-up{train}\n"
                   "analytic: decode = flops.decode_flops of the timed steps (KV cache, causal "
-                  "attention), "
-                  "MoD at the measured routed fractions; training = train_flops per sequence",
+                  "attention), MoD at the measured routed fractions; training = train_flops per "
+                  "sequence",
                   highlight=False)

@@ -28,7 +28,6 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +164,7 @@ def routed_step(router, decide, block, x: Tensor, angles,
     """One token per row (B, 1, d) through a routed layer by its causal decision; (x, go).
 
     decide: the layer's decision with its weights bound, router.decider() at batch 1 (a bool),
-    else batch_decider(router) ((B,) bool). Every op costs its fixed overhead at these sizes,
+    else router.batch_decider() ((B,) bool). Every op costs its fixed overhead at these sizes,
     so the block runs on the routed rows through the cheapest path their number allows.
     """
     go = decide(x)
@@ -185,19 +184,6 @@ def routed_step(router, decide, block, x: Tensor, angles,
     at = torch.tensor(ids, device=x.device)  # (n,)
     upd = router.step_update(x.index_select(0, at), block, angles, cache.rows(ids, at))
     return x.index_add(0, at, upd), go
-
-
-def batch_decider(router) -> Callable[[Tensor], Tensor]:
-    """Batch decode: x (B, 1, d) -> (B,) bool, router.decision_logits(x) > 0 with weights bound.
-
-    The same F.linear calls the modules make (so the same logits), without their look-ups.
-    """
-    if router.predictor is None:
-        w = router.router.weight  # (1, d)
-        return lambda x: F.linear(x.float(), w)[:, 0, 0] > 0
-    first, last = router.predictor[0], router.predictor[2]
-    w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias  # (h, d), (h,), (1, h), (1,)
-    return lambda x: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)[:, 0, 0] > 0
 
 
 def decode_step(model, layers: list, tok: Tensor, angles: tuple[Tensor, Tensor],
@@ -299,8 +285,8 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
     B, P = prompt.shape
     dev = prompt.device
     caches = make_caches(model, B, P + max_new_tokens)
-    bind = (lambda r: r.decider()) if B == 1 else batch_decider  # decisions, weights bound
-    layers = [(b, r, None if r is None else bind(r)) for b, r in model.layers()]
+    layers = [(b, r, None if r is None else r.decider() if B == 1 else r.batch_decider())
+              for b, r in model.layers()]  # decisions with their weights bound
     n_routed = sum(r is not None for _, r, _ in layers)
     pick = Sampler(temperature, top_k, seed, B, model.vocab, dev, max_new_tokens)
     rope = rope_table(layers[0][0].attn.rotary, P + max_new_tokens, model.head.weight.dtype)

@@ -166,7 +166,7 @@ def decode_flops(arch: Arch, prompt_len: int, steps: int) -> float:
             else:
                 router = router_flops(1, arch) * (c if arch.predictor_hidden else 1)
                 total += c * (block + 4 * c * (p + 1) * d) + router
-    per_token = 2 * d * arch.vocab + (predictors_forward_flops(arch, 1))  # LM head, predictors
+    per_token = 2 * d * arch.vocab + predictors_forward_flops(arch, 1)  # LM head, predictors
     return total + steps * per_token
 
 

@@ -21,6 +21,7 @@ FIT_COLUMNS = ["budget", "variant", "n_sizes", "opt_params", "opt_loss", "flag",
                "params_min", "params_max"]
 MIN_SIZES = 3  # a parabola through fewer points is not a fit
 
+
 @dataclass
 class Analysis:
     """A loaded folder plus everything derived from it (what the figures and table show)."""

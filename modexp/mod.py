@@ -134,6 +134,19 @@ class RoutedLayer(nn.Module):
         neg_b2 = -float(last.bias.detach())  # compared on the host: no op for the bias
         return lambda x: float(torch.dot(w2, F.gelu(torch.addmv(b1, w1, x.view(-1))))) > neg_b2
 
+    def batch_decider(self) -> Callable[[Tensor], Tensor]:
+        """Batch decode: x (B, 1, d) -> (B,) bool, route iff its decision logit > 0; weights bound.
+
+        The decision logit is the predictor's, else the router's, by the same F.linear calls
+        forward's modules make (so the same logits), without their look-ups.
+        """
+        if self.predictor is None:
+            w = self.router.weight  # (1, d); fp32 like _router_logits
+            return lambda x: F.linear(x.float(), w)[:, 0, 0] > 0
+        first, last = self.predictor[0], self.predictor[2]
+        w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias  # (h, d), (h,), (1, h), (1,)
+        return lambda x: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)[:, 0, 0] > 0
+
     def step_update(self, x: Tensor, block: Block, angles, cache: KVCache) -> Tensor:
         """g(r) * f (n, 1, d) for decode tokens x (n, 1, d) that route here, via the cache."""
         f = block.update(x, angles, None, cache)  # attends over this layer's cached routed tokens
@@ -161,11 +174,6 @@ class RoutedLayer(nn.Module):
         """g(r) * f for r (B, k), f (B, k, d): the router weight on the gradient path."""
         g = torch.sigmoid(r) if self.gate == "sigmoid" else r
         return g.unsqueeze(-1) * f
-
-    def decision_logits(self, x: Tensor) -> Tensor:
-        """The causal decision's logits (B, T): route iff > 0 (predictor, else the router)."""
-        pred = self._predictor_logits(x)
-        return self._router_logits(x) if pred is None else pred
 
     def _predictor_logits(self, x: Tensor) -> Tensor | None:
         """Predictor logits (B, T) on stop-gradient x (it must not shape the trunk), or None."""
