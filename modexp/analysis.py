@@ -219,6 +219,7 @@ def _run_record(plan: dict, summary: dict | None, frame: pd.DataFrame) -> dict:
     return {
         "run_id": plan["run_id"], "budget": float(plan["budget"]), "model": plan["model"],
         "variant": plan["variant"], "kind": plan["kind"], "seed": plan["seed"],
+        "router": plan.get("router") or ("learned" if plan["kind"] == "mod" else None),
         "params": float(plan["params"]),
         "forward_flops_per_token": float(plan["forward_flops_per_token"]),
         "steps": int(plan["steps"]), "total_flops": total, "state": state,

@@ -37,6 +37,7 @@ class Arch:
     tied: bool = False
     capacities: tuple[float | None, ...] = ()  # per layer; None or absent = dense
     predictor_hidden: int = 0  # 0 = no causal predictor MLP
+    router: bool = True  # False: random routing (the paper's control), no router matmul or params
 
     def capacity(self, layer: int) -> float | None:
         """Capacity of one layer, None when it is dense."""
@@ -52,10 +53,12 @@ def arch_from_config(model, variant, vocab: int) -> Arch:
     """Build an Arch from spec.ModelConfig and a spec variant (duck-typed: no import cycle)."""
     routed = getattr(variant, "kind", "vanilla") == "mod"
     caps = tuple(variant.capacities(model.n_layers)) if routed else ()
-    hidden = variant.predictor_hidden if routed and variant.causal == "predictor" else 0
+    learned = not routed or getattr(variant, "router", "learned") == "learned"
+    hidden = variant.predictor_hidden if routed and learned and variant.causal == "predictor" else 0
     return Arch(n_layers=model.n_layers, d_model=model.d_model, n_heads=model.n_heads,
                 d_ff=model.ffn, vocab=vocab, mlp_mult=3 if model.mlp == "swiglu" else 2,
-                tied=model.tie_embeddings, capacities=caps, predictor_hidden=hidden)
+                tied=model.tie_embeddings, capacities=caps, predictor_hidden=hidden,
+                router=learned)
 
 
 def routed_k(capacity: float, seq_len: int) -> int:
@@ -80,7 +83,7 @@ def router_params(arch: Arch) -> int:
     """One routed layer's extras: router w (d, no bias) and the predictor MLP d->h->1 with biases."""
     h = arch.predictor_hidden
     predictor = (arch.d_model * h + h + h + 1) if h else 0
-    return arch.d_model + predictor
+    return arch.d_model * arch.router + predictor
 
 
 def param_counts(arch: Arch) -> dict[str, int]:
@@ -103,8 +106,9 @@ def mlp_flops(t: int, arch: Arch) -> int:
 
 
 def router_flops(seq_len: int, arch: Arch) -> int:
-    """Router 2*T*d on every token of a routed layer (the top-k itself is not a matmul)."""
-    return 2 * seq_len * arch.d_model
+    """Router 2*T*d on every token of a routed layer (the top-k itself is not a matmul);
+    0 for random routing, which draws its choice instead of computing it."""
+    return 2 * seq_len * arch.d_model * arch.router
 
 
 def predictor_flops(seq_len: int, arch: Arch) -> int:

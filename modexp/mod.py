@@ -50,9 +50,13 @@ class RouteInfo:
 class RoutedLayer(nn.Module):
     """One routed layer's router (and predictor); runs a given Block on its top-k tokens."""
 
-    def __init__(self, d_model: int, variant: ModVariant, capacity: float):
+    def __init__(self, d_model: int, variant: ModVariant, capacity: float, layer: int = 0):
         super().__init__()
         self.capacity, self.gate, self.causal = capacity, variant.gate, variant.causal
+        self.random = RandomRouting(layer) if variant.router == "random" else None
+        if self.random is not None:  # the control: no router, no predictor, gate 1
+            self.router = self.predictor = None
+            return
         self.router = nn.Linear(d_model, 1, bias=False)  # own router per layer (not shared)
         self.predictor = None
         if variant.causal == "predictor":  # d -> h -> 1 with biases, as flops.py counts it
@@ -65,6 +69,8 @@ class RoutedLayer(nn.Module):
 
         cache (causal routing only): receives the keys and values of the routed tokens alone.
         """
+        if self.random is not None:
+            return self._forward_random(x, block, pos, routing, cache)
         r = self._router_logits(x)  # (B, T)
         k = routed_k(self.capacity, x.size(1))
         if routing == "topk" and cache is not None:
@@ -117,6 +123,25 @@ class RoutedLayer(nn.Module):
         new = xs + self.gated(r.gather(1, idx), f).to(x.dtype)
         new = torch.where(valid.unsqueeze(-1), new, xs)  # padding slots write back x itself
         return x.reshape(B * T, d).index_copy(0, flat, new.reshape(-1, d)).view(B, T, d), idx, valid
+
+    def _forward_random(self, x: Tensor, block: Block, pos: Tensor, routing: str,
+                        cache: KVCache | None) -> tuple[Tensor, RouteInfo]:
+        """The stochastic-routing control: top-k of uniform scores (topk), or each token with
+        probability `capacity` (causal); the update is x + f (gate 1: no router to weigh it)."""
+        B, T, _ = x.shape
+        u = self.random.uniform(B, T, self.training).to(x.device)  # (B, T) in [0, 1)
+        ones = torch.ones_like(u)  # the "router logits" the gate ignores
+        if routing == "topk":
+            if cache is not None:
+                raise ValueError("a KV cache needs routing='causal': top-k routing is not causal")
+            idx = topk_positions(u, routed_k(self.capacity, T))  # (B, k) uniform, sorted
+            n = torch.full((), idx.numel(), dtype=torch.long, device=x.device)
+            return self._run_topk(x, block, pos, ones, idx), RouteInfo(idx, None, n, None, None, None, None)
+        if routing != "causal":
+            raise ValueError(f"routing must be 'topk' or 'causal', got {routing!r}")
+        decision = u < self.capacity  # (B, T): Bernoulli(capacity), the causal analogue
+        out, idx, valid = self._run_causal(x, block, pos, ones, decision, cache)
+        return out, RouteInfo(idx, valid, decision.sum(), None, None, None, None)
 
     # ------------------------------------------------------------ decoding (modexp/decode.py)
     def decider(self) -> Callable[[Tensor], bool]:
@@ -172,6 +197,8 @@ class RoutedLayer(nn.Module):
 
     def gated(self, r: Tensor, f: Tensor) -> Tensor:
         """g(r) * f for r (B, k), f (B, k, d): the router weight on the gradient path."""
+        if self.random is not None:  # random routing: gate 1 (no router to put on the path)
+            return f
         g = torch.sigmoid(r) if self.gate == "sigmoid" else r
         return g.unsqueeze(-1) * f
 
@@ -194,6 +221,32 @@ class RoutedLayer(nn.Module):
             ploss = F.binary_cross_entropy_with_logits(pred.float(), member)
             decision = pred > 0 if decision is None else decision
         return RouteInfo(idx, valid, n_routed, member, decision, aux, ploss)
+
+
+class RandomRouting(nn.Module):
+    """Reproducible draws for random routing, apart from the global torch RNG stream.
+
+    Each training forward draws from a generator seeded by (run seed, layer, forward count);
+    the count is a buffer, so a checkpoint carries it and a resumed run draws what an
+    uninterrupted one would. Evaluation (eval mode) draws from a fixed seed per layer, so
+    every evaluation of a run scores the same routing. The run seed is the one torch was
+    seeded with when the model was built (runner: torch.manual_seed(run.seed)).
+    """
+
+    def __init__(self, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("state", torch.tensor([torch.initial_seed() % 2**31, 0]))  # seed, count
+
+    def uniform(self, B: int, T: int, training: bool) -> Tensor:
+        """(B, T) uniform [0, 1) scores on the CPU (bit-identical on every device)."""
+        seed, count = (int(v) for v in self.state)
+        if training:
+            self.state[1] += 1
+        else:
+            count = -1  # evaluation: the same draw every time
+        g = torch.Generator().manual_seed(((seed * 1_000_003 + self.layer) * 1_000_003 + count) % 2**63)
+        return torch.rand(B, T, generator=g)
 
 
 def topk_positions(r: Tensor, k: int) -> Tensor:

@@ -171,7 +171,7 @@ class Transformer(nn.Module):
         # The same Block for every layer, so vanilla weights load into a MoD model unchanged.
         self.blocks = nn.ModuleList(Block(model) for _ in range(model.n_layers))
         caps = variant.capacities(model.n_layers) if variant.kind == "mod" else []
-        self.routers = nn.ModuleDict({str(i): RoutedLayer(model.d_model, variant, c)
+        self.routers = nn.ModuleDict({str(i): RoutedLayer(model.d_model, variant, c, i)
                                       for i, c in enumerate(caps) if c is not None})
         self.norm = nn.RMSNorm(model.d_model)
         self.head = nn.Linear(model.d_model, vocab, bias=False)

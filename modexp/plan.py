@@ -45,6 +45,8 @@ class RunPlan:
     capacities: list[float | None]
     fwd_ratio_vs_vanilla: float | None = None  # MoD forward FLOPs / vanilla of the same size
     epochs: float | None = None  # training tokens / training-split tokens
+    lr: float | None = None  # peak lr of this run (the model's own, else train.lr)
+    router: str | None = None  # MoD: learned | random (the stochastic-routing control)
 
     def to_dict(self) -> dict:
         """Plain data for JSON."""
@@ -76,7 +78,7 @@ def eval_steps(steps: int, points: int) -> list[int]:
 
 
 def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) -> RunPlan:
-    variant, T, B = spec.variants[vname], spec.data.seq_len, spec.train.batch_size
+    variant, T, B = spec.variants[vname], spec.data.seq_len, spec.batch_size(model)
     arch = F.arch_from_config(model, variant, spec.data.vocab)
     conv = spec.flops.convention
     per_step = B * F.train_flops(arch, T, conv)
@@ -93,7 +95,8 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
         residual_pct=100 * (total - budget) / budget,
         warmup_steps=round(spec.train.warmup * steps),
         eval_steps=eval_steps(steps, spec.train.eval_points),
-        capacities=list(arch.capacities) or [None] * model.n_layers)
+        capacities=list(arch.capacities) or [None] * model.n_layers, lr=spec.lr(model),
+        router=getattr(variant, "router", None))
 
 
 def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
@@ -106,8 +109,8 @@ def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
 def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int | None = None) -> Plan:
     """Plan every run; raise SpecError for a budget below one step. `train_tokens` sets epochs."""
     runs, problems = [], []
-    for i, budget in enumerate(spec.budgets):
-        for model in spec.models:
+    for i, (budget, models) in enumerate(spec.grids()):
+        for model in models:
             for vname in spec.variants:
                 for seed in spec.seeds:
                     r = _entry(spec, budget, model, vname, seed)

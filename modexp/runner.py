@@ -149,7 +149,8 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     from modexp.train import split_batch
 
     try:
-        split_batch(spec.train.batch_size, spec.train.micro_batch_size, world)
+        for batch in sorted({r.batch_size for r in runs} or {spec.train.batch_size}):
+            split_batch(batch, spec.train.micro_batch_size, world)
     except ValueError as e:
         raise SpecError(str(spec_path), [str(e)]) from None
     exp_dir = Path(results) / spec.name

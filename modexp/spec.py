@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
 
 
 class SpecError(Exception):
@@ -74,6 +75,11 @@ class ModelConfig(_Strict):
     mlp: Literal["gelu", "swiglu"] = "gelu"
     tie_embeddings: bool = False
     rope_base: float = Field(10000.0, gt=1)
+    lr: float | None = Field(None, gt=0)
+    """Peak learning rate of this size, overriding train.lr (one lr for all sizes biases the
+    isoFLOP curve: smaller models usually want a larger one)."""
+    batch_size: int | None = Field(None, ge=1)
+    """Global sequences per step for this size, overriding train.batch_size."""
 
     @model_validator(mode="after")
     def _heads_divide_width(self):
@@ -117,6 +123,17 @@ class ModVariant(_Strict):
     """Weight of the router BCE loss (causal: aux_loss) added to the LM loss."""
     predictor_hidden: int = Field(64, ge=1)
     """Hidden width of the causal predictor MLP (causal: predictor)."""
+    router: Literal["learned", "random"] = "learned"
+    """`learned`: top-k of a learned router. `random`: the paper's stochastic-routing control
+    (fig. 3): k tokens per sequence uniformly at random, gate 1, no router or predictor; its
+    causal evaluation routes each token with probability `capacity` (a Bernoulli draw)."""
+
+    @model_validator(mode="after")
+    def _random_takes_no_router_settings(self):
+        unused = sorted({"causal", "gate", "aux_loss_weight", "predictor_hidden"} & self.model_fields_set)
+        if self.router == "random" and unused:
+            raise ValueError(f"router: random has no router, gate or predictor; remove {', '.join(unused)}")
+        return self
 
     @field_validator("layers")
     @classmethod
@@ -136,6 +153,21 @@ class ModVariant(_Strict):
 
 
 Variant = Annotated[Union[VanillaVariant, ModVariant], Field(discriminator="kind")]
+
+
+class BudgetGrid(_Strict):
+    """A budget with its own grid of sizes (isoFLOP curves span different sizes per budget)."""
+
+    flops: float = Field(gt=0, allow_inf_nan=False)
+    """Training FLOPs per run of this budget."""
+    models: list[str] = Field(min_length=1)
+    """Names of `models` entries trained at this budget."""
+
+
+# A mapping is a grid, anything else a number: one error per bad budget, not one per union arm.
+Budget = Annotated[Union[Annotated[float, Field(gt=0, allow_inf_nan=False), Tag("number")],
+                         Annotated[BudgetGrid, Tag("grid")]],
+                   Discriminator(lambda v: "grid" if isinstance(v, (dict, BudgetGrid)) else "number")]
 
 
 class TrainConfig(_Strict):
@@ -181,11 +213,26 @@ class ExperimentSpec(_Strict):
     seeds: list[int] = Field([0], min_length=1)
     data: DataConfig = DataConfig()
     flops: FlopsConfig = FlopsConfig()
-    budgets: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1)
-    """Training FLOPs per run, identical for every variant and size."""
+    budgets: list[Budget] = Field(min_length=1)
+    """Training FLOPs per run, identical for every variant and size: a number (every model of
+    `models`) or `{flops: 1e13, models: [s, m, l, xl]}` (the named models only)."""
     models: list[ModelConfig] = Field(min_length=1)
     variants: dict[str, Variant] = Field(min_length=1)
     train: TrainConfig = TrainConfig()
+
+    def grids(self) -> list[tuple[float, list[ModelConfig]]]:
+        """(budget FLOPs, the models trained at it) per budget, in spec order."""
+        by_name = {m.name: m for m in self.models}
+        return [(b, list(self.models)) if not isinstance(b, BudgetGrid)
+                else (b.flops, [by_name[n] for n in b.models]) for b in self.budgets]
+
+    def lr(self, model: ModelConfig) -> float:
+        """The model's own lr, else train.lr."""
+        return model.lr if model.lr is not None else self.train.lr
+
+    def batch_size(self, model: ModelConfig) -> int:
+        """The model's own batch size, else train.batch_size."""
+        return model.batch_size if model.batch_size is not None else self.train.batch_size
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -210,8 +257,21 @@ def _cross_problems(spec: ExperimentSpec) -> list[str]:
             if bad:
                 problems.append(f"variants.{vname}.layers: layer {bad[0]} does not exist in "
                                 f"model {m.name} (layers 0..{m.n_layers - 1})")
-    if len(set(spec.budgets)) != len(spec.budgets):
+    flops = [b if not isinstance(b, BudgetGrid) else b.flops for b in spec.budgets]
+    if len(set(flops)) != len(flops):
         problems.append("budgets: each budget must appear once")
+    for i, b in enumerate(spec.budgets):
+        unknown = [n for n in getattr(b, "models", []) if n not in names]
+        if unknown:
+            problems.append(f"budgets[{i}].models: unknown model {', '.join(map(repr, unknown))} "
+                            f"(allowed: names from models: {', '.join(names)})")
+        elif isinstance(b, BudgetGrid) and len(set(b.models)) != len(b.models):
+            problems.append(f"budgets[{i}].models: each model must appear once")
+    mb = spec.train.micro_batch_size
+    for m in spec.models:
+        if mb is not None and m.batch_size is not None and m.batch_size % mb:
+            problems.append(f"models: {m.name}.batch_size ({m.batch_size}) must be a multiple of "
+                            f"train.micro_batch_size ({mb})")
     return problems
 
 
@@ -221,7 +281,7 @@ def _NAME_OK(s: str) -> bool:
 
 def _loc(loc: tuple) -> str:
     """Pydantic error location -> dotted field path, dropping union tags like 'mod'."""
-    parts = [str(p) for p in loc if p not in ("vanilla", "mod", "function-after")]
+    parts = [str(p) for p in loc if p not in ("vanilla", "mod", "function-after", "number", "grid")]
     return ".".join(p if not p.isdigit() else f"[{p}]" for p in parts).replace(".[", "[")
 
 
@@ -245,7 +305,7 @@ def _message(err: dict) -> str:
 
 def _allowed_keys(loc: tuple) -> list[str]:
     """The field names of the config class an error location points into."""
-    classes = {"data": DataConfig, "flops": FlopsConfig, "models": ModelConfig,
+    classes = {"data": DataConfig, "flops": FlopsConfig, "models": ModelConfig, "grid": BudgetGrid,
                "train": TrainConfig, "vanilla": VanillaVariant, "mod": ModVariant}
     cls = ExperimentSpec
     for part in loc:  # the innermost known section wins, e.g. variants.<name>.mod -> ModVariant

@@ -108,6 +108,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, plan: RunPlan, cfg: TrainConfig, data: TokenData,
                  logger: Logger, ckpt_path: Path, ctx: Context,
                  on_step: Callable[[int, float | None], None] | None = None):
+        if plan.lr is not None:  # per-size lr and batch size live in the plan entry (spec.models[])
+            cfg = cfg.model_copy(update={"lr": plan.lr, "batch_size": plan.batch_size})
         self.plan, self.cfg, self.data, self.logger, self.ctx = plan, cfg, data, logger, ctx
         self.ckpt_path, self.on_step = ckpt_path, on_step or (lambda step, loss: None)
         self.raw = model.to(ctx.device)
