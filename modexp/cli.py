@@ -80,7 +80,7 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         raise typer.Exit(1 if report.failed else 0)
     out.print(f"results in {report.experiment_dir}; figures: modexp plot {report.experiment_dir}")
     if plot_after:
-        plot(report.experiment_dir, "png")
+        plot(report.experiment_dir, "png", results, False)
     if report.failed:
         err.print(f"[red]{len(report.failed)} run(s) failed:[/] {', '.join(report.failed)} "
                   "(see error.log in each run folder)")
@@ -107,10 +107,20 @@ def status(path: Path = typer.Argument(..., help="A spec (YAML) or its results f
 @app.command()
 def plot(path: Path = typer.Argument(..., help="A results folder (or the spec that wrote it)."),
          fmt: str = typer.Option("png", "--format", help="Comma-separated: png, svg, pdf."),
-         results: Path = typer.Option(Path("results"), help="Results root, for a spec.")) -> None:
-    """Loss vs training FLOPs, isoFLOP profiles, MoD routing figures and the summary table."""
+         results: Path = typer.Option(Path("results"), help="Results root, for a spec."),
+         as_json: bool = typer.Option(False, "--json", help="Print the isoFLOP fits, verdict "
+                                      "and frontier as JSON (no figures written).")) -> None:
+    """Loss vs training FLOPs, isoFLOP profiles and verdict, frontier, MoD routing, summary table."""
     from modexp.plot import plot_results, print_report
     from modexp.status import experiment_dir
+    from modexp.verdict import verdict_json
+
+    if as_json:
+        try:
+            sys.stdout.write(json.dumps(verdict_json(experiment_dir(path, results)), indent=2) + "\n")
+        except SpecError as e:
+            _fail(e)
+        return
 
     formats = [f.strip() for f in fmt.split(",") if f.strip()]
     try:

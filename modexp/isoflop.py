@@ -1,8 +1,9 @@
 """isoFLOP analysis of a loaded results folder: seed means, parabola fits, the summary table.
 
 Hoffmann et al. 2022, approach 2: at a fixed training budget, final loss against log10(params)
-is fitted by a parabola whose minimum is the compute-optimal size; a minimum at the grid's edge
-(or fewer than 3 sizes) is flagged, since it is an extrapolation. No torch, no matplotlib.
+is fitted by a parabola whose minimum is the compute-optimal size. Fewer than 4 sizes, a
+downward parabola or a minimum at the grid's edge give "no verdict" with the reason, never a
+number from an extrapolation. No torch, no matplotlib.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import numpy as np
 import pandas as pd
 
 from modexp.analysis import Results, load_results
+from modexp.bootstrap import bootstrap_optimum, interval
 from modexp.plan import budget_tag
 
-FIT_COLUMNS = ["budget", "variant", "n_sizes", "opt_params", "opt_loss", "flag", "coeffs",
-               "params_min", "params_max"]
-MIN_SIZES = 3  # a parabola through fewer points is not a fit
+FIT_COLUMNS = ["budget", "variant", "metric", "n_sizes", "status", "reason", "opt_params",
+               "opt_params_ci", "opt_loss", "opt_loss_ci", "boot_method", "boot_interior",
+               "flag", "coeffs", "params_min", "params_max", "draws"]
+MIN_SIZES = 4  # a parabola has 3 coefficients: 3 sizes leave no residual and no interval
+METRICS = {"topk": ("loss", "losses"), "causal": ("loss_causal", "losses_causal")}
 
 
 @dataclass
@@ -44,67 +48,113 @@ def analyze(root: str | Path) -> Analysis:
 
 @dataclass
 class Fit:
-    """An isoFLOP parabola, loss = a*x^2 + b*x + c with x = log10(params) (Hoffmann Approach 2)."""
+    """An isoFLOP parabola, loss = a*x^2 + b*x + c with x = log10(params) (Hoffmann Approach 2).
+
+    status "ok": an interior minimum, opt_* set; "no verdict": `reason` says why, opt_* NaN
+    (an extrapolated minimum is never reported as a number)."""
 
     coeffs: tuple[float, float, float] | None
     opt_params: float
     opt_loss: float
     n_sizes: int
-    flag: str  # "" when the minimum is inside the grid
+    reason: str | None
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.reason is None else "no verdict"
 
 
 def fit_parabola(params, losses) -> Fit:
-    """Fit loss against log10(params); flag too few sizes, a non-convex fit or an edge minimum."""
+    """Fit loss against log10(params); no verdict for < 4 sizes, a downward parabola, or a
+    minimum (fitted, or the lowest measured loss) at or beyond the grid's edge."""
     x, y = np.log10(np.asarray(params, float)), np.asarray(losses, float)
     n = len(np.unique(x))
+    coeffs = tuple(np.polyfit(x, y, 2)) if n >= 3 else None
+    nan = math.nan
     if n < MIN_SIZES:
-        return Fit(None, math.nan, math.nan, n, f"too few sizes ({n} < {MIN_SIZES}), no fit")
-    a, b, c = np.polyfit(x, y, 2)
+        return Fit(coeffs, nan, nan, n, f"fewer than {MIN_SIZES} sizes ({n})")
+    a, b, c = coeffs
     if a <= 0:
-        return Fit((a, b, c), math.nan, math.nan, n, "no minimum (parabola opens downward)")
-    xo = -b / (2 * a)
-    lo, hi = x.min(), x.max()
-    tol = 1e-3 * (hi - lo)  # "at the edge" within rounding of the grid's end points
-    flag = ("edge: minimum at/below the smallest size" if xo <= lo + tol else
-            "edge: minimum at/above the largest size" if xo >= hi - tol else "")
-    return Fit((a, b, c), float(10 ** xo), float(c - b * b / (4 * a)), n, flag)
+        return Fit(coeffs, nan, nan, n, "parabola opens downward (no minimum)")
+    xo, lo, hi = -b / (2 * a), x.min(), x.max()
+    if xo <= lo or np.argmin(y) == np.argmin(x):
+        return Fit(coeffs, nan, nan, n, "minimum at or below the smallest size (extend the grid down)")
+    if xo >= hi or np.argmin(y) == np.argmax(x):
+        return Fit(coeffs, nan, nan, n, "minimum at or above the largest size (extend the grid up)")
+    return Fit(coeffs, float(10 ** xo), float(c - b * b / (4 * a)), n, None)
+
+
+def seed_group(runs: pd.DataFrame) -> list[str]:
+    """The columns that make runs one point but for their seed (the run id minus the seed).
+
+    The one place that decides which runs may be averaged: runs differing in anything but
+    the seed must never be. A run fingerprint column, when runs carry one, joins the key."""
+    return ["budget", "model", "variant"] + [c for c in ("fingerprint",) if c in runs]
 
 
 def seed_means(runs: pd.DataFrame) -> pd.DataFrame:
-    """Complete runs averaged over seeds: one row per budget, model and variant, with n."""
+    """Complete runs averaged over seeds: one row per seed group, with n, standard errors
+    (NaN for one seed) and the per-seed losses the bootstrap resamples."""
     done = runs[runs["complete"]]
-    cols = ["budget", "model", "variant", "kind", "params", "forward_flops_per_token",
-            "loss", "loss_std", "loss_causal", "n"]
+    cols = ["budget", "model", "variant", "kind", "router", "params", "forward_flops_per_token",
+            "loss", "loss_se", "loss_causal", "loss_causal_se", "n", "losses", "losses_causal"]
     if done.empty:
         return pd.DataFrame(columns=cols)
-    g = done.groupby(["budget", "model", "variant"], sort=False)
-    out = g.agg(kind=("kind", "first"), params=("params", "mean"),
+    se = lambda v: v.std() / math.sqrt(len(v)) if len(v) > 1 else math.nan  # noqa: E731
+    g = done.groupby(seed_group(done), sort=False)
+    out = g.agg(kind=("kind", "first"), router=("router", "first"), params=("params", "mean"),
                 forward_flops_per_token=("forward_flops_per_token", "mean"),
-                loss=("final_eval_loss", "mean"), loss_std=("final_eval_loss", "std"),
-                loss_causal=("final_eval_loss_causal", "mean"), n=("final_eval_loss", "size"))
+                loss=("final_eval_loss", "mean"), loss_se=("final_eval_loss", se),
+                loss_causal=("final_eval_loss_causal", "mean"),
+                loss_causal_se=("final_eval_loss_causal", se), n=("final_eval_loss", "size"),
+                losses=("final_eval_loss", list), losses_causal=("final_eval_loss_causal", list))
     return out.reset_index()[cols]
 
 
 def fit_isoflop(means: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
-    """One parabola per budget and variant over the seed-averaged sizes."""
+    """One parabola per budget, variant and metric (topk; causal for MoD), with bootstrap
+    95% intervals of its optimum."""
     recs = []
     for budget in sorted(means["budget"].unique()):
         for v in variants:
-            sel = means[(means["budget"] == budget) & (means["variant"] == v)]
-            f = fit_parabola(sel["params"], sel["loss"])
-            recs.append({"budget": budget, "variant": v, "n_sizes": f.n_sizes,
-                         "opt_params": f.opt_params, "opt_loss": f.opt_loss, "flag": f.flag,
-                         "coeffs": f.coeffs, "params_min": sel["params"].min(),
-                         "params_max": sel["params"].max()})
+            sel = means[(means["budget"] == budget) & (means["variant"] == v)].sort_values("params")
+            for metric, (col, seeds) in METRICS.items():
+                if metric == "causal" and (sel.empty or sel["kind"].iloc[0] != "mod"
+                                           or not sel[col].notna().all()):
+                    continue
+                recs.append(_fit_record(budget, v, metric, sel, col, seeds))
     return pd.DataFrame.from_records(recs, columns=FIT_COLUMNS)
 
 
+def _fit_record(budget, variant, metric, sel, col, seeds) -> dict:
+    f = fit_parabola(sel["params"], sel[col])
+    rec = {"budget": budget, "variant": variant, "metric": metric, "n_sizes": f.n_sizes,
+           "status": f.status, "reason": f.reason, "opt_params": f.opt_params,
+           "opt_params_ci": None, "opt_loss": f.opt_loss, "opt_loss_ci": None,
+           "boot_method": None, "boot_interior": math.nan, "flag": f.reason or "",
+           "coeffs": f.coeffs, "params_min": sel["params"].min(),
+           "params_max": sel["params"].max(), "draws": None}
+    if f.status == "ok":
+        d = bootstrap_optimum(sel["params"], [np.asarray(v, float) for v in sel[seeds]])
+        if d is not None:
+            rec |= {"opt_params_ci": interval(d.params), "opt_loss_ci": interval(d.loss),
+                    "boot_method": d.method, "boot_interior": d.interior, "draws": d}
+    return rec
+
+
 def fit_warnings(fits: pd.DataFrame) -> list[str]:
-    """One line per flagged fit (edge of grid, too few sizes, no minimum)."""
-    return [f"budget {budget_tag(f.budget)} FLOPs, {f.variant}: {f.flag}" + (
-        f" ({compact(f.opt_params)} params, grid {compact(f.params_min)}..{compact(f.params_max)}: "
-        "an extrapolation; extend the grid)" if f.flag.startswith("edge") else "")
-        for f in fits.itertuples() if f.flag]
+    """One line per fit without a verdict, and per optimum whose refits often leave the grid."""
+    out = []
+    for f in fits.itertuples():
+        what = f"budget {budget_tag(f.budget)} FLOPs, {f.variant}" + (
+            " (causal eval)" if f.metric == "causal" else "")
+        if f.status != "ok":
+            out.append(f"{what}: no verdict: {f.reason} (grid {compact(f.params_min)}.."
+                       f"{compact(f.params_max)})")
+        elif f.boot_interior < 0.9:
+            out.append(f"{what}: only {100 * f.boot_interior:.0f}% of bootstrap refits have "
+                       "their minimum inside the grid; its interval is conditional on that")
+    return out
 
 
 def variant_order(runs: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
@@ -143,7 +193,7 @@ def _size_row(runs, means, budget, model, order, vanillas, mods) -> dict:
 
 
 def _optimum_row(fits, budget, order, vanillas, mods) -> dict:
-    f = fits[fits.budget == budget].set_index("variant")
+    f = fits[(fits.budget == budget) & (fits.metric == "topk")].set_index("variant")
     cells = {v: (f.at[v, "opt_params"], f.at[v, "opt_loss"], int(f.at[v, "n_sizes"]), math.nan)
              if v in f.index else (math.nan, math.nan, 0, math.nan) for v in order}
     note = "; ".join(f"{v}: {f.at[v, 'flag']}" for v in order if v in f.index and f.at[v, "flag"])

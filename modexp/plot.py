@@ -7,6 +7,7 @@ is read from the files the trainer writes (analysis.py, isoflop.py); torch is ne
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +18,23 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
 
 from modexp import analysis as A
 from modexp import isoflop as I
+from modexp import verdict as V
 from modexp.plan import budget_tag
+from modexp.plot_isoflop import fig_frontier, fig_isoflop
+from modexp.plot_style import Style as _Style
+from modexp.plot_style import figure as _figure
+from modexp.plot_style import header as _header
+from modexp.plot_style import log_x as _log_x
+from modexp.plot_style import sci as _sci
 from modexp.spec import SpecError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 FORMATS = ("png", "svg", "pdf")
-CMAPS = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")  # one hue per variant
 PLOTS_DIR = "plots"
 
 
@@ -42,6 +48,8 @@ class PlotReport:
     markdown: Path
     missing: list[str]  # planned run ids with no finished or partial metrics
     warnings: list[str]  # edge-of-grid, too few sizes, failed runs, ...
+    verdict: dict  # verdict.verdict_dict: fits, per-budget verdicts, frontier
+    verdict_json: Path
 
 
 def plot_results(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> PlotReport:
@@ -52,7 +60,10 @@ def plot_results(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> 
     out = res.root / PLOTS_DIR
     out.mkdir(exist_ok=True)
     style = _Style(res.runs)
-    figs = {"loss_vs_flops": _fig_loss(res, style), "isoflop": _fig_isoflop(res, means, fits, style)}
+    figs = {"loss_vs_flops": _fig_loss(res, style), "isoflop": fig_isoflop(res, means, fits, style)}
+    verdict = V.verdict_dict(an)
+    if any(f["status"] == "ok" for f in verdict["frontier"].values()):
+        figs["frontier"] = fig_frontier(res, verdict["frontier"], style)
     if any(r in res.metrics for r in res.runs.loc[res.runs.kind == "mod", "run_id"]):
         figs["mod_routing"] = _fig_routing(res, style)
     paths = [out / f"{name}.{fmt}" for name in figs for fmt in fmts]
@@ -60,8 +71,10 @@ def plot_results(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> 
         figs[path.stem].savefig(path, dpi=130, bbox_inches="tight")
     csv, md = out / "summary.csv", out / "summary.md"
     table.to_csv(csv, index=False)
-    md.write_text(_markdown(res, table, warnings))
-    return PlotReport(paths, table, csv, md, res.missing, warnings)
+    md.write_text(_markdown(res, table, warnings) + V.verdict_markdown(verdict))
+    vj = out / "verdict.json"
+    vj.write_text(json.dumps(verdict, indent=2) + "\n")
+    return PlotReport(paths, table, csv, md, res.missing, warnings, verdict, vj)
 
 
 def _check_formats(formats: Sequence[str]) -> list[str]:
@@ -83,78 +96,6 @@ def _markdown(res: A.Results, table: pd.DataFrame, warnings: list[str]) -> str:
     if res.missing:
         text += "\n## Missing runs (no metrics yet)\n\n" + "".join(f"- {r}\n" for r in res.missing)
     return text
-
-
-# ---------------------------------------------------------------- style
-
-
-class _Style:
-    """Colour = variant (one colormap each), shade = model size (darker = larger)."""
-
-    def __init__(self, runs: pd.DataFrame):
-        order, _, _ = I.variant_order(runs)
-        self.kinds = dict(zip(runs.variant, runs.kind))
-        self.cmaps = {v: mpl.colormaps[CMAPS[i % len(CMAPS)]] for i, v in enumerate(order)}
-        sizes = list(runs.groupby("model", sort=False)["params"].min().sort_values().index)
-        self.shade = {m: 0.45 + 0.5 * (i / max(len(sizes) - 1, 1)) for i, m in enumerate(sizes)}
-        self.params = runs.groupby("model")["params"].min().to_dict()
-        self.order, self.sizes = order, sizes
-
-    def color(self, variant: str, model: str):
-        return self.cmaps[variant](self.shade[model])
-
-    def base(self, variant: str):
-        return self.cmaps[variant](0.75)
-
-    def variant_handles(self) -> list:
-        label = {v: v if v == k else f"{v} ({k})" for v, k in self.kinds.items()}
-        return [Line2D([], [], color=self.base(v), lw=3, label=label[v]) for v in self.order]
-
-    def size_handles(self) -> list:
-        grey = mpl.colormaps["Greys"]
-        return [Line2D([], [], color=grey(self.shade[m]), lw=3,
-                       label=f"{m} ({I.compact(self.params[m])} params)") for m in self.sizes]
-
-
-def _figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(width, height * nrows + 0.7), layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def _log_x(ax, fmt) -> None:
-    """Log x-axis with plain-text tick labels (fmt: value -> text), minors at 2 and 5 when
-    the axis spans under two decades; cheaper to render than mathtext and easier to read."""
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
-
-    def minor(v, _):
-        lo, hi = ax.get_xlim()
-        mant = round(v / 10 ** math.floor(math.log10(v)), 6)
-        return fmt(v) if hi / lo < 100 and mant in (2, 5) else ""
-
-    ax.xaxis.set_minor_formatter(FuncFormatter(minor))
-
-
-def _sci(v: float) -> str:
-    return budget_tag(v) if v >= 1e4 else f"{v:g}"
-
-
-def _status_line(res: A.Results) -> str:
-    """Partial-results caption: how many runs are plotted, partial, failed or missing."""
-    counts = res.runs["state"].value_counts()
-    parts = [f"{counts.get(s, 0)} {s}" for s in ("done", "partial", "failed", "missing") if counts.get(s, 0)]
-    line = f"{len(res.runs)} planned runs: " + ", ".join(parts)
-    if counts.get("partial", 0):
-        line += "; partial runs are plotted but left out of fits and the table"
-    if res.missing:
-        line += f"; missing: {', '.join(res.missing[:3])}" + (" ..." if len(res.missing) > 3 else "")
-    return line
-
-
-def _header(fig: Figure, res: A.Results, what: str) -> None:
-    """Title on top, run-status caption at the bottom (partial sweeps say so on the figure)."""
-    fig.suptitle(f"{res.experiment}: {what}", fontsize=12)
-    fig.supxlabel(_status_line(res), fontsize=8, color="0.35")
 
 
 # ---------------------------------------------------------------- 1. loss vs FLOPs (and steps)
@@ -224,90 +165,6 @@ def _draw_run(ax_f, ax_s, res: A.Results, r, color) -> pd.DataFrame:
     if len(ev):
         pts.append(pd.DataFrame({"flops": ev["flops"], "step": ev["step"], "y": ev["eval_loss"]}))
     return pd.concat(pts) if pts else pd.DataFrame(columns=["flops", "step", "y"])
-
-
-# ---------------------------------------------------------------- 2. isoFLOP profiles
-
-
-def _fig_isoflop(res: A.Results, means: pd.DataFrame, fits: pd.DataFrame, style: _Style) -> Figure:
-    budgets = sorted(res.runs.budget.unique())
-    fig, axes = _figure(len(budgets), 2, 13, 4.2)
-    for (ax_p, ax_f), budget in zip(axes, budgets):
-        warns = []
-        for v in style.order:
-            sel = means[(means.budget == budget) & (means.variant == v)].sort_values("params")
-            fit = fits[(fits.budget == budget) & (fits.variant == v)]
-            c = style.base(v)
-            seeds = res.runs[(res.runs.budget == budget) & (res.runs.variant == v) & res.runs.complete]
-            ax_p.scatter(seeds.params, seeds.final_eval_loss, s=10, color=c, alpha=0.4, lw=0)
-            ax_p.plot(sel.params, sel.loss, "o", color=c, ms=7, mec="k", mew=0.5)
-            if len(fit):
-                warns += _draw_fit(ax_p, fit.iloc[0], c)
-            ax_f.plot(sel.forward_flops_per_token, sel.loss, "o-", color=c, ms=6, mec="k", mew=0.5)
-            for p in sel.itertuples():
-                ax_f.annotate(p.model, (p.forward_flops_per_token, p.loss), xytext=(4, 4),
-                              textcoords="offset points", fontsize=7, color="0.3")
-        tag = budget_tag(budget)
-        _log_x(ax_p, I.compact)
-        _log_x(ax_f, _sci)
-        ax_p.set(xlabel="parameters (params, log scale)", ylabel="final eval loss (nats/token)",
-                 title=f"isoFLOP profile at {tag} training FLOPs")
-        ax_f.set(xlabel="forward FLOPs per token (one forward pass)",
-                 ylabel="final eval loss (nats/token)", title=f"{tag} FLOPs: loss vs inference cost")
-        _pad_y(ax_p)
-        _label_minima(ax_p, fits[fits.budget == budget], style)
-        for ax in (ax_p, ax_f):
-            ax.grid(True, which="both", alpha=0.25)
-        if not len(means[means.budget == budget]):
-            warns = ["no finished runs at this budget yet"]
-        if warns:
-            ax_p.text(0.01, 0.99, "\n".join(warns), transform=ax_p.transAxes, va="top", fontsize=8,
-                      color="darkred", bbox=dict(fc="white", ec="darkred", alpha=0.85))
-    extra = [Line2D([], [], color="k", marker="o", ls="", label="final eval loss (seed mean)"),
-             Line2D([], [], color="k", lw=1.5, label="parabola fit in log10(params)"),
-             Line2D([], [], color="k", marker="*", ms=12, ls="", label="fitted minimum")]
-    fig.legend(handles=style.variant_handles() + extra, loc="outside right upper", fontsize=8)
-    _header(fig, res, "isoFLOP profiles (Hoffmann et al. 2022, approach 2)")
-    return fig
-
-
-def _draw_fit(ax, fit, color) -> list[str]:
-    """The parabola, its minimum (a star) and any warning for this variant."""
-    if fit.coeffs is None:
-        return [f"{fit.variant}: {fit.flag}"]
-    lo, hi = math.log10(fit.params_min), math.log10(fit.params_max)
-    pad = 0.1 * (hi - lo)
-    xo = math.log10(fit.opt_params) if math.isfinite(fit.opt_params) else (lo + hi) / 2
-    # follow the curve out to an extrapolated minimum, but at most one grid width beyond the
-    # grid: a minimum decades away would squash the data into a corner (the label still says it)
-    lo, hi = max(min(lo, xo), lo - (hi - lo)) - pad, min(max(hi, xo), hi + (hi - lo)) + pad
-    xs = np.linspace(lo, hi, 200)
-    ax.plot(10 ** xs, np.polyval(fit.coeffs, xs), color=color, lw=1.5, alpha=0.85)
-    if math.isfinite(fit.opt_params) and lo <= xo <= hi:
-        ax.plot(fit.opt_params, fit.opt_loss, "*", ms=16, color=color, mec="k", mew=0.6, zorder=5)
-    return [f"{fit.variant}: {fit.flag}"] if fit.flag else []
-
-
-def _label_minima(ax, fits: pd.DataFrame, style: _Style) -> None:
-    """Label the stars (size, loss) in the empty band _pad_y leaves below the data, one line
-    per variant in its colour, with a dotted drop line to the params axis: no arrows to cross."""
-    shown = [f for f in fits.itertuples() if math.isfinite(f.opt_params)]
-    xlo, xhi = ax.get_xlim()
-    for i, f in enumerate(shown):
-        c = style.base(f.variant)
-        if xlo <= f.opt_params <= xhi:  # an off-axes line would rescale the axis
-            ax.axvline(f.opt_params, color=c, ls=":", lw=1, alpha=0.7)
-        ax.text(0.5, 0.03 + 0.075 * (len(shown) - 1 - i), f"\u2605 {f.variant} optimum: "
-                f"{I.compact(f.opt_params)} params, loss {f.opt_loss:.3f}"
-                + (" (extrapolated)" if f.flag else ""), transform=ax.transAxes,
-                ha="center", va="bottom", fontsize=8.5, color=c,
-                bbox=dict(fc="white", ec=c, alpha=0.9, pad=2))
-
-
-def _pad_y(ax) -> None:
-    """Room below the data for the minimum labels."""
-    lo, hi = ax.get_ylim()
-    ax.set_ylim(lo - 0.35 * (hi - lo), hi + 0.15 * (hi - lo))
 
 
 # ---------------------------------------------------------------- 3. MoD routing
@@ -415,10 +272,11 @@ def print_report(report: PlotReport, console: "Console") -> None:
             table.add_row(*(I.fmt_cell(c, row[c]) for c in cols), style="bold" if opt else None,
                           end_section=False)
         console.print(table)
+    console.print(V.verdict_markdown(report.verdict), highlight=False, markup=False)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if report.missing:
         console.print(f"[yellow]missing ({len(report.missing)}):[/] {', '.join(report.missing)}",
                       highlight=False)
-    for p in [*report.figures, report.csv, report.markdown]:
+    for p in [*report.figures, report.csv, report.markdown, report.verdict_json]:
         console.print(f"wrote {p}", highlight=False)

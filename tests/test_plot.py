@@ -149,28 +149,29 @@ def test_parabola_fit_recovers_known_minimum(tmp_path):
 def test_fit_parabola_flags():
     p = np.array([1e5, 2e5, 4e5, 8e5])
     inside = A.fit_parabola(p, [parabola(3e5, 2.0)(x) for x in p])
-    assert inside.flag == "" and inside.opt_params == pytest.approx(3e5, rel=1e-6)
-    assert A.fit_parabola(p, [parabola(5e4, 2.0)(x) for x in p]).flag.startswith("edge: minimum at/below")
-    assert A.fit_parabola(p, [parabola(2e6, 2.0)(x) for x in p]).flag.startswith("edge: minimum at/above")
-    assert "opens downward" in A.fit_parabola(p, [-parabola(3e5, 2.0)(x) for x in p]).flag
+    assert inside.status == "ok" and inside.opt_params == pytest.approx(3e5, rel=1e-6)
+    assert A.fit_parabola(p, [parabola(5e4, 2.0)(x) for x in p]).reason.startswith("minimum at or below")
+    assert A.fit_parabola(p, [parabola(2e6, 2.0)(x) for x in p]).reason.startswith("minimum at or above")
+    assert "opens downward" in A.fit_parabola(p, [-parabola(3e5, 2.0)(x) for x in p]).reason
     few = A.fit_parabola(p[:2], [2.0, 1.9])
-    assert few.coeffs is None and math.isnan(few.opt_params) and few.flag.startswith("too few sizes (2")
+    assert few.coeffs is None and math.isnan(few.opt_params) and few.reason == "fewer than 4 sizes (2)"
 
 
 def test_edge_of_grid_flagged_in_table_and_warnings(tmp_path):
     make_results(tmp_path, losses={"vanilla": parabola(1e4, 3.0), "mod": parabola(2.5e5, 2.95)})
     rep = A.analyze(tmp_path)
-    assert "vanilla: edge: minimum at/below the smallest size" in opt_row(rep.table)["note"]
-    assert any("vanilla: edge" in w for w in rep.warnings)
-    assert not any("mod: edge" in w for w in rep.warnings)
+    assert "vanilla: minimum at or below the smallest size" in opt_row(rep.table)["note"]
+    assert math.isnan(opt_row(rep.table)["vanilla params"])  # no number from an extrapolation
+    assert any("vanilla: no verdict: minimum at or below" in w for w in rep.warnings)
+    assert not any("mod: no verdict" in w for w in rep.warnings)
 
 
 def test_too_few_sizes_flagged(tmp_path):
     make_results(tmp_path, spec_dict(widths=(32, 64)))
     rep = A.analyze(tmp_path)
     opt = opt_row(rep.table)
-    assert math.isnan(opt["vanilla params"]) and "too few sizes (2 < 3)" in opt["note"]
-    assert sum("too few sizes" in w for w in rep.warnings) == 2
+    assert math.isnan(opt["vanilla params"]) and "fewer than 4 sizes (2)" in opt["note"]
+    assert sum("fewer than 4 sizes" in w for w in rep.warnings) == 3  # vanilla, mod, mod causal
 
 
 def test_seeds_are_averaged_with_n(tmp_path):
