@@ -33,21 +33,29 @@ def _fail(e: SpecError) -> None:
 
 @app.command()
 def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
-         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON.")) -> None:
+         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+         suggest_grid: bool = typer.Option(False, "--suggest-grid", help="Print, as YAML to paste, "
+                                           "sizes bracketing each budget's estimated optimum."),
+         results: Path = typer.Option(Path("results"), help="Results root: finished runs of this "
+                                      "spec there refine the optimum estimate.")) -> None:
     """Budgets, FLOPs per step and FLOP-matched step counts of every run (no training)."""
+    from modexp.grid import suggest_grid_file
     from modexp.plan import plan_file
     from modexp.tables import print_plan
 
     try:
-        _, p = plan_file(spec)
+        if suggest_grid:
+            sys.stdout.write(suggest_grid_file(spec, results))
+            return
+        _, p = plan_file(spec, results)
     except SpecError as e:
         _fail(e)
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in p.runs], indent=2) + "\n")
-        for w in p.warnings:
-            err.print(f"warning: {w}", highlight=False)
     else:
         print_plan(p, out)
+    for w in p.warnings:
+        err.print(f"warning: {w}", highlight=False)
 
 
 @app.command()

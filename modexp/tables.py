@@ -39,8 +39,6 @@ def plan_tables(plan: Plan) -> list[Table]:
 
 
 def print_plan(plan: Plan, console: Console) -> None:
-    """Print the plan tables and any warnings."""
+    """Print the plan tables (the caller prints the warnings, on stderr)."""
     for t in plan_tables(plan):
         console.print(t)
-    for w in plan.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
