@@ -112,7 +112,7 @@ def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int |
     runs, problems = [], []
     for i, (budget, models) in enumerate(spec.grids()):
         for model in models:
-            for vname in spec.variants:
+            for vname in spec.variants_at(i):
                 for seed in spec.seeds:
                     r = _entry(spec, budget, model, vname, seed)
                     if r.steps < 1 or budget < r.flops_per_step:

@@ -162,6 +162,8 @@ class BudgetGrid(_Strict):
     """Training FLOPs per run of this budget."""
     models: list[str] = Field(min_length=1)
     """Names of `models` entries trained at this budget."""
+    variants: list[str] | None = Field(None, min_length=1)
+    """Names of `variants` trained at this budget (default: all), e.g. a control at one budget."""
 
 
 # A mapping is a grid, anything else a number: one error per bad budget, not one per union arm.
@@ -226,6 +228,11 @@ class ExperimentSpec(_Strict):
         return [(b, list(self.models)) if not isinstance(b, BudgetGrid)
                 else (b.flops, [by_name[n] for n in b.models]) for b in self.budgets]
 
+    def variants_at(self, i: int) -> list[str]:
+        """Names of the variants trained at budget i, in spec order."""
+        names = getattr(self.budgets[i], "variants", None)
+        return [v for v in self.variants if names is None or v in names]
+
     def lr(self, model: ModelConfig) -> float:
         """The model's own lr, else train.lr."""
         return model.lr if model.lr is not None else self.train.lr
@@ -267,6 +274,10 @@ def _cross_problems(spec: ExperimentSpec) -> list[str]:
                             f"(allowed: names from models: {', '.join(names)})")
         elif isinstance(b, BudgetGrid) and len(set(b.models)) != len(b.models):
             problems.append(f"budgets[{i}].models: each model must appear once")
+        bad = [v for v in getattr(b, "variants", None) or [] if v not in spec.variants]
+        if bad:
+            problems.append(f"budgets[{i}].variants: unknown variant {', '.join(map(repr, bad))} "
+                            f"(allowed: names from variants: {', '.join(spec.variants)})")
     mb = spec.train.micro_batch_size
     for m in spec.models:
         if mb is not None and m.batch_size is not None and m.batch_size % mb:

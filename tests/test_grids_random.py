@@ -37,6 +37,9 @@ def test_per_budget_grid_plans_only_its_models():
     plan = build_plan(spec)
     sizes = {b: sorted({r.model for r in plan.runs if r.budget == b}) for b in (2e9, 6e9)}
     assert sizes == {2e9: ["a", "b", "c"], 6e9: ["b", "c"]}
+    spec = parse_spec(grid_spec(budgets=[2e9, {"flops": 6e9, "models": ["b"], "variants": ["mod"]}]))
+    assert {(r.budget, r.variant) for r in build_plan(spec).runs if r.model == "b"} == {
+        (2e9, "vanilla"), (2e9, "mod"), (6e9, "mod")}
 
 
 @pytest.mark.parametrize("budget,expect", [
@@ -46,6 +49,7 @@ def test_per_budget_grid_plans_only_its_models():
     ({"flops": -1, "models": ["b"]}, "budgets[1].flops: Input should be greater than 0"),
     ({"flops": 2e9, "models": ["b"]}, "budgets: each budget must appear once"),
     ("lots", "budgets[1]: Input should be a valid number"),
+    ({"flops": 6e9, "models": ["b"], "variants": ["nope"]}, "budgets[1].variants: unknown variant 'nope'"),
 ])
 def test_bad_budget_grids_name_the_field(budget, expect):
     assert any(p.startswith(expect) for p in problems(grid_spec(budgets=[2e9, budget]))), expect
