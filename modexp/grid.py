@@ -79,11 +79,9 @@ def _frontier(results: Path):
         v = verdict_json(results)
     except SpecError:
         return None
-    kinds = {}
-    for b in v["budgets"]:
-        kinds.update(b["fits"])
+    kinds = {name: f["kind"] for b in v["budgets"] for name, f in b["fits"].items()}
     for name, f in v["frontier"].items():
-        if f["status"] == "ok" and "causal" not in kinds.get(name, {}):  # vanilla: no causal fit
+        if f["status"] == "ok" and kinds.get(name) == "vanilla":
             return f["params"]["coef"], f["params"]["exponent"], f["n_budgets"], name
     return None
 

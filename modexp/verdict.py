@@ -141,9 +141,11 @@ def verdict_dict(an: Analysis) -> dict:
     for budget in sorted(an.fits.budget.unique()):
         f = an.fits[an.fits.budget == budget]
         fits = {}
+        kinds = an.means.drop_duplicates("variant").set_index("variant")
         for v, g in f.groupby("variant", sort=False):
             by = g.set_index("metric")
-            fits[v] = _fit_json(by.loc["topk"])
+            fits[v] = {"kind": kinds.at[v, "kind"], "router": _nan_to_none(kinds.at[v, "router"])}
+            fits[v] |= _fit_json(by.loc["topk"])
             if "causal" in by.index:
                 fits[v]["causal"] = _fit_json(by.loc["causal"])
         budgets.append({"budget": float(budget), "fits": fits, "verdict": budget_verdict(an, budget)})
