@@ -17,6 +17,7 @@ from modexp.metrics import SUMMARY_FILE, MetricsWriter, write_json_atomic
 from modexp.plan import build_plan
 from modexp.plot import PlotReport, plot_results, print_report
 from modexp.spec import SpecError, parse_spec, spec_to_dict
+from modexp.verdict import verdict_dict
 
 WIDTHS = (32, 48, 64, 96, 128)  # five sizes: enough for a parabola with slack
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -222,11 +223,12 @@ def test_print_report_renders(tmp_path):
     make_results(tmp_path, spec_dict(widths=(32, 64)), skip=["2e10-w32-mod-s0"])
     an, plots = A.analyze(tmp_path), tmp_path / "plots"
     report = PlotReport([plots / "loss_vs_flops.png"], an.table, plots / "summary.csv", plots / "summary.md",
-                        an.results.missing, an.warnings)
+                        an.results.missing, an.warnings, verdict_dict(an), plots / "verdict.json")
     console = Console(record=True, width=250)
     print_report(report, console)
     text = console.export_text()
-    assert "isoFLOP optimum" in text and "too few sizes" in text and "missing (1)" in text
+    assert "isoFLOP optimum" in text and "fewer than 4 sizes" in text and "missing (1)" in text
+    assert "2e10 FLOPs: no verdict" in text and "verdict.json" in text
     assert "loss_vs_flops.png" in text and "summary.md" in text
 
 
