@@ -138,7 +138,7 @@ def test_changed_spec_refuses_to_mix_plans(write_spec, tmp_path):
     run_sweep(write_spec(), tmp_path, only=["*-vanilla-*"])
     changed = write_spec(train={**TINY["train"], "batch_size": 8})
     result = runner.invoke(app, ["run", str(changed), "--results", str(tmp_path)])
-    assert result.exit_code == 2 and "different plan" in result.output
+    assert result.exit_code == 2 and "train.batch_size" in result.output and "--move-aside" in result.output
 
 
 def test_missing_data_source_is_refused_before_training(write_spec, tmp_path):
