@@ -18,13 +18,13 @@ def resolve_device(name: str, flag: str = "--device") -> str:
     except (RuntimeError, ValueError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index):
-        raise SpecError(flag, [f"{flag}: {name!r} is not a device; allowed: {ALLOWED}"])
+        raise SpecError(flag, [f"{name!r} is not a device; allowed: {ALLOWED}"])
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise SpecError(flag, [f"{flag}: {name} requested but CUDA is not available here "
+            raise SpecError(flag, [f"{name} requested but CUDA is not available here "
                                    f"(torch {torch.__version__}, CUDA build: "
                                    f"{torch.version.cuda or 'none'}); use --device cpu or auto"])
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SpecError(flag, [f"{flag}: {name}: this machine has "
+            raise SpecError(flag, [f"{name}: this machine has "
                                    f"{torch.cuda.device_count()} CUDA device(s)"])
     return name

@@ -106,7 +106,7 @@ def data_fingerprint(source) -> dict:
         _write_cache(cache, {**known, key: sha})
     out = {"source": source.name, "files": len(source.files), "tokens": source.n_tokens, "sha256": sha}
     if source.name.startswith("builtin:"):
-        out["python"] = ".".join(map(str, sys.version_info[:3]))
+        out["python"] = ".".join(map(str, sys.version_info[:2]))
     return out
 
 

@@ -27,13 +27,13 @@ def check_results_root(results: str | Path) -> None:
     """--results must be a folder we can write (or creatable): else exit 2 before training."""
     root = Path(results)
     if root.exists() and not root.is_dir():
-        raise SpecError("--results", [f"--results: {root} is a file; give a folder (it is "
+        raise SpecError("--results", [f"{root} is a file; give a folder (it is "
                                       "created if missing)"])
     probe = root
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise SpecError("--results", [f"--results: {probe} is not writable; give a folder you "
+        raise SpecError("--results", [f"{probe} is not writable; give a folder you "
                                       "can write"])
 
 
