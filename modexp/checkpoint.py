@@ -99,7 +99,7 @@ def load(path: Path, device: torch.device | str = "cpu", weights_only: bool = Fa
                 why = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'empty'})"
         if why is None:
             return state, notes
-        notes.append(f"{f.name} {why}" + (f"; kept as {f.name}.corrupt" if set_aside else ""))
+        notes.append(f"{f.name}: {why}" + (f"; kept as {f.name}.corrupt" if set_aside else ""))
         if set_aside:
             os.replace(f, f.with_name(f.name + ".corrupt"))
     return None, notes

@@ -278,6 +278,17 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
         write_plan_file(p.exp_dir, p.spec, p.plan, p.prints)
     ui = progress if progress is not None and ctx.is_main else _QuietProgress()
     ui.start_sweep(p.runs)
+    try:
+        _sweep(p, ctx, ui, report, retry_failed)
+    except EnvironmentFailure:
+        ui.end_sweep()  # close the bars before the one-line error
+        raise
+    ui.end_sweep()
+    teardown_context(ctx)  # on errors the process exits instead and torchrun reaps the group
+    return report
+
+
+def _sweep(p: Prepared, ctx, ui, report: SweepReport, retry_failed: bool) -> None:
     for run in p.runs:
         run_dir = p.exp_dir / run.run_id
         with (run_lock(run_dir) if ctx.is_main else _held()) as got:
@@ -288,9 +299,6 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
                 ui.skip_run(run, decision)
                 continue
             report.outcomes[run.run_id] = _train_locked(p, run, run_dir, ctx, ui)
-    ui.end_sweep()
-    teardown_context(ctx)  # on errors the process exits instead and torchrun reaps the group
-    return report
 
 
 @contextmanager
