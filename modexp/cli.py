@@ -32,7 +32,8 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v",
 
 def _errors(command):
     """One line and exit 2 for bad input or a broken environment, whatever raises it: SpecError
-    (files, fields, flags) or OSError (permissions, disk full, a file where a folder goes).
+    (files, fields, flags), OSError (permissions, disk full, a file where a folder goes) or a
+    garbled JSON results file.
     A bug still shows its traceback; -v shows it for these too."""
 
     @functools.wraps(command)
@@ -48,6 +49,11 @@ def _errors(command):
                 traceback.print_exc()
             where = e.filename or "modexp"
             _fail(SpecError(str(where), [f"{e.strerror or e} (errno {e.errno})"]))
+        except json.JSONDecodeError as e:  # a garbled results file (metrics.read_json names it)
+            if _SHOW_TRACEBACK["on"]:
+                traceback.print_exc()
+            where, _, what = e.msg.partition(": ")
+            _fail(SpecError(where, [f"{what or e.msg}; it was damaged after it was written"]))
 
     return wrapped
 

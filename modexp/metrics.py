@@ -36,22 +36,18 @@ def write_json_atomic(path: str | Path, obj: object) -> None:
     """Write JSON via a temp file + fsync + rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; results follow the umask like any file
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(obj), f, indent=2, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_text_atomic(path, json.dumps(_clean(obj), indent=2, allow_nan=False))
 
 
 def read_json(path: str | Path) -> dict:
-    """Read a JSON file written by write_json_atomic."""
-    return json.loads(Path(path).read_text())
+    """Read a JSON file written by write_json_atomic; a garbled one raises JSONDecodeError
+    naming the file (the CLI's one-line error)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise json.JSONDecodeError(f"{path}: not text", "", 0) from None
+    except json.JSONDecodeError as e:
+        raise json.JSONDecodeError(f"{path}: not valid JSON ({e.msg})", e.doc, e.pos) from None
 
 
 def _clean(obj):
@@ -106,7 +102,7 @@ class MetricsWriter:
 def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _FILE_MODE)
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; results follow the umask like any file
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -33,9 +33,9 @@ class SampleResult:
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model in eval mode, run.json, checkpoint step) from a run folder; SpecError if unusable."""
+    from modexp.checkpoint import CKPT_FILE, CheckpointError, has_checkpoint, load_for_reading
     from modexp.metrics import RUN_FILE, read_json
     from modexp.model import build_model
-    from modexp.checkpoint import CKPT_FILE, has_checkpoint
     from modexp.spec import parse_spec
 
     run_dir = Path(run_dir)
@@ -50,8 +50,6 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     spec, plan = parse_spec(run["spec"], str(run_dir / RUN_FILE)), run["plan"]
     model_cfg = next(m for m in spec.models if m.name == plan["model"])
     model = build_model(model_cfg, spec.variants[plan["variant"]], plan["vocab"])
-    from modexp.checkpoint import CheckpointError, load_for_reading
-
     try:
         state, _ = load_for_reading(run_dir, device)  # the newest checkpoint that verifies
     except CheckpointError as e:

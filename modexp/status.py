@@ -32,8 +32,8 @@ def sweep_status(path: str | Path, results: str | Path = "results") -> list[dict
         runs = read_json(exp / PLAN_FILE)["runs"]
         return [_one(exp / r["run_id"], r) for r in runs]
     except (ValueError, KeyError, TypeError) as e:
-        raise SpecError(str(exp / PLAN_FILE), [f"unreadable ({type(e).__name__}: {e}); "
-                                               "rerun `modexp run SPEC` to write it again"]) from None
+        raise SpecError(str(exp / PLAN_FILE), [f"garbled ({type(e).__name__}); rerun "
+                                               "`modexp run SPEC` to write it again"]) from None
 
 
 def _one(run_dir: Path, plan: dict) -> dict:

@@ -26,6 +26,8 @@ from modexp.metrics import read_json, read_metrics
 from modexp.runner import run_sweep
 from modexp.spec import SpecError
 
+from conftest import StopAt as _StopAt
+
 runner = CliRunner()
 VOLATILE = {"wall_time", "tokens_per_s"}
 MOD = {"kind": "mod", "capacity": 0.25, "route_every": 2, "causal": "predictor"}
@@ -70,20 +72,6 @@ def _rows(run_dir):
 
 def _files(d: Path) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")} if d.exists() else set()
-
-
-class _StopAt:
-    """A progress UI that simulates Ctrl-C at a given step."""
-
-    def __init__(self, step):
-        self.at = step
-
-    def __getattr__(self, name):
-        return lambda *a, **k: None
-
-    def step(self, step, loss):
-        if step == self.at:
-            raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------- fingerprints
