@@ -6,6 +6,7 @@ ckpt.prev.pt, renames the temp file to ckpt.pt, then rewrites the manifest: a ki
 point leaves at least one file whose hash the manifest lists. A load accepts only such a file
 (or, for a folder written before manifests existed, one torch can read), newest first; a
 rejected file is renamed *.corrupt (kept for inspection, never promoted by a later save).
+torch is imported only to save and load, so `modexp status` stays torch-free.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import hashlib
 import io
 import os
 from pathlib import Path
-
-import torch
 
 from modexp.metrics import read_json, write_json_atomic
 
@@ -51,6 +50,8 @@ def _manifest(run_dir: Path) -> dict | None:
 
 def save(state: dict, path: Path) -> None:
     """Atomically write a checkpoint, keep the previous one, record both checksums."""
+    import torch
+
     path = Path(path)
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -72,13 +73,15 @@ def save(state: dict, path: Path) -> None:
     write_json_atomic(path.parent / MANIFEST_FILE, entries)
 
 
-def load(path: Path, device: torch.device | str = "cpu", weights_only: bool = False,
+def load(path: Path, device="cpu", weights_only: bool = False,
          set_aside: bool = True) -> tuple[dict | None, list[str]]:
     """(state of the newest good checkpoint or None, notes on every file passed over).
 
     With set_aside, rejected files are renamed *.corrupt (the trainer does this under the
     run's lock; readers such as `modexp sample` leave the folder alone).
     """
+    import torch
+
     path = Path(path)
     manifest = _manifest(path.parent)
     good = {e.get("sha256") for e in (manifest or {}).values() if isinstance(e, dict)}

@@ -21,6 +21,10 @@ from pathlib import Path
 
 EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile")
 """train.* fields left out of the fingerprint: they change how a run executes, not its result."""
+PLAN_FIELDS = ("budget", "model", "variant", "kind", "seed", "convention", "seq_len", "batch_size",
+               "vocab", "flops_per_step", "steps", "total_flops", "warmup_steps", "eval_steps",
+               "capacities")
+"""The plan entry's fields in the fingerprint: the horizon and cost (others are derived notes)."""
 SEED_FIELDS = ("seed",)
 """Fields by which the seeds of one setting differ (same_settings ignores them)."""
 CACHE_ENV = "MODEXP_CACHE"  # overrides ~/.cache/modexp (tests, read-only homes)
@@ -30,7 +34,7 @@ def fingerprint_fields(spec: dict, plan: dict, data: dict) -> dict:
     """The fingerprinted settings of one run, from its resolved spec, plan entry and data hash."""
     model = next(m for m in spec["models"] if m["name"] == plan["model"])
     train = {k: v for k, v in spec["train"].items() if k not in EXECUTION_ONLY}
-    entry = {k: v for k, v in plan.items() if k not in ("experiment", "run_id")}
+    entry = {k: plan.get(k) for k in PLAN_FIELDS}
     return {"model": model, "variant": spec["variants"][plan["variant"]], "train": train,
             "data": {**spec["data"], "sha256": data.get("sha256"), "python": data.get("python")},
             "flops": spec["flops"], "seed": plan["seed"], "plan": entry}
@@ -52,10 +56,18 @@ def fingerprint(spec: dict, plan: dict, data: dict) -> dict:
 
 
 def of_run_file(run: dict) -> dict:
-    """A run.json's fingerprint: the stored one, or (older files) one rebuilt from its contents."""
-    if "fingerprint" in run:
-        return run["fingerprint"]
-    return fingerprint(run["spec"], run["plan"], run.get("data", {}))
+    """A run.json's fingerprint, rebuilt from its resolved spec, plan entry and data hash.
+
+    The spec is validated again, so a field added to the spec since the run was written takes
+    its default (what the older code did) instead of counting as a difference; a spec the
+    current schema rejects is used as stored."""
+    from modexp.spec import SpecError, parse_spec, spec_to_dict
+
+    try:
+        spec = spec_to_dict(parse_spec(run["spec"]))
+    except SpecError:
+        spec = run["spec"]
+    return fingerprint(spec, run["plan"], run.get("data", {}))
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
