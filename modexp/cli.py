@@ -41,17 +41,11 @@ def _errors(command):
         try:
             return command(*args, **kwargs)
         except SpecError as e:
-            if _SHOW_TRACEBACK["on"]:
-                traceback.print_exc()
             _fail(e)
         except OSError as e:
-            if _SHOW_TRACEBACK["on"]:
-                traceback.print_exc()
             where = e.filename or "modexp"
             _fail(SpecError(str(where), [f"{e.strerror or e} (errno {e.errno})"]))
         except json.JSONDecodeError as e:  # a garbled results file (metrics.read_json names it)
-            if _SHOW_TRACEBACK["on"]:
-                traceback.print_exc()
             where, _, what = e.msg.partition(": ")
             _fail(SpecError(where, [f"{what or e.msg}; it was damaged after it was written"]))
 
@@ -59,7 +53,9 @@ def _errors(command):
 
 
 def _fail(e: SpecError) -> None:
-    """Bad input: one bullet per problem on stderr, exit code 2, no traceback."""
+    """Bad input: one bullet per problem on stderr, exit code 2, no traceback (unless -v)."""
+    if _SHOW_TRACEBACK["on"] and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     err.print(f"[red]error:[/] {len(e.problems)} problem(s) in {e.source}", highlight=False)
     for p in e.problems:
         err.print(f"  - {e.source}: {p}", highlight=False, soft_wrap=True)
