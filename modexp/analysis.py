@@ -126,7 +126,7 @@ def _read_run(root: Path, d: Path, planned: dict | None, problems: list[str]):
         if run is not None:
             bad = _plan_problems(run.get("plan"), f"{d.name}/{RUN_FILE}")
             problems += bad
-            plan = None if bad else run["plan"]
+            plan = None if bad else {**run["plan"], "settings": _settings(run)}
     elif planned is None:
         problems.append(f"{d.name}: no {RUN_FILE} and not in {PLAN_FILE}, so its model and "
                         "variant are unknown")
@@ -177,8 +177,43 @@ def _assemble(root: Path, experiment: str, entries: dict, found: dict) -> Result
         rec = _run_record(plan, summary, frame)
         warnings += _run_warnings(rec)
         records.append(rec)
+    mixed = mixed_settings(records)
+    if mixed:
+        raise SpecError(str(root), mixed)
     runs = pd.DataFrame.from_records(records)
     return Results(root, experiment, runs, metrics, warnings)
+
+
+def _settings(run: dict) -> str | None:
+    """The run's settings fingerprint (fingerprint.py), None if run.json cannot give one."""
+    from modexp.fingerprint import of_run_file
+
+    try:
+        return of_run_file(run)["settings"]
+    except (KeyError, TypeError, StopIteration, ValueError):
+        return None
+
+
+def mixed_settings(records: list[dict]) -> list[str]:
+    """One problem per (budget, model, variant) whose seeds were trained with other settings:
+    their mean would mix two experiments, so nothing is averaged or plotted."""
+    groups: dict[tuple, dict[str, list[str]]] = {}
+    for r in records:
+        if r.get("settings"):
+            key = (r["budget"], r["model"], r["variant"])
+            groups.setdefault(key, {}).setdefault(r["settings"], []).append(r["run_id"])
+    return [f"{' vs '.join(', '.join(ids) for ids in by.values())}: same budget, model and variant "
+            "but other settings (run.json fingerprints differ); move one set to another results "
+            "folder before plotting" for by in groups.values() if len(by) > 1]
+
+
+def require_finished(res: Results) -> None:
+    """SpecError unless some run finished: figures and fits need at least one final loss."""
+    if not res.runs["complete"].any():
+        counts = res.runs["state"].value_counts().to_dict()
+        raise SpecError(str(res.root), [
+            "no run has finished yet (" + ", ".join(f"{n} {s}" for s, n in counts.items()) +
+            "): nothing to plot; `modexp status` shows progress"])
 
 
 def _metrics_frame(rows: list[dict], plan: dict) -> pd.DataFrame:
@@ -226,6 +261,7 @@ def _run_record(plan: dict, summary: dict | None, frame: pd.DataFrame) -> dict:
         "last_step": last_step, "budget_frac_done": last_flops / total if total else math.nan,
         "final_eval_loss": loss, "final_eval_loss_causal": causal,
         "error": s.get("error"), "capacities": plan.get("capacities"),
+        "settings": plan.get("settings"),  # fingerprint of the settings, seed left out
         "complete": state == "done" and math.isfinite(loss),
     }
 

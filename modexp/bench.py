@@ -328,13 +328,16 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
           memory: bool = True, device: str = "auto", threads: int | None = None,
           temperature: float = 1.0, seed: int = 0) -> BenchReport:
     """Benchmark MoD against vanilla of the same size: decode, training step, peak memory."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from modexp.device import resolve_device
+
+    device = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
-    if prompt_len < 1 or new_tokens < 2 or repeats < 1 or not batch_sizes:
+    if prompt_len < 1 or new_tokens < 2 or repeats < 1 or not batch_sizes or min(batch_sizes) < 1:
         raise SpecError("bench", ["need prompt_len >= 1, new_tokens >= 2, repeats >= 1 and a "
-                                  "batch size"])
+                                  f"batch size >= 1; got --prompt-len {prompt_len}, --new-tokens "
+                                  f"{new_tokens}, --repeats {repeats}, --batch-size "
+                                  f"{', '.join(map(str, batch_sizes)) or 'none'}"])
     pair = resolve(target, model, device)
     if pair.variants["mod"].causal == "none":
         raise SpecError(str(target), ["the MoD variant has causal: none: it cannot decode token "

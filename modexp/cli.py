@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import typer
@@ -18,13 +20,42 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
+_SHOW_TRACEBACK = {"on": False}
+
+
 @app.callback()
-def main() -> None:
+def main(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                      help="On an error, also show the Python traceback.")) -> None:
     """isoFLOP experiments for Mixture-of-Depths transformers: plan, run, status, plot, sample, bench."""
+    _SHOW_TRACEBACK["on"] = verbose
+
+
+def _errors(command):
+    """One line and exit 2 for bad input or a broken environment, whatever raises it: SpecError
+    (files, fields, flags), OSError (permissions, disk full, a file where a folder goes) or a
+    garbled JSON results file.
+    A bug still shows its traceback; -v shows it for these too."""
+
+    @functools.wraps(command)
+    def wrapped(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SpecError as e:
+            _fail(e)
+        except OSError as e:
+            where = e.filename or "modexp"
+            _fail(SpecError(str(where), [f"{e.strerror or e} (errno {e.errno})"]))
+        except json.JSONDecodeError as e:  # a garbled results file (metrics.read_json names it)
+            where, _, what = e.msg.partition(": ")
+            _fail(SpecError(where, [f"{what or e.msg}; it was damaged after it was written"]))
+
+    return wrapped
 
 
 def _fail(e: SpecError) -> None:
-    """Bad input: one bullet per problem on stderr, exit code 2, no traceback."""
+    """Bad input: one bullet per problem on stderr, exit code 2, no traceback (unless -v)."""
+    if _SHOW_TRACEBACK["on"] and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     err.print(f"[red]error:[/] {len(e.problems)} problem(s) in {e.source}", highlight=False)
     for p in e.problems:
         err.print(f"  - {e.source}: {p}", highlight=False, soft_wrap=True)
@@ -32,6 +63,7 @@ def _fail(e: SpecError) -> None:
 
 
 @app.command()
+@_errors
 def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
          as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
          suggest_grid: bool = typer.Option(False, "--suggest-grid", help="Print, as YAML to paste, "
@@ -59,12 +91,16 @@ def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
 
 
 @app.command()
+@_errors
 def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         results: Path = typer.Option(Path("results"), help="Results root; runs go to RESULTS/<name>/."),
         only: list[str] = typer.Option(None, help="Run id or glob to train (repeatable)."),
         shard: str = typer.Option(None, help="i/n: train every n-th selected run, starting at i."),
         retry_failed: bool = typer.Option(False, help="Retry runs that failed, from their checkpoint."),
         device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda."),
+        move_aside: bool = typer.Option(False, "--move-aside", help=(
+            "Move runs trained with other settings (a changed spec or data) to "
+            "RESULTS/<name>.aside-<time>/ and train them afresh.")),
         plot_after: bool = typer.Option(False, "--plot", help="Run `modexp plot` at the end.")) -> None:
     """Train every run of the spec, FLOP-matched and resumable; finished runs are skipped.
 
@@ -79,7 +115,8 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
     main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; unset: one process
     try:
         report = run_sweep(spec, results, only, parse_shard(shard), retry_failed, device,
-                           progress=SweepProgress(out) if main_rank else None)
+                           progress=SweepProgress(out) if main_rank else None,
+                           move_aside=move_aside)
     except SpecError as e:
         if not main_rank:  # every rank fails alike; one copy of the message is enough
             raise typer.Exit(2)
@@ -91,15 +128,16 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         plot(report.experiment_dir, "png", results, False)
     if report.failed:
         err.print(f"[red]{len(report.failed)} run(s) failed:[/] {', '.join(report.failed)} "
-                  "(see error.log in each run folder)")
+                  "(see error.log in each run folder; --retry-failed retries them)")
         raise typer.Exit(1)
 
 
 @app.command()
+@_errors
 def status(path: Path = typer.Argument(..., help="A spec (YAML) or its results folder."),
            results: Path = typer.Option(Path("results"), help="Results root, for a spec."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Each run's state (planned, running, interrupted, done, failed), progress and losses."""
+    """Each run's state (planned, running, interrupted, done, failed, corrupt), progress and losses."""
     from modexp.status import print_status, sweep_status
 
     try:
@@ -110,9 +148,13 @@ def status(path: Path = typer.Argument(..., help="A spec (YAML) or its results f
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
         print_status(rows, out)
+    unreadable = [r for r in rows if r["state"] == "corrupt"]
+    if unreadable:  # shown in the table; the exit code says the folder needs attention
+        _fail(SpecError(str(path), [f"{r['run_id']}: {r['error']}" for r in unreadable]))
 
 
 @app.command()
+@_errors
 def plot(path: Path = typer.Argument(..., help="A results folder (or the spec that wrote it)."),
          fmt: str = typer.Option("png", "--format", help="Comma-separated: png, svg, pdf."),
          results: Path = typer.Option(Path("results"), help="Results root, for a spec."),
@@ -142,6 +184,7 @@ def plot(path: Path = typer.Argument(..., help="A results folder (or the spec th
 
 
 @app.command()
+@_errors
 def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<experiment>/<run_id>."),
            prompt: str = typer.Option(..., help="Text to continue (token ids for a .bin corpus)."),
            max_new_tokens: int = typer.Option(200, help="Tokens to generate."),
@@ -160,6 +203,7 @@ def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<expe
 
 
 @app.command()
+@_errors
 def bench(target: Path = typer.Argument(..., help="A run folder, a results folder or a spec."),
           model: str = typer.Option(None, help="Model size name (default: the largest)."),
           batch_size: list[int] = typer.Option([1, 8], help="Decode batch size (repeatable)."),

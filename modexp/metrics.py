@@ -1,10 +1,13 @@
 """Run files on disk: atomic JSON, an append-only metrics log, and their readers.
 
 Layout of one run, results/<experiment>/<run_id>/:
-- run.json      {"plan": <plan entry>, "spec": <resolved spec>}   written once, before training
+- run.json      {"plan": <plan entry>, "spec": <resolved spec>, "data": <size, sha256>,
+                "fingerprint": {"sha256", "settings", "fields"}}  written once, before training
+                (fingerprint.py says which settings it covers)
 - metrics.jsonl one JSON object per line; "kind" is "train" or "eval" (see MetricsWriter)
 - summary.json  {"state": "done"|"failed"|..., "final_eval_loss": ..., ...} at the run's end
-- ckpt.pt       the latest checkpoint (train.py)
+- ckpt.pt, ckpt.prev.pt, ckpt.sha256.json   the last two checkpoints, checksummed (checkpoint.py)
+- error.log (failed), interrupted.json (stopped by the machine; failures.py)
 No torch here: plots and status read these files without importing torch.
 """
 
@@ -19,25 +22,32 @@ from pathlib import Path
 RUN_FILE, METRICS_FILE, SUMMARY_FILE = "run.json", "metrics.jsonl", "summary.json"
 
 
+def _umask_mode() -> int:
+    """0666 less the process umask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 def write_json_atomic(path: str | Path, obj: object) -> None:
     """Write JSON via a temp file + fsync + rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(obj), f, indent=2, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_text_atomic(path, json.dumps(_clean(obj), indent=2, allow_nan=False))
 
 
 def read_json(path: str | Path) -> dict:
-    """Read a JSON file written by write_json_atomic."""
-    return json.loads(Path(path).read_text())
+    """Read a JSON file written by write_json_atomic; a garbled one raises JSONDecodeError
+    naming the file (the CLI's one-line error)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise json.JSONDecodeError(f"{path}: not text", "", 0) from None
+    except json.JSONDecodeError as e:
+        raise json.JSONDecodeError(f"{path}: not valid JSON ({e.msg})", e.doc, e.pos) from None
 
 
 def _clean(obj):
@@ -82,25 +92,40 @@ class MetricsWriter:
         _write_text_atomic(self.path, text)
 
 
+    def last_step(self) -> int:
+        """The highest step logged so far (0 if none)."""
+        rows = read_metrics(self.path) if self.path.exists() else []
+        return max((r["step"] for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)),
+                   default=0)
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; results follow the umask like any file
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_metrics(path: str | Path) -> list[dict]:
     """Rows of a metrics.jsonl; a torn final line (killed mid-write) is ignored."""
     rows = []
-    lines = Path(path).read_text().splitlines()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not text (binary garbage?)") from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except ValueError:
             if i == len(lines) - 1:
                 break
             raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None

@@ -57,6 +57,7 @@ def plot_results(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> 
     fmts = _check_formats(formats)
     an = I.analyze(results_dir)  # raises before anything is written
     res, means, fits, table, warnings = an.results, an.means, an.fits, an.table, an.warnings
+    A.require_finished(res)
     out = res.root / PLOTS_DIR
     out.mkdir(exist_ok=True)
     style = _Style(res.runs)

@@ -1,8 +1,10 @@
-"""`modexp run`: train every selected run of a spec in turn; nothing lost, nothing redone.
+"""`modexp run`: train every selected run of a spec in turn; nothing lost, mixed or redone.
 
-Finished runs are skipped; interrupted ones continue from their last checkpoint; a run that
-raises or diverges is recorded as failed (summary.json + error.log) and the sweep goes on; a
-per-run file lock keeps two processes (reruns, cluster shards) off the same run.
+Finished runs are skipped; interrupted ones continue from their newest good checkpoint; a run
+that raises or diverges is recorded as failed (summary.json + error.log) and the sweep goes on,
+while a failure of the machine (failures.py) leaves the run resumable and stops the sweep; runs
+on disk with other settings are refused (rundirs.py, fingerprint.py); a per-run file lock keeps
+two processes (reruns, cluster shards) off the same run.
 """
 
 from __future__ import annotations
@@ -10,18 +12,21 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import os
+import sys
 import time
-import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modexp import fingerprint, rundirs
+from modexp.checkpoint import CKPT_FILE, clean_stale_temp
 from modexp.corpus import SourceError
+from modexp.failures import clear_records, describe, is_environment_error, record_failure, record_interruption
 from modexp.metrics import RUN_FILE, SUMMARY_FILE, MetricsWriter, read_json, write_json_atomic
 from modexp.plan import Plan, RunPlan, plan_file
 from modexp.spec import ExperimentSpec, SpecError, spec_to_dict
 
-PLAN_FILE, CKPT_FILE, LOCK_FILE = "plan.json", "ckpt.pt", ".lock"
+PLAN_FILE, LOCK_FILE = rundirs.PLAN_FILE, ".lock"
 
 
 @dataclass
@@ -29,12 +34,14 @@ class SweepReport:
     """What one `modexp run` did, run id -> outcome."""
 
     experiment_dir: Path
-    outcomes: dict[str, str] = field(default_factory=dict)  # done | skipped | failed | locked
+    # done | skipped | failed | failed earlier | locked
+    outcomes: dict[str, str] = field(default_factory=dict)
+    moved_to: Path | None = None  # where --move-aside put runs with other settings
 
     @property
     def failed(self) -> list[str]:
-        """Runs that failed in this invocation."""
-        return [r for r, o in self.outcomes.items() if o == "failed"]
+        """Selected runs that are failed: in this invocation or earlier (not retried)."""
+        return [r for r, o in self.outcomes.items() if o in ("failed", "failed earlier")]
 
 
 @contextmanager
@@ -101,42 +108,46 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def write_plan_file(exp_dir: Path, spec: ExperimentSpec, plan: Plan) -> None:
-    """results/<experiment>/plan.json: every planned run (what status and plot read)."""
-    write_json_atomic(exp_dir / PLAN_FILE, {"experiment": spec.name, "spec": spec_to_dict(spec),
-                                            "runs": [r.to_dict() for r in plan.runs]})
+def write_plan_file(exp_dir: Path, spec: ExperimentSpec, plan: Plan, prints: dict) -> None:
+    """results/<experiment>/plan.json: every planned run and its fingerprint (status, plot)."""
+    write_json_atomic(exp_dir / PLAN_FILE, {
+        "experiment": spec.name, "spec": spec_to_dict(spec), "runs": [r.to_dict() for r in plan.runs],
+        "fingerprints": {k: v["sha256"] for k, v in prints.items()}})
 
 
-def check_existing(exp_dir: Path, spec_path: str, runs: list[RunPlan]) -> None:
-    """Refuse to continue a run whose folder was planned differently (never mix two plans)."""
-    problems = []
-    for r in runs:
-        f = exp_dir / r.run_id / RUN_FILE
-        if f.exists() and read_json(f)["plan"] != _jsonable(r.to_dict()):
-            problems.append(f"{r.run_id}: {f} holds a different plan for this run id (the spec "
-                            "changed); rename the experiment or move that folder away")
-    if problems:
-        raise SpecError(spec_path, problems)
+@dataclass
+class Prepared:
+    """What a sweep needs, all validated before anything is written."""
 
-
-def _jsonable(d: dict) -> dict:
-    import json
-
-    return json.loads(json.dumps(d))
+    spec: ExperimentSpec
+    plan: Plan
+    runs: list[RunPlan]
+    exp_dir: Path
+    data: object  # TokenData
+    data_print: dict  # the data's size and content hash (run.json "data")
+    prints: dict  # run_id -> fingerprint
+    aside: dict  # run folder -> why it differs (moved aside with --move-aside, else refused)
+    device: str
 
 
 def run_state(run_dir: Path) -> str:
-    """planned | running | interrupted | done | failed."""
+    """planned | running | interrupted | done | failed | corrupt (summary.json unreadable)."""
     summary = run_dir / SUMMARY_FILE
     if summary.exists():
-        return read_json(summary)["state"]
+        try:
+            state = read_json(summary).get("state")
+        except (OSError, ValueError, AttributeError):
+            return "corrupt"
+        return state if state in ("done", "failed") else "corrupt"
     if not (run_dir / RUN_FILE).exists():
         return "planned"
     return "running" if is_locked(run_dir) else "interrupted"
 
 
-def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, world=None):
-    """Validate everything a sweep needs before any training: spec, plan, data, old folders.
+def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, world=None,
+            device: str = "auto", move_aside: bool = False) -> Prepared:
+    """Validate everything a sweep needs before any training: spec, plan, data, device, the
+    results folder and the runs already in it (fingerprints).
 
     `world`: the process count (default: torchrun's WORLD_SIZE), which must split the batch.
     """
@@ -146,6 +157,7 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
                                          f"runs: {', '.join(r.run_id for r in plan.runs)}"])
     runs = select_runs(plan, only, shard)  # may be empty: an array bigger than the sweep
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    from modexp.device import resolve_device
     from modexp.train import split_batch
 
     try:
@@ -153,19 +165,34 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
             split_batch(batch, spec.train.micro_batch_size, world)
     except ValueError as e:
         raise SpecError(str(spec_path), [str(e)]) from None
+    device = resolve_device(device)
+    rundirs.check_results_root(results)
     exp_dir = Path(results) / spec.name
-    check_existing(exp_dir, str(spec_path), runs)
+    if exp_dir.exists() and not exp_dir.is_dir():
+        raise SpecError("--results", [f"{exp_dir} is a file, where the experiment's folder goes"])
     from modexp.data import TokenData
 
     try:
         data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction)
     except (SourceError, ValueError) as e:
         raise SpecError(str(spec_path), [f"data.source: {e}"]) from None
-    return spec, plan, runs, exp_dir, data
+    data_print = fingerprint.data_fingerprint(data.source)
+    prints = rundirs.new_fingerprints(spec_to_dict(spec), [r.to_dict() for r in plan.runs], data_print)
+    aside = rundirs.mismatches(exp_dir, prints, spec_to_dict(spec), data_print)
+    if aside and not move_aside:
+        rundirs.refuse(str(spec_path), spec.name, aside)
+    busy = [r for r in aside if is_locked(exp_dir / r)]
+    if busy:
+        raise SpecError(str(spec_path), [f"{', '.join(busy)}: being trained by another process; "
+                                         "stop it before --move-aside"])
+    return Prepared(spec, plan, runs, exp_dir, data, data_print, prints, aside, device)
 
 
-def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None) -> dict:
-    """Build the model, resume if a checkpoint exists, train to the end; return the summary."""
+def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None,
+              say=None) -> dict:
+    """Build the model, resume from the newest good checkpoint, train to the end; the summary.
+
+    `say`: where notes on passed-over checkpoints or a start from zero go (never silent)."""
     import torch
 
     from modexp.model import build_model
@@ -178,20 +205,24 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     trainer = Trainer(model, run, spec.train, data, writer, run_dir / CKPT_FILE, ctx, on_step)
     step = trainer.resume()
     if ctx.is_main:
+        logged = writer.last_step()
+        for note in trainer.notes:
+            (say or _stderr)(f"{run.run_id}: {note}")
+        if trainer.notes or (step == 0 and logged):
+            (say or _stderr)(f"{run.run_id}: " + (f"resuming from step {step}" if step else
+                             f"no usable checkpoint (metrics reach step {logged}): starting over "
+                             "from step 0"))
         writer.truncate_after(step)  # rows after the checkpoint are redone, not duplicated
     return trainer.fit()
+
+
+def _stderr(msg: str) -> None:
+    print(f"note: {msg}", file=sys.stderr, flush=True)
 
 
 class _NullLogger:
     def log(self, row: dict) -> None:
         pass
-
-
-def record_failure(run_dir: Path, run: RunPlan, exc: BaseException) -> None:
-    """summary.json with state failed and the error; the traceback in error.log."""
-    (run_dir / "error.log").write_text("".join(traceback.format_exception(exc)))
-    write_json_atomic(run_dir / SUMMARY_FILE, {"state": "failed", "error": f"{type(exc).__name__}: {exc}",
-                                               "run_id": run.run_id})
 
 
 def _on_every_rank(exc: BaseException) -> bool:
@@ -212,43 +243,63 @@ def _agree(ctx, value):
     return box[0]
 
 
-def _decide(run_dir: Path, retry_failed: bool) -> str:
-    """train | done | failed (skip) for a run before its lock is taken."""
+def _decide(run_dir: Path, retry_failed: bool, say) -> str:
+    """train | done | failed (skip) for a run, under its lock."""
     state = run_state(run_dir)
     if state == "done" or (state == "failed" and not retry_failed):
         return state
     if state == "failed":  # keep the failure on record, then resume from the last checkpoint
         os.replace(run_dir / SUMMARY_FILE, run_dir / "summary.failed.json")
+    if state == "corrupt":  # the checkpoint still holds the run: resuming rewrites the summary
+        os.replace(run_dir / SUMMARY_FILE, run_dir / "summary.corrupt.json")
+        say(f"{run_dir.name}: summary.json is unreadable (kept as summary.corrupt.json); "
+            "resuming from the checkpoint to write it again")
+    for name in clean_stale_temp(run_dir):
+        say(f"{run_dir.name}: removed {name}, left by a writer that was killed")
     return "train"
 
 
 def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=False,
-              device="auto", progress=None) -> SweepReport:
+              device="auto", progress=None, move_aside=False) -> SweepReport:
     """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI.
 
     Under torchrun every rank calls this; rank 0 decides (locks, skips), writes and reports.
+    An environment failure (disk full, out of memory, device lost) leaves the run interrupted
+    and stops the sweep with EnvironmentFailure (exit 2).
     """
     from modexp.train import setup_context, teardown_context
 
-    spec, plan, runs, exp_dir, data = prepare(spec_path, results, only, shard)
-    ctx = setup_context(device)
-    report = SweepReport(exp_dir)
+    p = prepare(spec_path, results, only, shard, device=device, move_aside=move_aside)
+    ctx = setup_context(p.device)
+    report = SweepReport(p.exp_dir)
     if ctx.is_main:
-        write_plan_file(exp_dir, spec, plan)
+        if p.aside:
+            report.moved_to = rundirs.move_aside(p.exp_dir, list(p.aside))
+            _stderr(f"moved {len(p.aside)} run(s) with other settings to {report.moved_to}")
+        write_plan_file(p.exp_dir, p.spec, p.plan, p.prints)
     ui = progress if progress is not None and ctx.is_main else _QuietProgress()
-    ui.start_sweep(runs)
-    for run in runs:
-        run_dir = exp_dir / run.run_id
-        with (run_lock(run_dir) if ctx.is_main else _held()) as got:
-            decision = _agree(ctx, _decide(run_dir, retry_failed) if got else "locked")
-            if decision != "train":
-                report.outcomes[run.run_id] = decision if decision == "locked" else "skipped"
-                ui.skip_run(run, decision)
-                continue
-            report.outcomes[run.run_id] = _train_locked(spec, run, run_dir, data, ctx, ui)
+    ui.start_sweep(p.runs)
+    try:
+        _sweep(p, ctx, ui, report, retry_failed)
+    except EnvironmentFailure:
+        ui.end_sweep()  # close the bars before the one-line error
+        raise
     ui.end_sweep()
     teardown_context(ctx)  # on errors the process exits instead and torchrun reaps the group
     return report
+
+
+def _sweep(p: Prepared, ctx, ui, report: SweepReport, retry_failed: bool) -> None:
+    for run in p.runs:
+        run_dir = p.exp_dir / run.run_id
+        with (run_lock(run_dir) if ctx.is_main else _held()) as got:
+            decision = _agree(ctx, _decide(run_dir, retry_failed, _stderr) if got else "locked")
+            if decision != "train":
+                report.outcomes[run.run_id] = {"done": "skipped", "failed": "failed earlier"}.get(
+                    decision, decision)
+                ui.skip_run(run, decision)
+                continue
+            report.outcomes[run.run_id] = _train_locked(p, run, run_dir, ctx, ui)
 
 
 @contextmanager
@@ -256,30 +307,42 @@ def _held():
     yield True
 
 
-def _train_locked(spec, run, run_dir, data, ctx, ui) -> str:
+def _train_locked(p: Prepared, run, run_dir, ctx, ui) -> str:
     """Train one run under its lock; record the outcome in summary.json (rank 0)."""
     if ctx.is_main and not (run_dir / RUN_FILE).exists():
-        write_json_atomic(run_dir / RUN_FILE, {"plan": run.to_dict(), "spec": spec_to_dict(spec),
-                                               "data": data.source.fingerprint()})
+        write_json_atomic(run_dir / RUN_FILE, {"plan": run.to_dict(), "spec": spec_to_dict(p.spec),
+                                               "data": p.data_print,
+                                               "fingerprint": p.prints[run.run_id]})
     ui.start_run(run)
     try:
-        summary = train_one(spec, run, run_dir, data, ctx, on_step=ui.step)
+        summary = train_one(p.spec, run, run_dir, p.data, ctx, on_step=ui.step, say=_stderr)
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the checkpoint continues it
     except Exception as exc:  # a run's failure must not stop the sweep
+        if is_environment_error(exc):  # the machine failed, not the run: leave it resumable
+            if ctx.is_main:
+                record_interruption(run_dir, exc)
+            raise EnvironmentFailure(str(run_dir), [
+                f"{describe(exc)}; the run is left interrupted (resumable): fix the machine "
+                "(free disk space, memory or the device) and rerun the same command"]) from exc
         if ctx.world > 1 and not _on_every_rank(exc):
             # this rank's own error, or a peer's crash seen as a lost connection: the others
             # wait in a collective, so end the job (torchrun stops every rank); the run is
             # left interrupted, to resume from its checkpoint
             raise
         if ctx.is_main:
-            record_failure(run_dir, run, exc)
-        ui.end_run(run, {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            record_failure(run_dir, run.run_id, exc)
+        ui.end_run(run, {"state": "failed", "error": describe(exc)})
         return "failed"
     if ctx.is_main:
         write_json_atomic(run_dir / SUMMARY_FILE, {"run_id": run.run_id, **summary})
+        clear_records(run_dir)
     ui.end_run(run, summary)
     return "done"
+
+
+class EnvironmentFailure(SpecError):
+    """The machine failed (disk, memory, device): exit 2, the run left resumable."""
 
 
 class _QuietProgress:

@@ -33,9 +33,9 @@ class SampleResult:
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model in eval mode, run.json, checkpoint step) from a run folder; SpecError if unusable."""
+    from modexp.checkpoint import CKPT_FILE, CheckpointError, has_checkpoint, load_for_reading
     from modexp.metrics import RUN_FILE, read_json
     from modexp.model import build_model
-    from modexp.runner import CKPT_FILE
     from modexp.spec import parse_spec
 
     run_dir = Path(run_dir)
@@ -43,7 +43,7 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
         raise SpecError(str(run_dir), [f"not a run folder: no {RUN_FILE} (expected "
                                        "results/<experiment>/<run_id>/)"])
     ckpt = run_dir / CKPT_FILE
-    if not ckpt.is_file():
+    if not has_checkpoint(run_dir):
         raise SpecError(str(run_dir), ["no checkpoint (ckpt.pt): the run has not trained yet "
                                        "(modexp run SPEC)"])
     run = read_json(run_dir / RUN_FILE)
@@ -53,7 +53,10 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
                                        "decision to sample with; sample a learned-router run"])
     model_cfg = next(m for m in spec.models if m.name == plan["model"])
     model = build_model(model_cfg, spec.variants[plan["variant"]], plan["vocab"])
-    state = torch.load(ckpt, map_location=device, weights_only=True)
+    try:
+        state, _ = load_for_reading(run_dir, device)  # the newest checkpoint that verifies
+    except CheckpointError as e:
+        raise SpecError(str(ckpt), [f"no usable checkpoint: {e}"]) from None
     model.load_state_dict(state["model"])
     return model.to(device).eval(), run, state.get("step")
 
@@ -79,8 +82,9 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int = 200,
                temperature: float = 0.8, top_k: int | None = None, seed: int = 0,
                device: str = "auto") -> SampleResult:
     """Continue a prompt with a run's checkpoint (causal routing for MoD); text and routing."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from modexp.device import resolve_device
+
+    device = resolve_device(device)
     bad = [m for ok, m in ((max_new_tokens >= 1, "--max-new-tokens: must be at least 1"),
                            (temperature >= 0, "--temperature: must be >= 0 (0 = greedy)"),
                            (top_k is None or top_k >= 1, "--top-k: must be at least 1"))

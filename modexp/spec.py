@@ -210,8 +210,9 @@ class TrainConfig(_Strict):
 class ExperimentSpec(_Strict):
     """A whole experiment: every budget x model x variant x seed is one run."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    """Results go to results/<name>/."""
+    name: str = Field(max_length=200)
+    """Results go to results/<name>/: one folder name (letters, digits, '_', '.', '-'; not
+    starting with '.' or '-', so never '..' or a hidden or option-like name)."""
     seeds: list[int] = Field([0], min_length=1)
     data: DataConfig = DataConfig()
     flops: FlopsConfig = FlopsConfig()
@@ -240,6 +241,14 @@ class ExperimentSpec(_Strict):
     def batch_size(self, model: ModelConfig) -> int:
         """The model's own batch size, else train.batch_size."""
         return model.batch_size if model.batch_size is not None else self.train.batch_size
+
+    @field_validator("name")
+    @classmethod
+    def _one_safe_folder(cls, v: str) -> str:
+        if not v or v[0] in ".-" or not all(c.isalnum() and c.isascii() or c in "_.-" for c in v):
+            raise ValueError(f"{v!r} is not a safe folder name: use letters, digits, '_', '.' and "
+                             "'-', not starting with '.' or '-' (no '/', no '..')")
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -344,7 +353,10 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     if not path.is_file():
         raise SpecError(str(path), ["file not found (expected a YAML experiment spec)"])
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SpecError(str(path), [f"not a text file (byte {e.start} is not UTF-8): expected a "
+                                    "YAML experiment spec"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modexp.metrics import METRICS_FILE, SUMMARY_FILE, read_json, read_metrics
+from modexp.failures import INTERRUPTED_FILE
 from modexp.runner import PLAN_FILE, run_state
 from modexp.spec import SpecError, load_spec
 
@@ -27,20 +28,41 @@ def sweep_status(path: str | Path, results: str | Path = "results") -> list[dict
     exp = experiment_dir(path, results)
     if not (exp / PLAN_FILE).exists():
         raise SpecError(str(exp), [f"no {PLAN_FILE}: nothing has been run here yet (modexp run SPEC)"])
-    return [_one(exp / r["run_id"], r) for r in read_json(exp / PLAN_FILE)["runs"]]
+    try:
+        runs = read_json(exp / PLAN_FILE)["runs"]
+        return [_one(exp / r["run_id"], r) for r in runs]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SpecError(str(exp / PLAN_FILE), [f"garbled ({type(e).__name__}); rerun "
+                                               "`modexp run SPEC` to write it again"]) from None
 
 
 def _one(run_dir: Path, plan: dict) -> dict:
-    state = run_state(run_dir)
-    rows = read_metrics(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else []
-    flops = max((r["flops"] for r in rows), default=0)
-    summary = read_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).exists() else {}
-    return {"run_id": plan["run_id"], "state": state, "step": max((r["step"] for r in rows), default=0),
+    """A run's row; a garbled file makes the state 'corrupt' with the reason in 'error'."""
+    state, problems = run_state(run_dir), []
+    rows, summary, note = [], {}, {}
+    try:
+        rows = read_metrics(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else []
+        rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+        flops = max((float(r.get("flops") or 0) for r in rows), default=0)
+    except (ValueError, TypeError) as e:
+        problems.append(f"{METRICS_FILE}: {str(e).removeprefix(str(run_dir / METRICS_FILE) + ': ')}")
+        rows, flops = [], 0
+    if state == "corrupt":
+        problems.append(f"{SUMMARY_FILE} is not valid JSON; `modexp run` rewrites it from the checkpoint")
+    elif (run_dir / SUMMARY_FILE).exists():
+        summary = read_json(run_dir / SUMMARY_FILE)
+    if state == "interrupted" and (run_dir / INTERRUPTED_FILE).exists():
+        try:
+            note = read_json(run_dir / INTERRUPTED_FILE)
+        except ValueError:
+            note = {}
+    return {"run_id": plan["run_id"], "state": "corrupt" if problems else state,
+            "step": max((r["step"] for r in rows), default=0),
             "steps": plan["steps"], "flops": flops, "total_flops": plan["total_flops"],
             "progress": flops / plan["total_flops"],
             "final_eval_loss": summary.get("final_eval_loss"),
             "final_eval_loss_causal": summary.get("final_eval_loss_causal"),
-            "error": summary.get("error")}
+            "error": "; ".join(problems) or summary.get("error") or note.get("error")}
 
 
 def print_status(rows: list[dict], console: Console) -> None:
@@ -48,7 +70,8 @@ def print_status(rows: list[dict], console: Console) -> None:
     t = Table(title="sweep status")
     for col in ("run id", "state", "steps", "FLOPs done", "eval loss", "causal loss", "error"):
         t.add_column(col)
-    colour = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}
+    colour = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow",
+              "corrupt": "red"}
     for r in rows:
         fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
         t.add_row(r["run_id"], f"[{colour.get(r['state'], 'white')}]{r['state']}[/]",

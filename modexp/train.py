@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 import torch
 import torch.distributed as dist
 
+from modexp import checkpoint
 from modexp.data import TokenData
 from modexp.plan import RunPlan
 from modexp.spec import TrainConfig
@@ -84,14 +85,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def peak_memory(device: torch.device) -> dict:
     """Peak memory: CUDA allocator peak of this run (reset when its Trainer starts), or on CPU
     this process's peak RSS, which covers earlier runs of the same sweep too (the OS keeps one
@@ -123,7 +116,7 @@ class Trainer:
         # compile outside DDP: Dynamo then splits graphs at DDP's buckets, so gradient
         # all-reduce overlaps the backward; no_sync stays on self.ddp (run eagerly, not traced)
         self.model = torch.compile(self.ddp) if cfg.compile else self.ddp
-        self.step, self.wall_offset, self.last_eval = 0, 0.0, {}
+        self.step, self.wall_offset, self.last_eval, self.notes = 0, 0.0, {}, []
         self.micro, self.accum = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world)
 
     def _ddp(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -145,14 +138,17 @@ class Trainer:
                  "last_eval": self.last_eval}
         if self.ctx.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
-        _save_atomic(state, self.ckpt_path)
+        checkpoint.save(state, self.ckpt_path)
 
     def resume(self) -> int:
-        """Load the checkpoint if one exists; return the step to continue from."""
-        if not self.ckpt_path.exists():
+        """Load the newest good checkpoint if any; return the step to continue from.
+
+        Files passed over (corrupt, or killed mid-save) are described in self.notes."""
+        state, self.notes = checkpoint.load(self.ckpt_path, self.ctx.device,
+                                            set_aside=self.ctx.is_main)
+        if state is None:
             self._check_same_step()
             return 0
-        state = torch.load(self.ckpt_path, map_location=self.ctx.device, weights_only=False)
         self.raw.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
@@ -343,10 +339,10 @@ def _predictor_scores(c: dict) -> dict:
 
 def setup_context(device: str = "auto") -> Context:
     """Pick the device (cuda, then cpu) and join the torchrun process group if launched by it."""
+    from modexp.device import resolve_device
+
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = torch.device(resolve_device(device))
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(dev)

@@ -32,3 +32,17 @@ def write_spec(tmp_path: Path):
         return path
 
     return _write
+
+
+class StopAt:
+    """A progress UI that simulates a kill (Ctrl-C) at a given step."""
+
+    def __init__(self, step):
+        self.at = step
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def step(self, step, loss):
+        if step == self.at:
+            raise KeyboardInterrupt

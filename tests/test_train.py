@@ -14,6 +14,7 @@ from modexp.metrics import read_json, read_metrics
 from modexp.runner import run_sweep
 
 from conftest import TINY
+from conftest import StopAt as _StopAt
 
 runner = CliRunner()
 VOLATILE = {"wall_time", "tokens_per_s"}
@@ -51,20 +52,6 @@ def test_tiny_spec_trains_end_to_end(write_spec, tmp_path):
             assert 0 <= summary["predictor_acc"] <= 1 and 0 <= summary["predictor_acc_causal"] <= 1
             assert evals[-1]["predictor_recall_causal"] is not None
             assert train[-1]["routed_frac"] == [0.25]
-
-
-class _StopAt:
-    """A progress UI that simulates a kill (Ctrl-C) at a given step."""
-
-    def __init__(self, step):
-        self.at = step
-
-    def __getattr__(self, name):
-        return lambda *a, **k: None
-
-    def step(self, step, loss):
-        if step == self.at:
-            raise KeyboardInterrupt
 
 
 def test_kill_and_resume_is_bit_identical(write_spec, tmp_path):
@@ -138,7 +125,7 @@ def test_changed_spec_refuses_to_mix_plans(write_spec, tmp_path):
     run_sweep(write_spec(), tmp_path, only=["*-vanilla-*"])
     changed = write_spec(train={**TINY["train"], "batch_size": 8})
     result = runner.invoke(app, ["run", str(changed), "--results", str(tmp_path)])
-    assert result.exit_code == 2 and "different plan" in result.output
+    assert result.exit_code == 2 and "train.batch_size" in result.output and "--move-aside" in result.output
 
 
 def test_missing_data_source_is_refused_before_training(write_spec, tmp_path):
