@@ -142,6 +142,27 @@ def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<expe
 
 
 @app.command()
+def prepare(inputs: list[str] = typer.Argument(..., help="Text files or folders, .jsonl[.gz], .parquet, or hf:NAME[:CONFIG]."),
+            out_dir: Path = typer.Option(..., "--out", help="Token folder to create (must not exist)."),
+            tokenizer: str = typer.Option("bytes", help="bytes, bpe:VOCAB (train byte-level BPE here) or PATH/tokenizer.json."),
+            text_field: str = typer.Option("text", help="The text field of JSONL/Parquet/Hub rows."),
+            val_fraction: float = typer.Option(0.01, help="Share of documents held out for validation.")) -> None:
+    """Tokenise a corpus into a token folder (train.bin, val.bin, tokenizer.json, meta.json)."""
+    from modexp.prepare import prepare as run_prepare
+    from modexp.progress import PrepareProgress
+
+    try:
+        rep = run_prepare(inputs, out_dir, tokenizer, text_field, val_fraction, PrepareProgress(err))
+    except SpecError as e:
+        _fail(e)
+    m = rep.meta
+    mb = m["input_bytes"] / 1e6
+    out.print(f"{rep.out}: {m['train_tokens']:,} train + {m['val_tokens']:,} val tokens "
+              f"({m['dtype']}, vocab {m['vocab_size']:,}) from {m['documents']:,} documents, "
+              f"{mb:,.1f} MB in {rep.seconds:.1f} s", highlight=False)
+
+
+@app.command()
 def bench(target: Path = typer.Argument(..., help="A run folder, a results folder or a spec."),
           model: str = typer.Option(None, help="Model size name (default: the largest)."),
           batch_size: list[int] = typer.Option([1, 8], help="Decode batch size (repeatable)."),

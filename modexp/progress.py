@@ -63,3 +63,31 @@ class SweepProgress:
         """Close the bars (the overall one at exactly 100%, whatever the float rounding)."""
         self.bars.update(self.overall, completed=100)
         self.bars.stop()
+
+
+class PrepareProgress:
+    """`modexp prepare`'s progress: one rich bar per pass, in MB of input read."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(),
+                             TextColumn("{task.completed:,.0f}/{task.total:,.0f} MB"),
+                             TimeRemainingColumn(), console=console, transient=True,
+                             disable=not console.is_terminal)
+        self.task = None
+
+    def phase(self, name: str, total: int) -> None:
+        """Start a pass over `total` bytes of input."""
+        if self.task is None:
+            self.bars.start()
+        else:
+            self.bars.remove_task(self.task)
+        self.task = self.bars.add_task(name, total=max(total / 1e6, 1e-6))
+
+    def advance(self, n: int) -> None:
+        """n more bytes of input read."""
+        self.bars.advance(self.task, n / 1e6)
+
+    def done(self) -> None:
+        """Close the bars."""
+        self.bars.stop()
