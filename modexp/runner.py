@@ -157,7 +157,7 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     from modexp.data import TokenData
 
     try:
-        data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction)
+        data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction, spec.data.vocab)
     except (SourceError, ValueError) as e:
         raise SpecError(str(spec_path), [f"data.source: {e}"]) from None
     return spec, plan, runs, exp_dir, data
