@@ -125,7 +125,7 @@ def plot(path: Path = typer.Argument(..., help="A results folder (or the spec th
 
 @app.command()
 def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<experiment>/<run_id>."),
-           prompt: str = typer.Option(..., help="Text to continue (token ids for a .bin corpus)."),
+           prompt: str = typer.Option(..., help="Text to continue (token ids for .bin data without a tokenizer)."),
            max_new_tokens: int = typer.Option(200, help="Tokens to generate."),
            temperature: float = typer.Option(0.8, help="Sampling temperature; 0 = greedy."),
            top_k: int = typer.Option(None, help="Sample from the k most likely tokens only."),
