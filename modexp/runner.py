@@ -163,10 +163,13 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     return spec, plan, runs, exp_dir, data
 
 
-def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None) -> dict:
-    """Build the model, resume if a checkpoint exists, train to the end; return the summary."""
+def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None,
+              loggers=()) -> dict:
+    """Build the model, resume if a checkpoint exists, train to the end; return the summary.
+    `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's."""
     import torch
 
+    from modexp.loggers import Tee
     from modexp.model import build_model
     from modexp.train import Trainer
 
@@ -174,11 +177,18 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     torch.manual_seed(run.seed)  # the seed fixes init; data order is fixed by (seed, step)
     model = build_model(model_cfg, spec.variants[run.variant], run.vocab)
     writer = MetricsWriter(run_dir) if ctx.is_main else _NullLogger()
+    names = [*spec.train.loggers, *loggers]
+    if ctx.is_main and names:
+        writer = Tee(writer, names, run_dir, run.run_id, spec_to_dict(spec), _jsonable(run.to_dict()))
     trainer = Trainer(model, run, spec.train, data, writer, run_dir / CKPT_FILE, ctx, on_step)
     step = trainer.resume()
     if ctx.is_main:
         writer.truncate_after(step)  # rows after the checkpoint are redone, not duplicated
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        if isinstance(writer, Tee):
+            writer.close()
 
 
 class _NullLogger:
@@ -222,14 +232,20 @@ def _decide(run_dir: Path, retry_failed: bool) -> str:
 
 
 def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=False,
-              device="auto", progress=None) -> SweepReport:
-    """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI.
+              device="auto", progress=None, loggers=()) -> SweepReport:
+    """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI;
+    `loggers`: dashboards to feed besides the spec's train.loggers.
 
     Under torchrun every rank calls this; rank 0 decides (locks, skips), writes and reports.
     """
     from modexp.train import setup_context, teardown_context
 
+    from modexp.loggers import check_loggers
+
     spec, plan, runs, exp_dir, data = prepare(spec_path, results, only, shard)
+    bad = check_loggers([*spec.train.loggers, *loggers])
+    if bad:
+        raise SpecError(str(spec_path), bad)
     ctx = setup_context(device)
     report = SweepReport(exp_dir)
     if ctx.is_main:
@@ -244,7 +260,7 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
                 report.outcomes[run.run_id] = decision if decision == "locked" else "skipped"
                 ui.skip_run(run, decision)
                 continue
-            report.outcomes[run.run_id] = _train_locked(spec, run, run_dir, data, ctx, ui)
+            report.outcomes[run.run_id] = _train_locked(spec, run, run_dir, data, ctx, ui, loggers)
     ui.end_sweep()
     teardown_context(ctx)  # on errors the process exits instead and torchrun reaps the group
     return report
@@ -255,14 +271,14 @@ def _held():
     yield True
 
 
-def _train_locked(spec, run, run_dir, data, ctx, ui) -> str:
+def _train_locked(spec, run, run_dir, data, ctx, ui, loggers=()) -> str:
     """Train one run under its lock; record the outcome in summary.json (rank 0)."""
     if ctx.is_main and not (run_dir / RUN_FILE).exists():
         write_json_atomic(run_dir / RUN_FILE, {"plan": run.to_dict(), "spec": spec_to_dict(spec),
                                                "data": data.source.fingerprint()})
     ui.start_run(run)
     try:
-        summary = train_one(spec, run, run_dir, data, ctx, on_step=ui.step)
+        summary = train_one(spec, run, run_dir, data, ctx, on_step=ui.step, loggers=loggers)
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the checkpoint continues it
     except Exception as exc:  # a run's failure must not stop the sweep

@@ -190,6 +190,8 @@ class TrainConfig(_Strict):
     """Steps between atomic checkpoints (one is also written at every eval point)."""
     compile: bool = False
     """torch.compile the model (top-k training path; static shapes)."""
+    loggers: list[Literal["tensorboard", "wandb"]] = []
+    """Dashboards fed the same rows as metrics.jsonl (optional extras; see modexp/loggers.py)."""
 
     @model_validator(mode="after")
     def _micro_divides_batch(self):
