@@ -13,7 +13,7 @@ from rich.console import Console
 
 from modexp.spec import SpecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True,
                   help="isoFLOP experiments for Mixture-of-Depths transformers.")
 # Piped output (logs, CI) gets wide tables rather than columns squeezed to 80 characters.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -23,9 +23,19 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 _SHOW_TRACEBACK = {"on": False}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from modexp import __version__
+
+        out.print(f"modexp {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v",
-                                      help="On an error, also show the Python traceback.")) -> None:
+                                      help="On an error, also show the Python traceback."),
+         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
     """isoFLOP experiments for Mixture-of-Depths transformers: plan, run, status, plot, sample, bench."""
     _SHOW_TRACEBACK["on"] = verbose
 
@@ -52,13 +62,23 @@ def _errors(command):
     return wrapped
 
 
+def _warn(warnings: list[str]) -> None:
+    """Warnings go to stderr, so stdout stays the command's result."""
+    for w in warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+
+
+DEVICE_HELP = "auto (cuda, then cpu), cpu, cuda or cuda:N."
+
+
 def _fail(e: SpecError) -> None:
     """Bad input: one bullet per problem on stderr, exit code 2, no traceback (unless -v)."""
     if _SHOW_TRACEBACK["on"] and sys.exc_info()[0] is not None:
         traceback.print_exc()
     err.print(f"[red]error:[/] {len(e.problems)} problem(s) in {e.source}", highlight=False)
     for p in e.problems:
-        err.print(f"  - {e.source}: {p}", highlight=False, soft_wrap=True)
+        where = "" if p.startswith(f"{e.source}:") else f"{e.source}: "  # no "--shard: --shard:"
+        err.print(f"  - {where}{p}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -86,8 +106,7 @@ def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         sys.stdout.write(json.dumps([r.to_dict() for r in p.runs], indent=2) + "\n")
     else:
         print_plan(p, out)
-    for w in p.warnings:
-        err.print(f"warning: {w}", highlight=False)
+    _warn(p.warnings)
 
 
 @app.command()
@@ -97,11 +116,18 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         only: list[str] = typer.Option(None, help="Run id or glob to train (repeatable)."),
         shard: str = typer.Option(None, help="i/n: train every n-th selected run, starting at i."),
         retry_failed: bool = typer.Option(False, help="Retry runs that failed, from their checkpoint."),
-        device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda."),
+        device: str = typer.Option("auto", help=DEVICE_HELP),
         move_aside: bool = typer.Option(False, "--move-aside", help=(
             "Move runs trained with other settings (a changed spec or data) to "
             "RESULTS/<name>.aside-<time>/ and train them afresh.")),
-        plot_after: bool = typer.Option(False, "--plot", help="Run `modexp plot` at the end.")) -> None:
+        plot_after: bool = typer.Option(False, "--plot", help="Run `modexp plot` at the end."),
+        logger: list[str] = typer.Option(None, "--logger", help="Dashboard besides the spec's "
+                                         "train.loggers: tensorboard or wandb (repeatable)."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary of the sweep at the end."),
+        quiet: bool = typer.Option(False, "-q", "--quiet", help="Only warnings and errors."),
+        verbose: bool = typer.Option(False, "-v", "--verbose", help="Also each run's plan as it starts."),
+        status_every: float = typer.Option(60.0, help="Seconds between status lines when stderr "
+                                           "is not a terminal (batch logs).")) -> None:
     """Train every run of the spec, FLOP-matched and resumable; finished runs are skipped.
 
     Under `torchrun --nproc_per_node N -m modexp run SPEC` each run trains with DDP over N
@@ -109,21 +135,24 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
     """
     import os
 
-    from modexp.progress import SweepProgress
+    from modexp.progress import SweepProgress, sweep_json
     from modexp.runner import parse_shard, run_sweep
 
     main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; unset: one process
+    ui = SweepProgress(err, verbosity=verbose - quiet, every=status_every) if main_rank else None
     try:
         report = run_sweep(spec, results, only, parse_shard(shard), retry_failed, device,
-                           progress=SweepProgress(out) if main_rank else None,
-                           move_aside=move_aside)
+                           progress=ui, move_aside=move_aside, loggers=logger or ())
     except SpecError as e:
         if not main_rank:  # every rank fails alike; one copy of the message is enough
             raise typer.Exit(2)
         _fail(e)
     if not main_rank:
         raise typer.Exit(1 if report.failed else 0)
-    out.print(f"results in {report.experiment_dir}; figures: modexp plot {report.experiment_dir}")
+    if as_json:
+        sys.stdout.write(json.dumps(sweep_json(report), indent=2) + "\n")
+    elif not quiet:
+        out.print(f"results in {report.experiment_dir}; figures: modexp plot {report.experiment_dir}")
     if plot_after:
         plot(report.experiment_dir, "png", results, False)
     if report.failed:
@@ -180,18 +209,22 @@ def plot(path: Path = typer.Argument(..., help="A results folder (or the spec th
         report = plot_results(experiment_dir(path, results), formats)
     except SpecError as e:
         _fail(e)
-    print_report(report, out)
+    from dataclasses import replace
+
+    print_report(replace(report, warnings=[]), out)
+    _warn(report.warnings)
 
 
 @app.command()
 @_errors
 def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<experiment>/<run_id>."),
-           prompt: str = typer.Option(..., help="Text to continue (token ids for a .bin corpus)."),
+           prompt: str = typer.Option(..., help="Text to continue (token ids for .bin data without a tokenizer)."),
            max_new_tokens: int = typer.Option(200, help="Tokens to generate."),
            temperature: float = typer.Option(0.8, help="Sampling temperature; 0 = greedy."),
            top_k: int = typer.Option(None, help="Sample from the k most likely tokens only."),
            seed: int = typer.Option(0, help="Sampling seed."),
-           device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda.")) -> None:
+           device: str = typer.Option("auto", help=DEVICE_HELP),
+           as_json: bool = typer.Option(False, "--json", help="Print the sample and routing as JSON.")) -> None:
     """Continue a prompt with a run's checkpoint (KV cache; MoD routes causally) and show routing."""
     from modexp.sample import print_sample, sample_run
 
@@ -199,7 +232,38 @@ def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<expe
         res = sample_run(run_dir, prompt, max_new_tokens, temperature, top_k, seed, device)
     except SpecError as e:
         _fail(e)
-    print_sample(res, out)
+    if as_json:
+        from dataclasses import asdict
+
+        sys.stdout.write(json.dumps(asdict(res), indent=2) + "\n")
+    else:
+        print_sample(res, out)
+
+
+@app.command()
+@_errors
+def prepare(inputs: list[str] = typer.Argument(..., help="Text files or folders, .jsonl[.gz], .parquet, or hf:NAME[:CONFIG]."),
+            out_dir: Path = typer.Option(..., "--out", help="Token folder to create (must not exist)."),
+            tokenizer: str = typer.Option("bytes", help="bytes, bpe:VOCAB (train byte-level BPE here) or PATH/tokenizer.json."),
+            text_field: str = typer.Option("text", help="The text field of JSONL/Parquet/Hub rows."),
+            val_fraction: float = typer.Option(0.01, help="Share of documents held out for validation."),
+            quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress, no summary line.")) -> None:
+    """Tokenise a corpus into a token folder (train.bin, val.bin, tokenizer.json, meta.json)."""
+    from modexp.prepare import prepare as run_prepare
+    from modexp.progress import PrepareProgress
+
+    try:
+        rep = run_prepare(inputs, out_dir, tokenizer, text_field, val_fraction,
+                          None if quiet else PrepareProgress(err))
+    except SpecError as e:
+        _fail(e)
+    if quiet:
+        return
+    m = rep.meta
+    mb = m["input_bytes"] / 1e6
+    out.print(f"{rep.out}: {m['train_tokens']:,} train + {m['val_tokens']:,} val tokens "
+              f"({m['dtype']}, vocab {m['vocab_size']:,}) from {m['documents']:,} documents, "
+              f"{mb:,.1f} MB in {rep.seconds:.1f} s", highlight=False)
 
 
 @app.command()
@@ -212,7 +276,7 @@ def bench(target: Path = typer.Argument(..., help="A run folder, a results folde
           repeats: int = typer.Option(15, help="Timed decode repeats (median reported)."),
           train_repeats: int = typer.Option(10, help="Timed training steps (median reported)."),
           train: bool = typer.Option(True, "--train/--no-train", help="Also time a training step."),
-          device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda."),
+          device: str = typer.Option("auto", help=DEVICE_HELP),
           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """MoD vs vanilla of one size: decode tok/s, train step time, memory, vs the FLOP ratios."""
     from modexp.bench import bench as run_bench

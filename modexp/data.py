@@ -10,27 +10,61 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modexp.corpus import Source, resolve_source
+from modexp.corpus import Source, check_token_ids, resolve_source, token_map
 from modexp.plan import val_tokens
 
 
-def load_tokens(source: Source) -> np.ndarray:
-    """The whole source as a 1-D array: a read-only memory map for a single uint16 .bin (so N
-    DDP ranks share the page cache instead of holding N copies), bytes for text."""
-    if source.token_bytes == 2:
-        maps = [np.memmap(f, dtype=np.uint16, mode="r") for f in source.files]
-        return maps[0] if len(maps) == 1 else np.concatenate(maps)
-    return np.frombuffer(source.read_bytes(), dtype=np.uint8)
+class Shards:
+    """Token files read as one 1-D sequence: len, slices and integer-array indexing (what
+    the windows need) without copying the files into memory."""
+
+    def __init__(self, maps: list[np.ndarray]):
+        self.maps = [m for m in maps if len(m)]
+        self.starts = np.cumsum([0] + [len(m) for m in self.maps])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):  # contiguous, step 1: a Shards of the overlapped pieces
+            lo, hi, _ = idx.indices(len(self))
+            return Shards([m[max(lo - s, 0):max(hi - s, 0)] for m, s in zip(self.maps, self.starts)])
+        idx = np.asarray(idx)
+        shard = np.searchsorted(self.starts, idx, side="right") - 1
+        out = np.empty(idx.shape, dtype=self.maps[0].dtype)
+        for k in np.unique(shard):
+            hit = shard == k
+            out[hit] = self.maps[k][idx[hit] - self.starts[k]]
+        return out
+
+
+def load_tokens(source: Source, files=None):
+    """The source's files (default: all) as one 1-D sequence: read-only memory maps for token
+    files (so N DDP ranks share the page cache instead of holding N copies), bytes for text."""
+    files = source.files if files is None else files
+    if source.token_bytes == 1:
+        return np.frombuffer(b"".join(f.read_bytes() for f in files), dtype=np.uint8)
+    maps = [token_map(f, source.token_bytes) for f in files]
+    return maps[0] if len(maps) == 1 else Shards(maps)
 
 
 class TokenData:
-    """Train/validation windows over one source (the tail val_fraction is held out)."""
+    """Train/validation windows over one source: its validation files, or else the held-out
+    tail val_fraction. `vocab`: the model's vocabulary, which every token id must fit (checked
+    here, before training, so a bad file is an input error rather than a crash mid-run)."""
 
-    def __init__(self, source_name: str, seq_len: int, val_fraction: float):
-        self.source = resolve_source(source_name)
-        tokens = load_tokens(self.source)
-        n_val = val_tokens(len(tokens), val_fraction)
-        self.train, self.val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:]
+    def __init__(self, source_name: str, seq_len: int, val_fraction: float, vocab: int | None = None):
+        self.source = resolve_source(source_name, vocab)
+        vocab = vocab or self.source.vocab
+        if vocab is not None:
+            check_token_ids(self.source, vocab)
+        if self.source.val_files:
+            self.train = load_tokens(self.source, self.source.train_files)
+            self.val = load_tokens(self.source, self.source.val_files)
+        else:
+            tokens = load_tokens(self.source)
+            n_val = val_tokens(len(tokens), val_fraction)
+            self.train, self.val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:]
         self.seq_len = seq_len
         for split, t in (("training", self.train), ("validation", self.val)):
             if len(t) < seq_len + 1:

@@ -142,12 +142,12 @@ def plan_spec(spec: ExperimentSpec, source: str = "<spec>") -> Plan:
     """Plan a spec; the data source sets epochs. A missing source is only a warning here:
     planning is accounting, done before data exists (a cluster's corpus, say); `run` refuses it."""
     try:
-        n = resolve_source(spec.data.source).n_tokens
+        train_tokens = resolve_source(spec.data.source, spec.data.vocab).train_tokens(spec.data.val_fraction)
     except SourceError as e:
         plan = build_plan(spec, source)
         plan.warnings.append(f"data.source: {e} (epochs not computed; `modexp run` needs it)")
         return plan
-    return build_plan(spec, source, train_tokens=n - val_tokens(n, spec.data.val_fraction))
+    return build_plan(spec, source, train_tokens=train_tokens)
 
 
 def val_tokens(n_tokens: int, val_fraction: float) -> int:

@@ -1,4 +1,9 @@
-"""Rich progress for a sweep: an overall bar in FLOPs and one bar per run (step, loss, tok/s, ETA)."""
+"""Progress for a sweep on stderr: rich bars on a terminal, plain status lines in a batch log.
+
+On a terminal: an overall bar in FLOPs and one bar per run (step, loss, tok/s, ETA). Otherwise
+(a Slurm log, CI): one plain line per running run every `every` seconds. verbosity -1 (quiet):
+only failures; 1 (verbose): also each run's plan as it starts.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +14,34 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class SweepProgress:
-    """Implements the runner's progress interface with rich bars; prints one line per run end."""
+    """Implements the runner's progress interface; prints one line per run end."""
 
-    def __init__(self, console: Console):
-        self.console = console
+    def __init__(self, console: Console, verbosity: int = 0, every: float = 60.0):
+        self.console, self.verbosity, self.every = console, verbosity, every
+        self.live = console.is_terminal and verbosity >= 0
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                             console=console, transient=False)
+                             console=console, transient=False, disable=not self.live)
         self.overall = self.current = None
         self.run = None
+        self.done_flops = 0.0
+
+    def _say(self, text: str, level: int = 0) -> None:
+        if self.verbosity >= level:
+            self.console.print(text, highlight=False, soft_wrap=True)
 
     def start_sweep(self, runs) -> None:
         """Open the overall bar, counted in percent of the sweep's training FLOPs."""
         self.bars.start()
-        self.total = sum(r.total_flops for r in runs)
+        self.total = sum(r.total_flops for r in runs) or 1.0
         self.overall = self.bars.add_task("sweep (% of FLOPs)", total=100, info="")
 
     def start_run(self, run) -> None:
         """Open a bar for one run, counted in steps."""
-        self.run, self.t0, self.first = run, time.time(), None
+        self.run, self.t0, self.first, self.last_line = run, time.time(), None, time.time()
         self.current = self.bars.add_task(run.run_id, total=run.steps, info="")
+        self._say(f"start {run.run_id}: {run.params:,} params, {run.steps:,} steps of "
+                  f"{run.batch_size}x{run.seq_len} tokens, {run.total_flops:.3g} FLOPs", level=1)
 
     def step(self, step: int, loss: float | None) -> None:
         """Advance the bars; refresh loss and tokens/s when a logged loss arrives."""
@@ -36,30 +49,84 @@ class SweepProgress:
             self.first, self.t0 = step - 1, time.time()
         self.bars.update(self.current, completed=step)
         self.bars.advance(self.overall, 100 * self.run.flops_per_step / self.total)
-        if loss is not None:
-            tok_s = (step - self.first) * self.run.batch_size * self.run.seq_len / max(time.time() - self.t0, 1e-9)
-            self.bars.update(self.current, info=f"loss {loss:.3f}  {tok_s:,.0f} tok/s")
+        self.done_flops += self.run.flops_per_step
+        if loss is None:
+            return
+        now = time.time()
+        tok_s = (step - self.first) * self.run.batch_size * self.run.seq_len / max(now - self.t0, 1e-9)
+        self.bars.update(self.current, info=f"loss {loss:.3f}  {tok_s:,.0f} tok/s")
+        if not self.live and now - self.last_line >= self.every:
+            self.last_line = now
+            eta = (self.run.steps - step) * (now - self.t0) / max(step - self.first, 1)
+            self._say(f"{self.run.run_id} step {step}/{self.run.steps} "
+                      f"({100 * self.done_flops / self.total:.1f}% of sweep FLOPs) loss {loss:.3f} "
+                      f"{tok_s:,.0f} tok/s ETA {_hms(eta)}")
 
     def skip_run(self, run, why: str) -> None:
         """Say why a run is not trained (done, failed earlier, locked by another process)."""
         self.bars.advance(self.overall, 100 * run.total_flops / self.total)
+        self.done_flops += run.total_flops
         reason = {"done": "already done", "failed": "failed earlier (--retry-failed to retry)",
                   "locked": "locked by another process"}[why]
-        self.console.print(f"[dim]skip {run.run_id}: {reason}[/]")
+        self._say(f"[dim]skip {run.run_id}: {reason}[/]")
 
     def end_run(self, run, summary: dict) -> None:
-        """One line with the run's outcome."""
+        """One line with the run's outcome (failures even when quiet)."""
         if self.current is not None:
             self.bars.remove_task(self.current)
         if summary["state"] == "failed":
-            self.console.print(f"[red]failed[/] {run.run_id}: {summary['error']}")
+            self._say(f"[red]failed[/] {run.run_id}: {summary['error']}", level=-1)
             return
         causal = summary.get("final_eval_loss_causal")
         extra = f", causal {causal:.4f}" if causal is not None else ""
-        self.console.print(f"[green]done[/] {run.run_id}: eval loss {summary['final_eval_loss']:.4f}"
-                           f"{extra}, {summary['tokens_per_s']:,.0f} tok/s, {summary['wall_time']:.0f} s")
+        self._say(f"[green]done[/] {run.run_id}: eval loss {summary['final_eval_loss']:.4f}"
+                  f"{extra}, {summary['tokens_per_s']:,.0f} tok/s, {summary['wall_time']:.0f} s")
 
     def end_sweep(self) -> None:
         """Close the bars (the overall one at exactly 100%, whatever the float rounding)."""
         self.bars.update(self.overall, completed=100)
+        self.bars.stop()
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def sweep_json(report) -> dict:
+    """`modexp run --json`: the results folder, each selected run's outcome and summary.json."""
+    from modexp.metrics import SUMMARY_FILE, read_json
+
+    runs = {}
+    for run_id, outcome in report.outcomes.items():
+        f = report.experiment_dir / run_id / SUMMARY_FILE
+        runs[run_id] = {"outcome": outcome, "summary": read_json(f) if f.exists() else None}
+    return {"experiment_dir": str(report.experiment_dir), "failed": report.failed, "runs": runs}
+
+
+class PrepareProgress:
+    """`modexp prepare`'s progress: one rich bar per pass, in MB of input read."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(),
+                             TextColumn("{task.completed:,.0f}/{task.total:,.0f} MB"),
+                             TimeRemainingColumn(), console=console, transient=True,
+                             disable=not console.is_terminal)
+        self.task = None
+
+    def phase(self, name: str, total: int) -> None:
+        """Start a pass over `total` bytes of input."""
+        if self.task is None:
+            self.bars.start()
+        else:
+            self.bars.remove_task(self.task)
+        self.task = self.bars.add_task(name, total=max(total / 1e6, 1e-6))
+
+    def advance(self, n: int) -> None:
+        """n more bytes of input read."""
+        self.bars.advance(self.task, n / 1e6)
+
+    def done(self) -> None:
+        """Close the bars."""
         self.bars.stop()

@@ -173,7 +173,7 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     from modexp.data import TokenData
 
     try:
-        data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction)
+        data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction, spec.data.vocab)
     except (SourceError, ValueError) as e:
         raise SpecError(str(spec_path), [f"data.source: {e}"]) from None
     data_print = fingerprint.data_fingerprint(data.source)
@@ -189,12 +189,14 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
 
 
 def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None,
-              say=None) -> dict:
+              say=None, loggers=()) -> dict:
     """Build the model, resume from the newest good checkpoint, train to the end; the summary.
 
-    `say`: where notes on passed-over checkpoints or a start from zero go (never silent)."""
+    `say`: where notes on passed-over checkpoints or a start from zero go (never silent).
+    `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's."""
     import torch
 
+    from modexp.loggers import Tee
     from modexp.model import build_model
     from modexp.train import Trainer
 
@@ -202,6 +204,9 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     torch.manual_seed(run.seed)  # the seed fixes init; data order is fixed by (seed, step)
     model = build_model(model_cfg, spec.variants[run.variant], run.vocab)
     writer = MetricsWriter(run_dir) if ctx.is_main else _NullLogger()
+    names = [*spec.train.loggers, *loggers]
+    if ctx.is_main and names:
+        writer = Tee(writer, names, run_dir, run.run_id, spec_to_dict(spec), _jsonable(run.to_dict()))
     trainer = Trainer(model, run, spec.train, data, writer, run_dir / CKPT_FILE, ctx, on_step)
     step = trainer.resume()
     if ctx.is_main:
@@ -213,7 +218,11 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
                              f"no usable checkpoint (metrics reach step {logged}): starting over "
                              "from step 0"))
         writer.truncate_after(step)  # rows after the checkpoint are redone, not duplicated
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        if isinstance(writer, Tee):
+            writer.close()
 
 
 def _stderr(msg: str) -> None:
@@ -260,8 +269,9 @@ def _decide(run_dir: Path, retry_failed: bool, say) -> str:
 
 
 def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=False,
-              device="auto", progress=None, move_aside=False) -> SweepReport:
-    """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI.
+              device="auto", progress=None, move_aside=False, loggers=()) -> SweepReport:
+    """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI;
+    `loggers`: dashboards to feed besides the spec's train.loggers.
 
     Under torchrun every rank calls this; rank 0 decides (locks, skips), writes and reports.
     An environment failure (disk full, out of memory, device lost) leaves the run interrupted
@@ -269,7 +279,12 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
     """
     from modexp.train import setup_context, teardown_context
 
+    from modexp.loggers import check_loggers
+
     p = prepare(spec_path, results, only, shard, device=device, move_aside=move_aside)
+    bad = check_loggers([*p.spec.train.loggers, *loggers])
+    if bad:
+        raise SpecError(str(spec_path), bad)
     ctx = setup_context(p.device)
     report = SweepReport(p.exp_dir)
     if ctx.is_main:
@@ -280,7 +295,7 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
     ui = progress if progress is not None and ctx.is_main else _QuietProgress()
     ui.start_sweep(p.runs)
     try:
-        _sweep(p, ctx, ui, report, retry_failed)
+        _sweep(p, ctx, ui, report, retry_failed, loggers)
     except EnvironmentFailure:
         ui.end_sweep()  # close the bars before the one-line error
         raise
@@ -289,7 +304,7 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
     return report
 
 
-def _sweep(p: Prepared, ctx, ui, report: SweepReport, retry_failed: bool) -> None:
+def _sweep(p: Prepared, ctx, ui, report: SweepReport, retry_failed: bool, loggers=()) -> None:
     for run in p.runs:
         run_dir = p.exp_dir / run.run_id
         with (run_lock(run_dir) if ctx.is_main else _held()) as got:
@@ -299,7 +314,7 @@ def _sweep(p: Prepared, ctx, ui, report: SweepReport, retry_failed: bool) -> Non
                     decision, decision)
                 ui.skip_run(run, decision)
                 continue
-            report.outcomes[run.run_id] = _train_locked(p, run, run_dir, ctx, ui)
+            report.outcomes[run.run_id] = _train_locked(p, run, run_dir, ctx, ui, loggers)
 
 
 @contextmanager
@@ -307,7 +322,7 @@ def _held():
     yield True
 
 
-def _train_locked(p: Prepared, run, run_dir, ctx, ui) -> str:
+def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=()) -> str:
     """Train one run under its lock; record the outcome in summary.json (rank 0)."""
     if ctx.is_main and not (run_dir / RUN_FILE).exists():
         write_json_atomic(run_dir / RUN_FILE, {"plan": run.to_dict(), "spec": spec_to_dict(p.spec),
@@ -315,7 +330,8 @@ def _train_locked(p: Prepared, run, run_dir, ctx, ui) -> str:
                                                "fingerprint": p.prints[run.run_id]})
     ui.start_run(run)
     try:
-        summary = train_one(p.spec, run, run_dir, p.data, ctx, on_step=ui.step, say=_stderr)
+        summary = train_one(p.spec, run, run_dir, p.data, ctx, on_step=ui.step, say=_stderr,
+                            loggers=loggers)
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the checkpoint continues it
     except Exception as exc:  # a run's failure must not stop the sweep

@@ -24,7 +24,7 @@ class SampleResult:
     kind: str  # vanilla | mod
     step: int | None  # the checkpoint's training step
     prompt: str
-    text: str  # the continuation: bytes decoded (errors replaced), or token ids
+    text: str  # the continuation, decoded by the run's codec (modexp/codec.py)
     tokens: list[int]  # the generated token ids
     routed_frac: dict[int, float]  # routed layer -> fraction of decoded tokens routed there
     tokens_per_s: float  # decode steps only
@@ -61,16 +61,9 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     return model.to(device).eval(), run, state.get("step")
 
 
-def encode_prompt(text: str, vocab: int, byte_level: bool) -> list[int]:
-    """Prompt text -> ids: UTF-8 bytes, or whitespace-separated ids for a token vocabulary."""
-    if byte_level:
-        ids = list(text.encode("utf-8"))
-    else:
-        try:
-            ids = [int(t) for t in text.split()]
-        except ValueError:
-            raise SpecError("--prompt", ["this run's vocabulary is not bytes: give the prompt "
-                                         "as whitespace-separated token ids"]) from None
+def encode_prompt(text: str, vocab: int, codec) -> list[int]:
+    """Prompt text -> ids with the run's codec (bytes, tokenizer, or whitespace-separated ids)."""
+    ids = codec.encode(text)
     if not ids:
         raise SpecError("--prompt", ["the prompt is empty; sampling needs at least one token"])
     if not all(0 <= i < vocab for i in ids):
@@ -96,12 +89,14 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int = 200,
     if plan["kind"] == "mod" and spec["variants"][plan["variant"]]["causal"] == "none":
         raise SpecError(str(run_dir), ["this MoD variant has causal: none, so it cannot route "
                                        "token by token; sampling needs aux_loss or predictor"])
-    byte_level = not spec["data"]["source"].endswith(".bin")
-    ids = encode_prompt(prompt, plan["vocab"], byte_level)
+    from modexp.codec import run_codec
+
+    codec = run_codec(run)
+    ids = encode_prompt(prompt, plan["vocab"], codec)
     g = generate(model, torch.tensor([ids], device=device), max_new_tokens, temperature,
                  top_k, seed)
     new = g.tokens[0, len(ids):].tolist()
-    text = bytes(new).decode("utf-8", errors="replace") if byte_level else " ".join(map(str, new))
+    text = codec.decode(new)
     routed_layers = [i for i, (_, r) in enumerate(model.layers()) if r is not None]
     return SampleResult(plan["run_id"], plan["kind"], step, prompt, text, new,
                         dict(zip(routed_layers, g.routed_frac())), g.decode_tokens_per_s,

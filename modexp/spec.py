@@ -35,19 +35,45 @@ class DataConfig(_Strict):
 
     source: str = "builtin:pystdlib"
     """`builtin:pystdlib` (the Python stdlib's own source, byte tokens), a text file or folder of
-    text files (byte tokens), or a `.bin` of uint16 tokens (nanoGPT layout, needs vocab_size)."""
+    text files (byte tokens), a token folder from `modexp prepare` (vocabulary from its
+    meta.json), or a `.bin` file or folder of `.bin` shards (uint16 tokens, uint32 when
+    vocab_size > 65536; needs vocab_size). See modexp/corpus.py."""
     seq_len: int = Field(128, ge=2)
     """Tokens per training sequence (T)."""
-    vocab_size: int | None = Field(None, ge=2, le=65536)
-    """Vocabulary size; required for `.bin` sources, fixed at 256 for byte-level sources."""
+    vocab_size: int | None = Field(None, ge=2, le=1 << 32)
+    """Vocabulary size; required for `.bin` sources, read from meta.json for a prepared folder
+    (given, it must agree), fixed at 256 for byte-level sources."""
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     """Share of the corpus held out (the tail, deterministic) for evaluation."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _vocab_from_prepared_folder(cls, raw):
+        if not isinstance(raw, dict) or not isinstance(raw.get("source"), str):
+            return raw
+        from modexp.corpus import SourceError, prepared_vocab
+
+        try:
+            meta_vocab = prepared_vocab(raw["source"])
+        except SourceError as e:
+            raise ValueError(f"source: {e}") from None
+        if meta_vocab is None:
+            return raw
+        if raw.get("vocab_size") not in (None, meta_vocab):
+            raise ValueError(f"vocab_size: {raw['vocab_size']} disagrees with {raw['source']}/meta.json "
+                             f"(vocab_size {meta_vocab}); leave it out or make them agree")
+        return {**raw, "vocab_size": meta_vocab}
+
     @model_validator(mode="after")
     def _vocab_matches_source(self):
-        if self.source.endswith(".bin") and self.vocab_size is None:
-            raise ValueError("vocab_size: required for a .bin token file")
-        if not self.source.endswith(".bin") and self.vocab_size not in (None, 256):
+        from modexp.corpus import BUILTIN, is_token_source
+
+        tokens = is_token_source(self.source)
+        if tokens and self.vocab_size is None:
+            raise ValueError("vocab_size: required for .bin token files (a prepared folder's "
+                             "meta.json gives it)")
+        text = self.source == BUILTIN or (Path(self.source).exists() and not tokens)
+        if text and self.vocab_size not in (None, 256):
             raise ValueError("vocab_size: must be 256 (or absent) for byte-level sources")
         return self
 
@@ -198,6 +224,8 @@ class TrainConfig(_Strict):
     """Steps between atomic checkpoints (one is also written at every eval point)."""
     compile: bool = False
     """torch.compile the model (top-k training path; static shapes)."""
+    loggers: list[Literal["tensorboard", "wandb"]] = []
+    """Dashboards fed the same rows as metrics.jsonl (optional extras; see modexp/loggers.py)."""
 
     @model_validator(mode="after")
     def _micro_divides_batch(self):

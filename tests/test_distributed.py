@@ -111,7 +111,7 @@ def test_two_processes_match_one(ddp_run, tmp_path):
     ids = run_ids(spec)
     for run_id in ids:  # rank 0 alone reports: one line per run, no second progress display
         assert out.count(f"done {run_id}") == 1
-    assert out.count("results in") == 1 and out.count("sweep (% of FLOPs)") == 1
+    assert out.count("results in") == 1  # (no bars in a piped log: plain status lines instead)
     # One process in micro-batches of 2 computes what each of the 2 ranks does: the same
     # curve (bit for bit here). On whole batches of 4 the kernels round differently, and
     # MoD's top-k turns rounding into other routing choices now and then.
