@@ -117,6 +117,11 @@ class ModVariant(_Strict):
     """Weight of the router BCE loss (causal: aux_loss) added to the LM loss."""
     predictor_hidden: int = Field(64, ge=1)
     """Hidden width of the causal predictor MLP (causal: predictor)."""
+    predictor_lr: float | None = Field(None, gt=0)
+    """Peak learning rate of the predictors' own AdamW (same schedule as the LM); default train.lr."""
+    threshold: Literal["calibrated", "zero"] = "calibrated"
+    """Causal decision: logit > a per-layer threshold calibrated so the causal pass routes the
+    capacity fraction of training tokens (calibrated), or logit > 0 (zero: under-routes)."""
 
     @field_validator("layers")
     @classmethod
@@ -178,7 +183,8 @@ class ExperimentSpec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Results go to results/<name>/."""
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field([0], min_length=1)
+    """Each seed fixes init and data order; 0 <= seed < 2**32 (data.batch_seed)."""
     data: DataConfig = DataConfig()
     flops: FlopsConfig = FlopsConfig()
     budgets: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1)

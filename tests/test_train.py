@@ -146,3 +146,22 @@ def test_missing_data_source_is_refused_before_training(write_spec, tmp_path):
     result = runner.invoke(app, ["run", str(spec), "--results", str(tmp_path / "res")])
     assert result.exit_code == 2 and "data.source" in result.output and "nope.txt" in result.output
     assert not (tmp_path / "res").exists()  # nothing written
+
+
+def test_predictor_lr_never_touches_the_lm(write_spec, tmp_path):
+    """Two variants that differ only in predictor_lr train bit-identical LMs: the predictor's
+    gradient norm is clipped apart from the LM's, and its optimiser shares nothing with it."""
+    mod = TINY["variants"]["mod"]
+    spec = write_spec(variants={"slow": {**mod, "predictor_lr": 1e-4},
+                                "fast": {**mod, "predictor_lr": 3e-1}},
+                      train={**TINY["train"], "grad_clip": 0.05})  # a clip that bites
+    run_sweep(spec, tmp_path)
+    exp = tmp_path / "tiny"
+    slow, fast = (read_metrics(exp / f"2e9-xs-{v}-s0" / "metrics.jsonl") for v in ("slow", "fast"))
+    pick = lambda rows, kind, keys: [[r[k] for k in keys] for r in rows if r["kind"] == kind]  # noqa: E731
+    lm_keys = ["step", "lm_loss", "grad_norm", "routed_frac"]
+    assert pick(slow, "train", lm_keys) == pick(fast, "train", lm_keys)
+    assert pick(slow, "eval", ["eval_loss"]) == pick(fast, "eval", ["eval_loss"])
+    # ...while the predictors did train differently, each clipped on its own norm
+    assert pick(slow, "train", ["predictor_loss"]) != pick(fast, "train", ["predictor_loss"])
+    assert all(r["predictor_grad_norm"] > 0 for r in slow if r["kind"] == "train")
