@@ -222,9 +222,10 @@ class Trainer:
         self.raw.eval()
         # eval_batches x batch_size sequences, chunked to fit: the same set for every run
         batches = self.data.val_batches(self.cfg.eval_batches * self.cfg.batch_size // self.micro, self.micro)
+        thresholds = self._calibrate()  # first: both passes score the decision at its threshold
         row = _eval_pass(self.raw, batches, "topk", self.ctx, self._autocast)
         if row.pop("causal_ok"):
-            row["threshold"] = self._calibrate()
+            row["threshold"] = thresholds
             causal = _eval_pass(self.raw, batches, "causal", self.ctx, self._autocast)
             row |= {"eval_loss_causal": causal["eval_loss"],
                     "routed_frac_causal": causal["routed_frac"],
@@ -239,7 +240,10 @@ class Trainer:
         """Decision thresholds at capacity (calibrate.py), on the causal pass over the training
         batches of the last eval_batches steps: training tokens, a pure function of (seed, step),
         the same on every rank. `threshold: zero` keeps them at 0. Returns them per layer."""
-        if getattr(self.raw.variant, "threshold", "zero") == "calibrated":
+        variant = getattr(self.raw, "variant", None)
+        if getattr(variant, "causal", "none") == "none":
+            return []
+        if variant.threshold == "calibrated":
             B, m = self.cfg.batch_size, self.micro
             batches = (self.data.train_batch(self.plan.seed, s, B, slice(i, i + m))[0].to(self.ctx.device)
                        for s in range(max(0, self.step - self.cfg.eval_batches), self.step)

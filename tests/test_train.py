@@ -51,6 +51,10 @@ def test_tiny_spec_trains_end_to_end(write_spec, tmp_path):
             assert 0 <= summary["predictor_acc"] <= 1 and 0 <= summary["predictor_acc_causal"] <= 1
             assert evals[-1]["predictor_recall_causal"] is not None
             assert train[-1]["routed_frac"] == [0.25]
+            # calibrated at every eval: a threshold per routed layer, capacity beside the fraction
+            assert summary["routed_frac_topk"] == [0.25] and len(summary["routed_frac_causal"]) == 1
+            assert all(len(r["threshold"]) == 1 and r["threshold"][0] != 0 for r in evals)
+            assert train[-1]["predictor_grad_norm"] > 0
 
 
 class _StopAt:
