@@ -169,3 +169,16 @@ def test_predictor_lr_never_touches_the_lm(write_spec, tmp_path):
     # ...while the predictors did train differently, each clipped on its own norm
     assert pick(slow, "train", ["predictor_loss"]) != pick(fast, "train", ["predictor_loss"])
     assert all(r["predictor_grad_norm"] > 0 for r in slow if r["kind"] == "train")
+
+
+def test_status_shows_causal_routing_against_capacity():
+    from rich.console import Console
+
+    from modexp.status import print_status
+
+    row = {"run_id": "r", "state": "done", "step": 3, "steps": 3, "progress": 1.0,
+           "final_eval_loss": 1.0, "final_eval_loss_causal": 1.01, "error": None,
+           "routed_frac_causal": [0.114, 0.05], "capacity": [0.125, 0.125]}
+    console = Console(record=True, width=200)
+    print_status([row], console)
+    assert "11.4%/12.5% 5.0%/12.5%!" in console.export_text()  # only the 7.5-point miss flagged
