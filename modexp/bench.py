@@ -86,24 +86,13 @@ def random_batch(vocab: int, B: int, T: int, seed: int = 0) -> tuple[torch.Tenso
 
 
 # ---------------------------------------------------------------- routing of fresh models
-@torch.no_grad()
 def calibrate_routing(net, sample: torch.Tensor) -> str:
-    """Set each predictor's output bias so a `capacity` fraction of `sample` (B, T) routes causally.
+    """Set each routed layer's threshold so a `capacity` fraction of `sample` (B, T) routes
+    causally (calibrate.py: layer by layer on the causal pass, as training does)."""
+    from modexp.calibrate import calibrate_thresholds
 
-    Layer by layer, since a layer's decisions change the inputs of the next. An untrained
-    router (causal: aux_loss) has no bias to set: its routed fraction stays as it falls.
-    """
-    routed = [r for _, r in net.layers() if r is not None]
-    if not routed or routed[0].predictor is None:
-        return "untrained router: routed fraction as it falls (no bias to calibrate)"
-    for layer in routed:
-        seen = []
-        hook = layer.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-        net(sample, routing="causal")
-        hook.remove()
-        logits = layer.predictor(seen[0]).flatten().float()
-        layer.predictor[2].bias -= torch.quantile(logits, 1 - layer.capacity)
-    return "fresh init: predictor biases set so the causal routed fraction equals the capacity"
+    calibrate_thresholds(net, [sample])
+    return "fresh init: decision thresholds set so the causal routed fraction equals the capacity"
 
 
 # ---------------------------------------------------------------- the measurements
@@ -121,6 +110,9 @@ class Ratio:
     spread: tuple[float, float] = (math.nan, math.nan)  # quartiles of the per-repeat speedups
     busy: list[float] = field(default_factory=list)  # batch > 1: steps in which some row ran
     weight_bound: float = math.nan  # batch > 1: vanilla / MoD weights read per step (see below)
+    capacity: list[float] = field(default_factory=list)  # decode: per routed layer, k/T
+    off_capacity: list[int] = field(default_factory=list)  # layers routed > 2 points off it
+    routing: str = ""  # decode: routing_check.py's line (fractions, FLOP ratio, flag)
 
     @property
     def realisation(self) -> float:
@@ -342,7 +334,7 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
     if pair.variants["mod"].causal == "none":
         raise SpecError(str(target), ["the MoD variant has causal: none: it cannot decode token "
                                       "by token (use causal: predictor or aux_loss)"])
-    note = "trained checkpoint: routed fraction as its causal decision falls"
+    note = "trained checkpoint: causal decisions at its own thresholds (see the capacity check)"
     if pair.weights["mod"] == "fresh init":
         sample = torch.randint(0, pair.spec.data.vocab, (8, prompt_len + new_tokens),
                                generator=torch.Generator().manual_seed(seed + 1))
@@ -358,6 +350,7 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
     for b in batch_sizes:
         report.ratios.append(bench_decode(pair, b, prompts[:b], new_tokens, warmup, repeats,
                                           temperature))
+        check_capacity(pair, report.ratios[-1], prompt_len, new_tokens - 1)
     steppers = None
     if train:
         ratio, steppers = bench_train(pair, warmup, train_repeats, device, train_batch)
@@ -374,6 +367,16 @@ def report_dict(report: BenchReport) -> dict:
     for r, obj in zip(d["ratios"], report.ratios):
         r["realisation"] = obj.realisation
     return d
+
+
+def check_capacity(pair: Pair, r: Ratio, prompt_len: int, steps: int) -> None:
+    """Record on a decode measurement its routed fractions vs capacity (routing_check.py)."""
+    from modexp.routing_check import check_routing
+
+    spec = pair.spec
+    check = check_routing(pair.model_cfg, pair.variants["mod"], spec.data.vocab,
+                          spec.data.seq_len, r.routed_frac, prompt_len, steps)
+    r.capacity, r.off_capacity, r.routing = check.capacity, check.off, check.summary()
 
 
 def _mib(n: int) -> str:
@@ -397,6 +400,9 @@ def print_bench(report: BenchReport, console) -> None:
                   f"{r.realisation:.2f}", frac)
     console.print(t)
     for r in report.ratios:
+        if r.routed_frac:  # the fraction it ran at vs capacity, flagged when > 2 points off
+            console.print(f"{r.what}: {r.routing}", highlight=False,
+                          style="bold red" if r.off_capacity else None)
         if r.busy:
             console.print(f"{r.what}: some row ran the routed layers in "
                           f"{', '.join(f'{b:.0%}' for b in r.busy)} of the steps; a decoder "

@@ -219,7 +219,8 @@ def plot(path: Path = typer.Argument(..., help="A results folder (or the spec th
 @_errors
 def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<experiment>/<run_id>."),
            prompt: str = typer.Option(..., help="Text to continue (token ids for .bin data without a tokenizer)."),
-           max_new_tokens: int = typer.Option(200, help="Tokens to generate."),
+           max_new_tokens: int = typer.Option(None, help="Tokens to generate (default: up to "
+                                              "the trained seq_len; past it, a warning)."),
            temperature: float = typer.Option(0.8, help="Sampling temperature; 0 = greedy."),
            top_k: int = typer.Option(None, help="Sample from the k most likely tokens only."),
            seed: int = typer.Option(0, help="Sampling seed."),

@@ -48,6 +48,22 @@ def load_tokens(source: Source, files=None):
     return maps[0] if len(maps) == 1 else Shards(maps)
 
 
+SEED_LIMIT = 2**32  # seeds and steps each below this: one 32-bit entropy word apiece
+
+
+def batch_seed(seed: int, step: int) -> np.random.SeedSequence:
+    """The random stream of (seed, step)'s training batch: distinct pairs, distinct streams.
+
+    The entropy is the pair itself, one 32-bit word each (range-checked), which SeedSequence
+    hashes into PCG64's 128-bit state. Not an integer seed for torch: its CPU generator keeps
+    only the low 32 bits of a seed, so any seed*K + step scheme collides there (the old
+    seed * 1_000_003 + step already did beyond ~1M steps, before reaching 32 bits).
+    """
+    if not (0 <= seed < SEED_LIMIT and 0 <= step < SEED_LIMIT):
+        raise ValueError(f"seed ({seed}) and step ({step}) must lie in 0..{SEED_LIMIT - 1}")
+    return np.random.SeedSequence([seed, step])
+
+
 class TokenData:
     """Train/validation windows over one source: its validation files, or else the held-out
     tail val_fraction. `vocab`: the model's vocabulary, which every token id must fit (checked
@@ -79,8 +95,8 @@ class TokenData:
     def train_batch(self, seed: int, step: int, batch_size: int,
                     rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows `rows` of step `step`'s global batch of random windows (seeded by seed, step)."""
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        starts = torch.randint(0, len(self.train) - self.seq_len, (batch_size,), generator=g)
+        rng = np.random.Generator(np.random.PCG64(batch_seed(seed, step)))
+        starts = torch.from_numpy(rng.integers(0, len(self.train) - self.seq_len, batch_size))
         return self._windows(self.train, starts[rows])
 
     def val_batches(self, n_batches: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -13,7 +13,14 @@ A routed layer l with capacity c on a sequence of T tokens:
 Top-k is not causal: whether token i is routed depends on later tokens' scores. For sampling
 (sec. 3.5) each routed layer learns a per-token decision: `aux_loss` (BCE of the router logit
 against top-k membership, added to the LM loss) or `predictor` (a small MLP on stop-gradient
-inputs, trained with its own BCE). routing="causal" routes token i iff that logit is > 0.
+inputs, trained with its own BCE). routing="causal" routes token i iff that logit passes the
+layer's `threshold` buffer: 0 (`threshold: zero`), or calibrated (modexp/calibrate.py) so that
+the causal routed fraction equals the layer's capacity. A plain BCE classifier on 12.5%
+positives is rewarded for saying "skip", so at logit > 0 it under-routes.
+
+The router and predictor draw their initial weights from generators of their own (seeded from
+the run seed), never from the global stream: the LM's weights are the same whatever the
+predictor's settings, and a MoD model's shared weights are those of the vanilla model.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from modexp.flops import routed_k
 from modexp.spec import ModVariant
@@ -42,7 +50,7 @@ class RouteInfo:
     valid: Tensor | None  # (B, k) bool, causal mode only: False marks a padding slot
     n_routed: Tensor  # scalar int64: tokens that ran the block
     member: Tensor | None  # (B, T) float 0/1 top-k membership: the BCE target
-    decision: Tensor | None  # (B, T) bool: the causal decision (logit > 0)
+    decision: Tensor | None  # (B, T) bool: the causal decision (logit > threshold)
     aux_loss: Tensor | None  # router-logit BCE (causal: aux_loss)
     predictor_loss: Tensor | None  # predictor BCE (causal: predictor)
 
@@ -57,11 +65,28 @@ class RoutedLayer(nn.Module):
         if self.random is not None:  # the control: no router, no predictor, gate 1
             self.router = self.predictor = None
             return
-        self.router = nn.Linear(d_model, 1, bias=False)  # own router per layer (not shared)
+        # skip_init: no draw from the global RNG here; init_weights fills them from own streams
+        self.router = skip_init(nn.Linear, d_model, 1, bias=False)  # own router per layer
         self.predictor = None
         if variant.causal == "predictor":  # d -> h -> 1 with biases, as flops.py counts it
             h = variant.predictor_hidden
-            self.predictor = nn.Sequential(nn.Linear(d_model, h), nn.GELU(), nn.Linear(h, 1))
+            self.predictor = nn.Sequential(skip_init(nn.Linear, d_model, h), nn.GELU(),
+                                           skip_init(nn.Linear, h, 1))
+        # Route iff decision logit > threshold: a buffer, so checkpoints and decoding carry it;
+        # set by calibrate.py (never by a gradient), or kept at 0 for `threshold: zero`.
+        self.register_buffer("threshold", torch.zeros(()))
+        self.calibrating: list[Tensor] | None = None  # calibrate.py: per-batch thresholds
+
+    @torch.no_grad()
+    def init_weights(self, router_gen: torch.Generator, predictor_gen: torch.Generator) -> None:
+        """N(0, 0.02) weights (GPT-2), zero biases, each from its own generator."""
+        if self.router is None:  # random routing: nothing learned to initialise
+            return
+        nn.init.normal_(self.router.weight, 0.0, 0.02, generator=router_gen)
+        if self.predictor is not None:
+            for lin in (self.predictor[0], self.predictor[2]):
+                nn.init.normal_(lin.weight, 0.0, 0.02, generator=predictor_gen)
+                nn.init.zeros_(lin.bias)
 
     def forward(self, x: Tensor, block: Block, pos: Tensor, routing: str = "topk",
                 cache: KVCache | None = None) -> tuple[Tensor, RouteInfo]:
@@ -87,10 +112,17 @@ class RoutedLayer(nn.Module):
             raise ValueError("routing='causal' needs a causal method; this MoD variant has "
                              "causal: none (use causal: aux_loss or predictor)")
         pred = self._predictor_logits(x)
-        decision = (r if pred is None else pred) > 0  # (B, T): route iff logit > 0
+        decision = self._decide(r if pred is None else pred, k / x.size(1))  # (B, T)
         out, idx, valid = self._run_causal(x, block, pos, r, decision, cache)
         member = membership(topk_positions(r, k), r)  # what top-k would have done, for stats
         return out, self._info(x, r, member, idx, valid, decision.sum(), pred, decision)
+
+    def _decide(self, logit: Tensor, frac: float) -> Tensor:
+        """Route iff logit > threshold; while calibrating, first set it on this batch."""
+        if self.calibrating is not None:  # the (1 - frac) quantile of this batch's logits
+            self.calibrating.append(quantile_threshold(logit.detach().float(), frac))
+            return logit > self.calibrating[-1]
+        return logit > self.threshold
 
     def _run_topk(self, x: Tensor, block: Block, pos: Tensor, r: Tensor, idx: Tensor) -> Tensor:
         """Gather the k tokens of each row, run the block on them, add g(r) * f back."""
@@ -145,32 +177,34 @@ class RoutedLayer(nn.Module):
 
     # ------------------------------------------------------------ decoding (modexp/decode.py)
     def decider(self) -> Callable[[Tensor], bool]:
-        """Batch-1 decode: x (1, 1, d) -> does this token route here (decision logit > 0)?
+        """Batch-1 decode: x (1, 1, d) -> does this token route here (logit > threshold)?
 
-        The weights are bound once per generation (they are fixed there), and the products are
-        matrix-vector ones: at one token per step, module and parameter look-ups and F.linear's
-        fixed cost would take longer than the arithmetic, at every routed layer and token.
+        The weights and the threshold are bound once per generation (they are fixed there),
+        and the products are matrix-vector ones: at one token per step, module and parameter
+        look-ups and F.linear's fixed cost would take longer than the arithmetic.
         """
+        thr = float(self.threshold)  # a host float: the comparison costs no op
         if self.predictor is None:
             w = self.router.weight[0]  # (d,)
-            return lambda x: float(torch.dot(w, x.view(-1))) > 0
+            return lambda x: float(torch.dot(w, x.view(-1))) > thr
         first, last = self.predictor[0], self.predictor[2]
         w1, b1, w2 = first.weight, first.bias, last.weight[0]  # (h, d), (h,), (h,)
-        neg_b2 = -float(last.bias.detach())  # compared on the host: no op for the bias
-        return lambda x: float(torch.dot(w2, F.gelu(torch.addmv(b1, w1, x.view(-1))))) > neg_b2
+        bound = thr - float(last.bias.detach())  # compared on the host: no op for the bias
+        return lambda x: float(torch.dot(w2, F.gelu(torch.addmv(b1, w1, x.view(-1))))) > bound
 
     def batch_decider(self) -> Callable[[Tensor], Tensor]:
-        """Batch decode: x (B, 1, d) -> (B,) bool, route iff its decision logit > 0; weights bound.
+        """Batch decode: x (B, 1, d) -> (B,) bool, route iff logit > threshold; weights bound.
 
         The decision logit is the predictor's, else the router's, by the same F.linear calls
         forward's modules make (so the same logits), without their look-ups.
         """
+        thr = float(self.threshold)
         if self.predictor is None:
             w = self.router.weight  # (1, d); fp32 like _router_logits
-            return lambda x: F.linear(x.float(), w)[:, 0, 0] > 0
+            return lambda x: F.linear(x.float(), w)[:, 0, 0] > thr
         first, last = self.predictor[0], self.predictor[2]
         w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias  # (h, d), (h,), (1, h), (1,)
-        return lambda x: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)[:, 0, 0] > 0
+        return lambda x: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)[:, 0, 0] > thr
 
     def step_update(self, x: Tensor, block: Block, angles, cache: KVCache) -> Tensor:
         """g(r) * f (n, 1, d) for decode tokens x (n, 1, d) that route here, via the cache."""
@@ -203,10 +237,20 @@ class RoutedLayer(nn.Module):
         return g.unsqueeze(-1) * f
 
     def _predictor_logits(self, x: Tensor) -> Tensor | None:
-        """Predictor logits (B, T) on stop-gradient x (it must not shape the trunk), or None."""
+        """Predictor logits (B, T) on stop-gradient x (it must not shape the trunk), or None.
+
+        fp32 even under autocast, as the router: bf16 logits tie, and a calibrated threshold
+        among ties would route a fraction far from the capacity.
+        """
         if self.predictor is None:
             return None
-        return self.predictor(x.detach()).squeeze(-1)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.predictor(x.detach().float()).squeeze(-1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints from before the threshold buffer existed load with threshold 0."""
+        state_dict.setdefault(prefix + "threshold", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _info(self, x: Tensor, r: Tensor, member: Tensor | None, idx: Tensor,
               valid: Tensor | None, n_routed: Tensor, pred: Tensor | None = None,
@@ -215,11 +259,11 @@ class RoutedLayer(nn.Module):
         aux = ploss = None
         if self.causal == "aux_loss":
             aux = F.binary_cross_entropy_with_logits(r.float(), member)
-            decision = r > 0 if decision is None else decision
+            decision = r > self.threshold if decision is None else decision
         elif self.causal == "predictor":
             pred = self._predictor_logits(x) if pred is None else pred
             ploss = F.binary_cross_entropy_with_logits(pred.float(), member)
-            decision = pred > 0 if decision is None else decision
+            decision = pred > self.threshold if decision is None else decision
         return RouteInfo(idx, valid, n_routed, member, decision, aux, ploss)
 
 
@@ -258,6 +302,30 @@ def topk_positions(r: Tensor, k: int) -> Tensor:
 def membership(idx: Tensor, like: Tensor) -> Tensor:
     """(B, T) float 1.0 where a row's position is in its top-k set; row by row (dim 1)."""
     return torch.zeros_like(like, dtype=torch.float32).scatter_(1, idx, 1.0)
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A seed for a named random stream of a run (numpy SeedSequence of the seed and the name).
+
+    32 bits: torch's CPU generator keeps only the low 32 bits of any seed it is given.
+    """
+    import numpy as np
+
+    words = [seed % 2**64, *stream.encode()]  # entropy words: the name keeps streams apart
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint32)[0])
+
+
+def quantile_threshold(logit: Tensor, frac: float) -> Tensor:
+    """Scalar t with round(frac * n) of the n logits above it: the midpoint of the two order
+    statistics around that count (ties aside), so `logit > t` routes the fraction frac."""
+    flat = logit.flatten()
+    n = min(max(round(frac * flat.numel()), 0), flat.numel())
+    top = flat.topk(min(n + 1, flat.numel())).values  # descending
+    if n == 0:
+        return top[0] + 1.0  # nothing routes
+    if n == flat.numel():
+        return top[-1] - 1.0  # everything routes
+    return (top[n - 1] + top[n]) / 2
 
 
 def flat_index(idx: Tensor, T: int) -> Tensor:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modexp.mod import RoutedLayer, route_losses, route_stats
+from modexp.mod import RoutedLayer, route_losses, route_stats, stream_seed
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
 
 if TYPE_CHECKING:  # the cache lives with the decoder; the model only passes it through
@@ -182,8 +182,9 @@ class Transformer(nn.Module):
     def _init_weights(self) -> None:
         # GPT-2 (Radford et al. 2019): N(0, 0.02); residual projections scaled by 1/sqrt(2L)
         # so the residual stream's variance does not grow with depth.
+        routing = set(self.routers.modules())  # drawn from their own streams, below
         for mod in self.modules():
-            if isinstance(mod, (nn.Linear, nn.Embedding)):
+            if isinstance(mod, (nn.Linear, nn.Embedding)) and mod not in routing:
                 nn.init.normal_(mod.weight, mean=0.0, std=0.02)
                 if getattr(mod, "bias", None) is not None:
                     nn.init.zeros_(mod.bias)
@@ -191,6 +192,18 @@ class Transformer(nn.Module):
         for block in self.blocks:
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=resid_std)
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=resid_std)
+        # Routers and predictors: own generators seeded from the run seed (torch.manual_seed
+        # before building), so the global stream (the LM's init) is the vanilla model's, and
+        # no predictor setting moves a router's or the LM's weights.
+        seed = torch.initial_seed()
+        gens = [torch.Generator().manual_seed(stream_seed(seed, s)) for s in ("router", "predictor")]
+        for router in self.routers.values():
+            router.init_weights(*gens)
+
+    def predictor_parameters(self) -> list[nn.Parameter]:
+        """The causal predictors' parameters: trained apart from the LM (own optimiser, clip)."""
+        return [p for r in self.routers.values() if r.predictor is not None
+                for p in r.predictor.parameters()]
 
     def layers(self) -> list[tuple[Block, RoutedLayer | None]]:
         """Each layer's block and its router (None for a dense layer), in order."""

@@ -7,12 +7,14 @@ one size from a run, a results folder or a spec (resolve, for `modexp bench`). D
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from modexp.decode import generate
+from modexp.routing_check import RoutingCheck, check_routing
 from modexp.spec import SpecError
 
 
@@ -29,6 +31,8 @@ class SampleResult:
     routed_frac: dict[int, float]  # routed layer -> fraction of decoded tokens routed there
     tokens_per_s: float  # decode steps only
     seconds: float  # prefill + decode
+    routing: RoutingCheck | None = None  # MoD: fractions vs capacity, FLOP ratio there
+    warnings: list[str] = field(default_factory=list)  # e.g. generation past the trained seq_len
 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
@@ -71,14 +75,26 @@ def encode_prompt(text: str, vocab: int, codec) -> list[int]:
     return ids
 
 
-def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int = 200,
+def escape_controls(text: str) -> str:
+    """Control characters (other than newline and tab) as escapes, e.g. \\x1b: a sampled
+    byte must not move the cursor, clear the screen or recolour the terminal."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc"
+                   else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = None,
                temperature: float = 0.8, top_k: int | None = None, seed: int = 0,
                device: str = "auto") -> SampleResult:
-    """Continue a prompt with a run's checkpoint (causal routing for MoD); text and routing."""
+    """Continue a prompt with a run's checkpoint (causal routing for MoD); text and routing.
+
+    max_new_tokens None: up to the trained seq_len (prompt included). Past it, RoPE positions
+    and routing decisions were never trained: generation goes on, with a warning.
+    """
     from modexp.device import resolve_device
 
     device = resolve_device(device)
-    bad = [m for ok, m in ((max_new_tokens >= 1, "--max-new-tokens: must be at least 1"),
+    bad = [m for ok, m in ((max_new_tokens is None or max_new_tokens >= 1,
+                            "--max-new-tokens: must be at least 1"),
                            (temperature >= 0, "--temperature: must be >= 0 (0 = greedy)"),
                            (top_k is None or top_k >= 1, "--top-k: must be at least 1"))
            if not ok]
@@ -93,27 +109,38 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int = 200,
 
     codec = run_codec(run)
     ids = encode_prompt(prompt, plan["vocab"], codec)
-    g = generate(model, torch.tensor([ids], device=device), max_new_tokens, temperature,
-                 top_k, seed)
+    seq_len = spec["data"]["seq_len"]
+    n = max_new_tokens if max_new_tokens is not None else max(1, seq_len - len(ids))
+    warnings = []
+    if len(ids) + n > seq_len:
+        warnings.append(f"prompt ({len(ids)}) + new tokens ({n}) = {len(ids) + n} passes the "
+                        f"trained seq_len {seq_len}: positions beyond it (RoPE, routing "
+                        "decisions) were never trained")
+    g = generate(model, torch.tensor([ids], device=device), n, temperature, top_k, seed)
     new = g.tokens[0, len(ids):].tolist()
     text = codec.decode(new)
     routed_layers = [i for i, (_, r) in enumerate(model.layers()) if r is not None]
-    return SampleResult(plan["run_id"], plan["kind"], step, prompt, text, new,
+    check = None
+    if routed_layers and g.routed_frac():
+        check = check_routing(model.cfg, model.variant, plan["vocab"], seq_len, g.routed_frac(),
+                              len(ids), g.decode_steps)
+    return SampleResult(plan["run_id"], plan["kind"], step, prompt, escape_controls(text), new,
                         dict(zip(routed_layers, g.routed_frac())), g.decode_tokens_per_s,
-                        g.prefill_s + g.decode_s)
+                        g.prefill_s + g.decode_s, check, warnings)
 
 
 def print_sample(res: SampleResult, console) -> None:
     """The continuation, then one line of routing statistics (rich console)."""
     from rich.text import Text
 
-    console.print(Text(res.prompt, style="dim") + Text(res.text))
+    console.print(Text(escape_controls(res.prompt), style="dim") + Text(res.text))
     stats = (f"{res.run_id} (step {res.step}): {len(res.tokens)} tokens, "
              f"{res.tokens_per_s:,.0f} tok/s")
-    if res.routed_frac:
-        fr = ", ".join(f"L{i} {f:.1%}" for i, f in res.routed_frac.items())
-        stats += f"; routed (causal decision) per layer: {fr}"
+    if res.routing is not None:
+        stats += f"; {res.routing.summary()}"
     console.print(stats, style="cyan", highlight=False)
+    for w in res.warnings:
+        console.print(f"warning: {w}", style="yellow", highlight=False)
 
 
 # ---------------------------------------------------------------- both kinds of one size (bench)

@@ -149,6 +149,11 @@ class ModVariant(_Strict):
     """Weight of the router BCE loss (causal: aux_loss) added to the LM loss."""
     predictor_hidden: int = Field(64, ge=1)
     """Hidden width of the causal predictor MLP (causal: predictor)."""
+    predictor_lr: float | None = Field(None, gt=0)
+    """Peak learning rate of the predictors' own AdamW (same schedule as the LM); default train.lr."""
+    threshold: Literal["calibrated", "zero"] = "calibrated"
+    """Causal decision: logit > a per-layer threshold calibrated so the causal pass routes the
+    capacity fraction of training tokens (calibrated), or logit > 0 (zero: under-routes)."""
     router: Literal["learned", "random"] = "learned"
     """`learned`: top-k of a learned router. `random`: the paper's stochastic-routing control
     (fig. 3): k tokens per sequence uniformly at random, gate 1, no router or predictor; its
@@ -156,7 +161,8 @@ class ModVariant(_Strict):
 
     @model_validator(mode="after")
     def _random_takes_no_router_settings(self):
-        unused = sorted({"causal", "gate", "aux_loss_weight", "predictor_hidden"} & self.model_fields_set)
+        unused = sorted({"causal", "gate", "aux_loss_weight", "predictor_hidden", "predictor_lr",
+                         "threshold"} & self.model_fields_set)
         if self.router == "random" and unused:
             raise ValueError(f"router: random has no router, gate or predictor; remove {', '.join(unused)}")
         return self
@@ -241,7 +247,8 @@ class ExperimentSpec(_Strict):
     name: str = Field(max_length=200)
     """Results go to results/<name>/: one folder name (letters, digits, '_', '.', '-'; not
     starting with '.' or '-', so never '..' or a hidden or option-like name)."""
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field([0], min_length=1)
+    """Each seed fixes init and data order; 0 <= seed < 2**32 (data.batch_seed)."""
     data: DataConfig = DataConfig()
     flops: FlopsConfig = FlopsConfig()
     budgets: list[Budget] = Field(min_length=1)

@@ -62,13 +62,25 @@ def _one(run_dir: Path, plan: dict) -> dict:
             "progress": flops / plan["total_flops"],
             "final_eval_loss": summary.get("final_eval_loss"),
             "final_eval_loss_causal": summary.get("final_eval_loss_causal"),
+            "routed_frac_causal": summary.get("routed_frac_causal"),
+            "capacity": summary.get("routed_frac_topk"),  # per routed layer, k/T
             "error": "; ".join(problems) or summary.get("error") or note.get("error")}
+
+
+def _routed(r: dict) -> str:
+    """Causal routed fraction per layer vs capacity; '!' marks a layer > 2 points off."""
+    fracs, caps = r.get("routed_frac_causal"), r.get("capacity")
+    if not fracs or not caps or len(fracs) != len(caps):
+        return ""
+    return " ".join(f"{f:.1%}/{c:.1%}" + ("[red]![/]" if abs(f - c) > 0.02 else "")
+                    for f, c in zip(fracs, caps))
 
 
 def print_status(rows: list[dict], console: Console) -> None:
     """A rich table of the sweep."""
     t = Table(title="sweep status")
-    for col in ("run id", "state", "steps", "FLOPs done", "eval loss", "causal loss", "error"):
+    for col in ("run id", "state", "steps", "FLOPs done", "eval loss", "causal loss",
+                "routed causal/capacity", "error"):
         t.add_column(col)
     colour = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow",
               "corrupt": "red"}
@@ -76,5 +88,6 @@ def print_status(rows: list[dict], console: Console) -> None:
         fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
         t.add_row(r["run_id"], f"[{colour.get(r['state'], 'white')}]{r['state']}[/]",
                   f"{r['step']}/{r['steps']}", f"{100 * r['progress']:.0f}%",
-                  fmt(r["final_eval_loss"]), fmt(r["final_eval_loss_causal"]), r["error"] or "")
+                  fmt(r["final_eval_loss"]), fmt(r["final_eval_loss_causal"]), _routed(r),
+                  r["error"] or "")
     console.print(t)

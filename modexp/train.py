@@ -20,7 +20,9 @@ import torch
 import torch.distributed as dist
 
 from modexp import checkpoint
+from modexp.calibrate import calibrate_thresholds
 from modexp.data import TokenData
+from modexp.optim import make_optimizer, make_predictor_optimizer, split_params
 from modexp.plan import RunPlan
 from modexp.spec import TrainConfig
 
@@ -76,13 +78,6 @@ def split_batch(batch_size: int, micro_batch_size: int | None, world: int) -> tu
     return micro, per_rank // micro
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not norms, biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -108,10 +103,14 @@ class Trainer:
         self.raw = model.to(ctx.device)
         if ctx.device.type == "cuda":  # summary's peak_mem_bytes: this run's, not the sweep's
             torch.cuda.reset_peak_memory_stats(ctx.device)
+        self.lm_params, self.pred_params = split_params(self.raw)
         self.opt = make_optimizer(self.raw, cfg, ctx.device)
+        self.pred_opt = make_predictor_optimizer(self.raw, cfg, ctx.device)
         warm = plan.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, plan.steps, warm, cfg.min_lr))
+        sched = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+            opt, lambda s: lr_factor(s, plan.steps, warm, cfg.min_lr))
+        self.sched = sched(self.opt)
+        self.pred_sched = sched(self.pred_opt) if self.pred_opt is not None else None
         self.ddp = self._ddp(self.raw)
         # compile outside DDP: Dynamo then splits graphs at DDP's buckets, so gradient
         # all-reduce overlaps the backward; no_sync stays on self.ddp (run eagerly, not traced)
@@ -136,6 +135,8 @@ class Trainer:
                  "sched": self.sched.state_dict(), "step": self.step, "wall_time": wall,
                  "cpu_rng": torch.get_rng_state(), "run_id": self.plan.run_id,
                  "last_eval": self.last_eval}
+        if self.pred_opt is not None:
+            state |= {"pred_opt": self.pred_opt.state_dict(), "pred_sched": self.pred_sched.state_dict()}
         if self.ctx.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
         checkpoint.save(state, self.ckpt_path)
@@ -152,6 +153,9 @@ class Trainer:
         self.raw.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
+        if self.pred_opt is not None:
+            self.pred_opt.load_state_dict(state["pred_opt"])
+            self.pred_sched.load_state_dict(state["pred_sched"])
         torch.set_rng_state(state["cpu_rng"])
         if "cuda_rng" in state and self.ctx.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.ctx.device)
@@ -197,11 +201,17 @@ class Trainer:
                 (out.loss / self.accum).backward()
             _accumulate(sums, out, self.accum)
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), clip)
+        # Two clips: the LM's norm is its own (the predictors' never scales the LM's step)
+        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.lm_params, clip)
         sums["lr"] = torch.tensor(self.sched.get_last_lr()[0])
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
+        opts = [(self.opt, self.sched)]
+        if self.pred_opt is not None:
+            sums["predictor_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.pred_params, clip)
+            opts.append((self.pred_opt, self.pred_sched))
+        for opt, sched in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
         self.step += 1
         return sums
 
@@ -212,8 +222,10 @@ class Trainer:
         self.raw.eval()
         # eval_batches x batch_size sequences, chunked to fit: the same set for every run
         batches = self.data.val_batches(self.cfg.eval_batches * self.cfg.batch_size // self.micro, self.micro)
+        thresholds = self._calibrate()  # first: both passes score the decision at its threshold
         row = _eval_pass(self.raw, batches, "topk", self.ctx, self._autocast)
         if row.pop("causal_ok"):
+            row["threshold"] = thresholds
             causal = _eval_pass(self.raw, batches, "causal", self.ctx, self._autocast)
             row |= {"eval_loss_causal": causal["eval_loss"],
                     "routed_frac_causal": causal["routed_frac"],
@@ -223,6 +235,21 @@ class Trainer:
             row |= {f"{k}_causal": v for k, v in causal.items() if k.startswith("predictor_")}
         self.raw.train()
         return row
+
+    def _calibrate(self) -> list[float]:
+        """Decision thresholds at capacity (calibrate.py), on the causal pass over the training
+        batches of the last eval_batches steps: training tokens, a pure function of (seed, step),
+        the same on every rank. `threshold: zero` keeps them at 0. Returns them per layer."""
+        variant = getattr(self.raw, "variant", None)
+        if getattr(variant, "causal", "none") == "none" or getattr(variant, "router", "") == "random":
+            return []  # nothing decides: no causal method, or random routing (Bernoulli)
+        if variant.threshold == "calibrated":
+            B, m = self.cfg.batch_size, self.micro
+            batches = (self.data.train_batch(self.plan.seed, s, B, slice(i, i + m))[0].to(self.ctx.device)
+                       for s in range(max(0, self.step - self.cfg.eval_batches), self.step)
+                       for i in range(0, B, m))
+            calibrate_thresholds(self.raw, batches, self._autocast)
+        return [float(r.threshold) for _, r in self.raw.layers() if r is not None]
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -266,7 +293,8 @@ class Trainer:
         """
         if self.ctx.world == 1:
             return sums, bad
-        keys = [k for k in sums if k not in ("grad_norm", "lr")]  # already equal on every rank
+        same = ("grad_norm", "predictor_grad_norm", "lr")  # already equal on every rank
+        keys = [k for k in sums if k not in same]
         parts = [sums[k].float().reshape(-1) for k in keys]
         flat = torch.cat(parts + [bad.float().reshape(1).to(parts[0].device)])
         dist.all_reduce(flat)
@@ -287,7 +315,8 @@ class Trainer:
         return {"kind": "train", **self._position(), "train_loss": vals["loss"],
                 "lm_loss": vals["lm_loss"], "aux_loss": vals.get("aux_loss"),
                 "predictor_loss": vals.get("predictor_loss"), "lr": vals["lr"],
-                "grad_norm": vals["grad_norm"], "routed_frac": routed,
+                "grad_norm": vals["grad_norm"], "predictor_grad_norm": vals.get("predictor_grad_norm"),
+                "routed_frac": routed,
                 "wall_time": wall, "tokens_per_s": tok_s}
 
     def _summary(self, last_eval: dict, wall: float) -> dict:
@@ -297,7 +326,11 @@ class Trainer:
                 "final_eval_loss_causal": last_eval.get("eval_loss_causal"),
                 "predictor_acc": last_eval.get("predictor_acc"),
                 "predictor_acc_causal": last_eval.get("predictor_acc_causal"),
+                "predictor_precision_causal": last_eval.get("predictor_precision_causal"),
+                "predictor_recall_causal": last_eval.get("predictor_recall_causal"),
                 "routed_frac_causal": last_eval.get("routed_frac_causal"),
+                "routed_frac_topk": last_eval.get("routed_frac_topk"),  # = each layer's k/T
+                "threshold": last_eval.get("threshold"),
                 "wall_time": wall, "tokens_per_s": p.tokens / max(wall, 1e-9),
                 **peak_memory(self.ctx.device)}
 

@@ -55,3 +55,24 @@ def test_missing_or_empty_source(tmp_path, make):
         path.write_bytes(b"")
     with pytest.raises(SourceError, match="corpus.txt"):
         resolve_source(str(path))
+
+
+def test_batch_seeds_never_collide_across_seeds_and_steps():
+    """(seed, step) -> its own batch for any planned step count: the pairs that the old
+    seed * 1_000_003 + step seeding (and any seed * 2**32 + step into torch's generator,
+    which keeps 32 bits) mapped to one batch now differ."""
+    from modexp.data import batch_seed
+
+    data = TokenData("builtin:pystdlib", seq_len=16, val_fraction=0.05)
+    for (s1, t1), (s2, t2) in [((0, 1_000_003), (1, 0)), ((0, 5), (1, 5)),
+                               ((3, 2**31), (3 + 2**31 // 1_000_003, 2**31 % 1_000_003))]:
+        a, b = data.train_batch(s1, t1, 8), data.train_batch(s2, t2, 8)
+        assert not torch.equal(a[0], b[0])
+    pairs = [(s, t) for s in range(4) for t in (0, 1, 999_999, 1_000_003, 2**32 - 1)]
+    starts = {tuple(np.random.Generator(np.random.PCG64(batch_seed(s, t))).integers(0, 2**62, 2))
+              for s, t in pairs}
+    assert len(starts) == len(pairs)
+    with pytest.raises(ValueError, match="seed"):
+        batch_seed(0, 2**32)
+    with pytest.raises(ValueError, match="seed"):
+        batch_seed(-1, 0)

@@ -317,3 +317,79 @@ def test_topk_mode_compiles_without_graph_breaks():
 def test_membership_is_per_row():
     idx = torch.tensor([[0, 2], [1, 3]])
     assert membership(idx, torch.zeros(2, 4)).tolist() == [[1, 0, 1, 0], [0, 1, 0, 1]]
+
+
+# ---------------------------------------------------------------- the predictor apart from the LM
+def test_routing_init_draws_nothing_from_the_lms_random_stream():
+    """Routers and predictors come from their own generators: after building, the global RNG
+    is where the vanilla model leaves it, and the LM's weights ignore predictor settings."""
+    states, nets = [], []
+    for variant in (VANILLA, mod(), mod(predictor_hidden=7), mod(causal="aux_loss")):
+        nets.append(make(cfg(n_layers=4), variant, seed=5))
+        states.append(torch.get_rng_state())
+    assert all(torch.equal(s, states[0]) for s in states[1:])
+    vanilla = nets[0].state_dict()
+    for net in nets[1:]:  # every shared weight is the vanilla model's, bit for bit
+        assert all(torch.equal(vanilla[k], v) for k, v in net.state_dict().items() if k in vanilla)
+    a, b = nets[1].state_dict(), nets[2].state_dict()  # predictor width differs
+    assert all(torch.equal(a[k], b[k]) for k in a if ".predictor." not in k)
+    again = make(cfg(n_layers=4), mod(), seed=5).state_dict()  # and the seed fixes them all
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    other = make(cfg(n_layers=4), mod(), seed=6).state_dict()
+    assert not torch.equal(a["routers.1.predictor.0.weight"], other["routers.1.predictor.0.weight"])
+
+
+def test_predictor_parameters_are_exactly_the_predictors():
+    net = make(cfg(n_layers=4), mod())
+    names = {n for n, p in net.named_parameters()
+             if any(p is q for q in net.predictor_parameters())}
+    assert names == {f"routers.{i}.predictor.{j}.{w}" for i in (1, 3) for j in (0, 2)
+                     for w in ("weight", "bias")}
+    assert make(cfg(), mod(causal="aux_loss")).predictor_parameters() == []
+
+
+def test_calibrated_thresholds_route_the_capacity_and_leave_the_lm_alone():
+    """Layer by layer on the causal pass, each routed layer routes k/T of the calibration
+    tokens; only the threshold buffers change (no parameter, no random draw)."""
+    from modexp.calibrate import calibrate_thresholds
+
+    for variant in (mod(capacity=0.25, route_every=1), mod(capacity=0.25, causal="aux_loss")):
+        net = make(cfg(n_layers=4), variant)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        idx, rng = tokens(8, 32), torch.get_rng_state()
+        thresholds = calibrate_thresholds(net, [idx])
+        assert torch.equal(torch.get_rng_state(), rng)
+        after = net.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith("threshold"))
+        assert [float(after[f"routers.{i}.threshold"]) for i in net.routers] == thresholds
+        assert all(t != 0 for t in thresholds)
+        with torch.no_grad():
+            out = net(idx, routing="causal")
+        frac = out.stats["routed"].float() / out.stats["tokens"]  # k/T = 8/32 per layer
+        torch.testing.assert_close(frac, torch.full_like(frac, 0.25), atol=1 / 256, rtol=0)
+
+
+@pytest.mark.parametrize("causal", ["predictor", "aux_loss"])
+def test_decode_deciders_compare_against_the_threshold(causal):
+    """decider (batch 1) and batch_decider decide as forward does: logit > threshold."""
+    layer = routed(make(cfg(), mod(causal=causal)), 1)
+    x = torch.randn(64, 1, 32)
+    logit = (layer._predictor_logits(x) if causal == "predictor" else layer._router_logits(x))[:, 0]
+    with torch.no_grad():
+        layer.threshold.fill_(float(logit.median()))
+    expected = logit > layer.threshold
+    clear = (logit - layer.threshold).abs() > 1e-4  # away from float rounding at the boundary
+    one, batch = layer.decider(), layer.batch_decider()
+    with torch.no_grad():  # as in generate (inference mode)
+        assert [one(x[i:i + 1]) for i in range(64) if clear[i]] == expected[clear].tolist()
+        assert torch.equal(batch(x)[clear], expected[clear])
+    assert expected.any() and not expected.all()
+
+
+def test_checkpoints_without_a_threshold_load_at_zero():
+    net = make(cfg(), mod())
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("threshold")}
+    fresh = make(cfg(), mod())
+    fresh.routers["1"].threshold.fill_(3.0)
+    fresh.load_state_dict(state)
+    assert float(fresh.routers["1"].threshold) == 0.0

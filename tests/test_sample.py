@@ -223,3 +223,48 @@ def test_sample_command_prints_the_continuation_and_routing(tmp_path):
     bad = CliRunner().invoke(app, ["sample", str(tmp_path / "nope"), "--prompt", "x"])
     assert bad.exit_code == 2 and "not a run folder" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_cached_decode_uses_the_decision_threshold():
+    """Predictor logits shifted up by 50 and a threshold of 50: the same routing as the rigged
+    model, in the full causal forward and in cached decoding alike (decoding at logit > 0
+    would route every token)."""
+    net, idx = rigged(VARIANTS["predictor"]), tokens(2, 24, seed=4)
+    with torch.no_grad():
+        for layer in net.routers.values():
+            layer.predictor[2].bias += 50.0
+            layer.threshold.fill_(50.0)
+    full, decisions = causal_decisions(net, idx[:, :-1])
+    for P, B in ((7, 1), (7, 2)):
+        g = generate(net, idx[:B, :P], 24 - P, feed=idx[:B, P:], keep_logits=True)
+        torch.testing.assert_close(torch.stack(g.logits, 1), full[:B, P - 1:], atol=1e-5, rtol=1e-5)
+        assert g.routed.any() and not g.routed.all()
+
+
+def test_sample_length_defaults_to_the_trained_seq_len_and_warns_past_it(tmp_path):
+    run_dir = write_run(tmp_path)  # TINY: seq_len 32
+    res = sample_run(run_dir, "def f(x):", device="cpu")
+    assert len(res.tokens) == 32 - len("def f(x):") and res.warnings == []
+    assert res.routing is not None and res.routing.capacity == [0.25]
+    assert res.routing.flop_ratio > 1 and list(res.routed_frac) == res.routing.layers == [1]
+    long = sample_run(run_dir, "def f(x):", max_new_tokens=30, device="cpu")
+    assert len(long.tokens) == 30 and "seq_len 32" in long.warnings[0]
+
+
+def test_control_bytes_are_printed_escaped():
+    from modexp.sample import escape_controls
+
+    assert escape_controls("a\x1b[2Jb\n\tc\x00\x7f\r") == "a\\x1b[2Jb\n\tc\\x00\\x7f\\r"
+    assert escape_controls("héllo ✓") == "héllo ✓"
+
+
+def test_routing_check_flags_a_layer_off_capacity():
+    from modexp.routing_check import check_routing
+    from tests.conftest import TINY
+
+    spec = parse_spec(TINY)
+    model, variant = spec.models[0], spec.variants["mod"]
+    at = check_routing(model, variant, 256, 32, [0.25], 8, 16)
+    low = check_routing(model, variant, 256, 32, [0.05], 8, 16)
+    assert at.off == [] and low.off == [1] and "OFF CAPACITY" in low.summary()
+    assert low.flop_ratio > at.flop_ratio > 1  # routing less costs fewer FLOPs

@@ -52,6 +52,10 @@ def test_tiny_spec_trains_end_to_end(write_spec, tmp_path):
             assert 0 <= summary["predictor_acc"] <= 1 and 0 <= summary["predictor_acc_causal"] <= 1
             assert evals[-1]["predictor_recall_causal"] is not None
             assert train[-1]["routed_frac"] == [0.25]
+            # calibrated at every eval: a threshold per routed layer, capacity beside the fraction
+            assert summary["routed_frac_topk"] == [0.25] and len(summary["routed_frac_causal"]) == 1
+            assert all(len(r["threshold"]) == 1 and r["threshold"][0] != 0 for r in evals)
+            assert train[-1]["predictor_grad_norm"] > 0
 
 
 def test_kill_and_resume_is_bit_identical(write_spec, tmp_path):
@@ -133,3 +137,35 @@ def test_missing_data_source_is_refused_before_training(write_spec, tmp_path):
     result = runner.invoke(app, ["run", str(spec), "--results", str(tmp_path / "res")])
     assert result.exit_code == 2 and "data.source" in result.output and "nope.txt" in result.output
     assert not (tmp_path / "res").exists()  # nothing written
+
+
+def test_predictor_lr_never_touches_the_lm(write_spec, tmp_path):
+    """Two variants that differ only in predictor_lr train bit-identical LMs: the predictor's
+    gradient norm is clipped apart from the LM's, and its optimiser shares nothing with it."""
+    mod = TINY["variants"]["mod"]
+    spec = write_spec(variants={"slow": {**mod, "predictor_lr": 1e-4},
+                                "fast": {**mod, "predictor_lr": 3e-1}},
+                      train={**TINY["train"], "grad_clip": 0.05})  # a clip that bites
+    run_sweep(spec, tmp_path)
+    exp = tmp_path / "tiny"
+    slow, fast = (read_metrics(exp / f"2e9-xs-{v}-s0" / "metrics.jsonl") for v in ("slow", "fast"))
+    pick = lambda rows, kind, keys: [[r[k] for k in keys] for r in rows if r["kind"] == kind]  # noqa: E731
+    lm_keys = ["step", "lm_loss", "grad_norm", "routed_frac"]
+    assert pick(slow, "train", lm_keys) == pick(fast, "train", lm_keys)
+    assert pick(slow, "eval", ["eval_loss"]) == pick(fast, "eval", ["eval_loss"])
+    # ...while the predictors did train differently, each clipped on its own norm
+    assert pick(slow, "train", ["predictor_loss"]) != pick(fast, "train", ["predictor_loss"])
+    assert all(r["predictor_grad_norm"] > 0 for r in slow if r["kind"] == "train")
+
+
+def test_status_shows_causal_routing_against_capacity():
+    from rich.console import Console
+
+    from modexp.status import print_status
+
+    row = {"run_id": "r", "state": "done", "step": 3, "steps": 3, "progress": 1.0,
+           "final_eval_loss": 1.0, "final_eval_loss_causal": 1.01, "error": None,
+           "routed_frac_causal": [0.114, 0.05], "capacity": [0.125, 0.125]}
+    console = Console(record=True, width=200)
+    print_status([row], console)
+    assert "11.4%/12.5% 5.0%/12.5%!" in console.export_text()  # only the 7.5-point miss flagged

@@ -1,0 +1,47 @@
+"""The optimisers: one AdamW for the language model, one of their own for the causal predictors.
+
+The predictor leaves the LM untouched in every way (../shared/design/mixture-of-depths.md):
+its gradient already stops at its input; apart from that it has its own optimiser state, its
+own learning rate (`predictor_lr`) and its own gradient-norm clip (train.py), so the LM of a
+MoD variant trains bit for bit the same whatever the predictor does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modexp.spec import TrainConfig
+
+
+def split_params(model: torch.nn.Module) -> tuple[list, list]:
+    """(LM parameters, causal predictor parameters): each trained by its own optimiser."""
+    pred = model.predictor_parameters() if hasattr(model, "predictor_parameters") else []
+    ids = {id(p) for p in pred}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in ids], pred
+
+
+def _adamw(params: list, cfg: TrainConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not norms, biases)."""
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """The LM's AdamW: every parameter but the causal predictors' (make_predictor_optimizer)."""
+    return _adamw(split_params(model)[0], cfg, cfg.lr, device)
+
+
+def make_predictor_optimizer(model: torch.nn.Module, cfg: TrainConfig,
+                             device: torch.device) -> torch.optim.AdamW | None:
+    """The predictors' own AdamW at the variant's predictor_lr (default train.lr), or None.
+
+    Apart from the LM's so that nothing is shared (MoD paper sec. 3.5: the predictor leaves
+    the LM untouched): no optimiser state, no learning rate, no gradient-norm clip.
+    """
+    pred = split_params(model)[1]
+    if not pred:
+        return None
+    lr = getattr(getattr(model, "variant", None), "predictor_lr", None) or cfg.lr
+    return _adamw(pred, cfg, lr, device)
