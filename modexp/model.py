@@ -69,7 +69,10 @@ class Rotary(nn.Module):
 
     def lookup(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Tables (b, t, 1, hs) for positions pos (b, t): broadcast over heads."""
-        cos, sin = self.cos[pos].unsqueeze(2), self.sin[pos].unsqueeze(2)
+        b, t = pos.shape
+        rows = pos.reshape(-1)  # index_select: a row copy, where advanced indexing is ~10x slower
+        cos = self.cos.index_select(0, rows).view(b, t, 1, -1)
+        sin = self.sin.index_select(0, rows).view(b, t, 1, -1)
         return cos.to(dtype), sin.to(dtype)
 
 
