@@ -10,79 +10,29 @@ next to the analytic FLOP ratio it should approach, and realisation = measured /
 - peak memory of both (CUDA: allocator peak; CPU: torch's own allocations, via the profiler).
 Trained checkpoints are used when the target has them; otherwise freshly initialised models,
 whose predictor biases are set so the causal routed fraction equals the capacity (labelled).
+
+One concern per module: timing.py (interleaved timing, the training Stepper), memory.py (peak
+memory), report.py (the report's data, JSON and tables), peak.py (the machine's matmul peak);
+this module measures MoD against vanilla.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import os
 import statistics
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from modexp import flops
+from modexp.bench.memory import bench_memory
+# print_bench, report_dict, Stepper and random_batch: imported from here by the CLI and scripts
+from modexp.bench.report import BenchReport, Ratio, print_bench, report_dict  # noqa: F401
+from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: F401
 from modexp.sample import Pair, resolve
 from modexp.spec import SpecError
-
-
-# ---------------------------------------------------------------- shared timing helpers
-def sync(device: torch.device | str) -> None:
-    """Wait for queued GPU work, so wall time covers it."""
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_interleaved(fns: dict[str, Callable[[], float]], warmup: int,
-                     repeats: int) -> dict[str, list[float]]:
-    """Each fn returns its own timing; warm each up, then run them in turn `repeats` times."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    out = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            out[name].append(fn())
-    return out
-
-
-class Stepper:
-    """One model with the trainer's optimiser and a fixed batch; step() times one training step."""
-
-    def __init__(self, net: torch.nn.Module, train_cfg, batch: tuple[torch.Tensor, torch.Tensor],
-                 device: str, bf16: bool = False, compile: bool = False):
-        from modexp.train import make_optimizer  # the trainer's AdamW, as trained
-
-        self.net = net.to(device).train()
-        self.opt = make_optimizer(self.net, train_cfg, torch.device(device))
-        self.fwd = torch.compile(self.net) if compile else self.net
-        self.idx, self.targets = (t.to(device) for t in batch)
-        self.device, self.bf16 = device, bf16
-
-    def step(self) -> float:
-        """Seconds for forward + backward + AdamW step (synchronised on CUDA)."""
-        sync(self.device)
-        t0 = time.perf_counter()
-        with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.bf16):
-            out = self.fwd(self.idx, self.targets)
-        out.loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        sync(self.device)
-        return time.perf_counter() - t0
-
-
-def random_batch(vocab: int, B: int, T: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets (B, T) of seeded random tokens."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, vocab, (B, T + 1), generator=g)
-    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
 # ---------------------------------------------------------------- routing of fresh models
@@ -107,52 +57,6 @@ def calibrate_routing(net, sample: torch.Tensor) -> str:
 
 
 # ---------------------------------------------------------------- the measurements
-@dataclass
-class Ratio:
-    """One measured MoD/vanilla comparison next to its analytic FLOP ratio."""
-
-    what: str  # "decode b1", "decode b8", "train step"
-    vanilla: float  # tok/s (decode) or ms (train)
-    mod: float
-    unit: str
-    measured: float  # MoD speedup (>1: MoD faster): median over repeats of adjacent-run ratios
-    analytic: float  # vanilla FLOPs / MoD FLOPs
-    routed_frac: list[float] = field(default_factory=list)  # decode: measured, per routed layer
-    spread: tuple[float, float] = (math.nan, math.nan)  # quartiles of the per-repeat speedups
-    busy: list[float] = field(default_factory=list)  # batch > 1: steps in which some row ran
-    weight_bound: float = math.nan  # batch > 1: vanilla / MoD weights read per step (see below)
-
-    @property
-    def realisation(self) -> float:
-        """measured / analytic: 1.0 means the FLOP saving is fully realised."""
-        return self.measured / self.analytic
-
-
-@dataclass
-class Memory:
-    """Peak memory of one workload for both models, and what exactly was measured."""
-
-    what: str
-    vanilla_bytes: int
-    mod_bytes: int
-    kind: str
-
-
-@dataclass
-class BenchReport:
-    """Everything `modexp bench` measured; print with print_bench."""
-
-    target: str
-    size: str
-    weights: dict
-    routing_note: str
-    device: str
-    threads: int
-    settings: dict
-    ratios: list[Ratio] = field(default_factory=list)
-    memory: list[Memory] = field(default_factory=list)
-
-
 def _arch(pair: Pair, kind: str) -> flops.Arch:
     """flops.py's description of the pair's vanilla or MoD model."""
     return flops.arch_from_config(pair.model_cfg, pair.variants[kind], pair.spec.data.vocab)
@@ -233,76 +137,6 @@ def bench_train(pair: Pair, warmup: int, repeats: int, device: str,
                  spread=quartiles(paired)), steppers
 
 
-def quartiles(xs: list[float]) -> tuple[float, float]:
-    """First and third quartile (the spread a noisy shared machine puts on a median)."""
-    if len(xs) < 2:
-        return (xs[0], xs[0]) if xs else (math.nan, math.nan)
-    q = statistics.quantiles(xs, n=4)
-    return q[0], q[2]
-
-
-@contextmanager
-def _quiet_stderr():
-    """The profiler prints start/stop lines on the C++ stderr; keep the report clean."""
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def peak_bytes(fn: Callable[[], object], device: str, resident: int) -> tuple[int, str]:
-    """Peak bytes while fn runs: resident (already allocated) + the transient peak above it."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated(), "CUDA max_memory_allocated"
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    live = peak = 0
-    for _, n in events:  # allocations (+) and frees (-) in time order
-        live += n
-        peak = max(peak, live)
-    return resident + peak, "CPU: params (+ optimiser state) + torch's peak allocations (profiler)"
-
-
-def _state_bytes(net, opt=None) -> int:
-    """Bytes of parameters and buffers (and optimiser state) held before a workload starts."""
-    tensors = list(net.parameters()) + list(net.buffers())
-    if opt is not None:
-        tensors += [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def bench_memory(pair: Pair, prompt: torch.Tensor, new_tokens: int, device: str,
-                 steppers: dict[str, Stepper] | None) -> list[Memory]:
-    """Peak memory of one batch-1 generation and (with steppers) of one training step."""
-    from modexp.decode import generate
-
-    kinds, gens = ("vanilla", "mod"), {}
-    run = {k: lambda k=k: gens.setdefault(k, generate(pair.nets[k], prompt, new_tokens, 1.0))
-           for k in kinds}  # keep each generation: its caches are measured below
-    peaks = {k: peak_bytes(run[k], device, _state_bytes(pair.nets[k])) for k in kinds}
-    cache = {k: sum(c.nbytes for c in gens[k].caches) for k in kinds}
-    out = [Memory(f"decode b{prompt.size(0)}", peaks["vanilla"][0], peaks["mod"][0],
-                  peaks["mod"][1]),
-           Memory("  of which KV cache", cache["vanilla"], cache["mod"], "cache buffers, exact")]
-    if steppers:
-        peaks = {k: peak_bytes(s.step, device, _state_bytes(s.net, s.opt))
-                 for k, s in steppers.items()}
-        out.append(Memory("train step", peaks["vanilla"][0], peaks["mod"][0], peaks["mod"][1]))
-    return out
-
-
 def _prompts(pair: Pair, n: int, length: int, seed: int) -> tuple[torch.Tensor, str]:
     """n prompts (n, length): held-out text windows for trained models, else random tokens."""
     trained = any(w != "fresh init" for w in pair.weights.values())
@@ -364,58 +198,3 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
     return report
 
 
-# ---------------------------------------------------------------- output
-def report_dict(report: BenchReport) -> dict:
-    """Plain data (JSON-able), realisation included."""
-    d = dataclasses.asdict(report)
-    for r, obj in zip(d["ratios"], report.ratios):
-        r["realisation"] = obj.realisation
-    return d
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2 ** 20:,.1f} MiB"
-
-
-def print_bench(report: BenchReport, console) -> None:
-    """Speed table (measured vs analytic), memory table and what was measured (rich)."""
-    from rich.table import Table
-
-    t = Table(title=f"MoD vs vanilla, size {report.size} ({report.device}, "
-                    f"{report.threads} threads)")
-    for col in ("measurement", "vanilla", "MoD", "MoD speedup", "(quartiles)",
-                "analytic FLOP ratio", "realisation", "MoD routed (causal)"):
-        t.add_column(col, justify="left" if col == "measurement" else "right")
-    for r in report.ratios:
-        fmt = "{:,.0f} " + r.unit if r.unit == "tok/s" else "{:,.1f} " + r.unit
-        frac = ", ".join(f"{f:.1%}" for f in r.routed_frac) or "-"
-        t.add_row(r.what, fmt.format(r.vanilla), fmt.format(r.mod), f"{r.measured:.2f}x",
-                  f"{r.spread[0]:.2f}-{r.spread[1]:.2f}", f"{r.analytic:.2f}x",
-                  f"{r.realisation:.2f}", frac)
-    console.print(t)
-    for r in report.ratios:
-        if r.busy:
-            console.print(f"{r.what}: some row ran the routed layers in "
-                          f"{', '.join(f'{b:.0%}' for b in r.busy)} of the steps; a decoder "
-                          f"bound by weight reads (each such step reads the layer's weights) "
-                          f"gains at most {r.weight_bound:.2f}x", highlight=False)
-    if report.memory:
-        m = Table(title="peak memory")
-        for col in ("workload", "vanilla", "MoD", "MoD / vanilla", "measured as"):
-            m.add_column(col, justify="left" if col in ("workload", "measured as") else "right")
-        for row in report.memory:
-            m.add_row(row.what, _mib(row.vanilla_bytes), _mib(row.mod_bytes),
-                      f"{row.mod_bytes / row.vanilla_bytes:.2f}", row.kind)
-        console.print(m)
-    s = report.settings
-    train = (f"; training: batch {s['train_batch']} x {s['seq_len']}, median of "
-             f"{s['train_repeats']}" if any(r.unit == "ms" for r in report.ratios) else "")
-    console.print(f"weights: vanilla {report.weights['vanilla']}; MoD {report.weights['mod']}\n"
-                  f"routing: {report.routing_note}\n"
-                  f"decode: {s['prompt_len']}-token prompts ({s['prompts']}), "
-                  f"{s['new_tokens']} new tokens, temperature {s['temperature']}, median of "
-                  f"{s['repeats']} after {s['warmup']} warm-up{train}\n"
-                  "analytic: decode = flops.decode_flops of the timed steps (KV cache, causal "
-                  "attention), MoD at the measured routed fractions; training = train_flops per "
-                  "sequence",
-                  highlight=False)
