@@ -57,6 +57,8 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         shard: str = typer.Option(None, help="i/n: train every n-th selected run, starting at i."),
         retry_failed: bool = typer.Option(False, help="Retry runs that failed, from their checkpoint."),
         device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda."),
+        peak_tflops: float = typer.Option(None, min=0.0, help="Device peak TFLOP/s for MFU (default: "
+                                          "a known GPU's bf16 peak, or the CPU peak `modexp bench` cached)."),
         plot_after: bool = typer.Option(False, "--plot", help="Run `modexp plot` at the end.")) -> None:
     """Train every run of the spec, FLOP-matched and resumable; finished runs are skipped.
 
@@ -71,7 +73,8 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
     main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; unset: one process
     try:
         report = run_sweep(spec, results, only, parse_shard(shard), retry_failed, device,
-                           progress=SweepProgress(out) if main_rank else None)
+                           progress=SweepProgress(out) if main_rank else None,
+                           peak_tflops=peak_tflops)
     except SpecError as e:
         if not main_rank:  # every rank fails alike; one copy of the message is enough
             raise typer.Exit(2)

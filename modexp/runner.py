@@ -222,7 +222,7 @@ def _decide(run_dir: Path, retry_failed: bool) -> str:
 
 
 def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=False,
-              device="auto", progress=None) -> SweepReport:
+              device="auto", progress=None, peak_tflops=None) -> SweepReport:
     """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI.
 
     Under torchrun every rank calls this; rank 0 decides (locks, skips), writes and reports.
@@ -230,7 +230,7 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
     from modexp.train import setup_context, teardown_context
 
     spec, plan, runs, exp_dir, data = prepare(spec_path, results, only, shard)
-    ctx = setup_context(device)
+    ctx = setup_context(device, peak_tflops)  # peak_tflops: for MFU (None: known or measured)
     report = SweepReport(exp_dir)
     if ctx.is_main:
         write_plan_file(exp_dir, spec, plan)

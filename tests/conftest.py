@@ -32,3 +32,9 @@ def write_spec(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture(autouse=True)
+def _own_peak_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's cached matmul peak (~/.cache/modexp/peak.json)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))

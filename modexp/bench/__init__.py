@@ -12,7 +12,7 @@ Trained checkpoints are used when the target has them; otherwise freshly initial
 whose predictor biases are set so the causal routed fraction equals the capacity (labelled).
 
 One concern per module: timing.py (interleaved timing, the training Stepper), memory.py (peak
-memory), report.py (the report's data, JSON and tables), peak.py (the machine's matmul peak);
+memory), report.py (the report's data, JSON and tables);
 this module measures MoD against vanilla.
 """
 
@@ -31,6 +31,7 @@ from modexp.bench.memory import bench_memory
 # print_bench, report_dict, Stepper and random_batch: imported from here by the CLI and scripts
 from modexp.bench.report import BenchReport, Ratio, print_bench, report_dict  # noqa: F401
 from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: F401
+from modexp.peak import cached_peak
 from modexp.sample import Pair, resolve
 from modexp.spec import SpecError
 
@@ -133,8 +134,9 @@ def bench_train(pair: Pair, warmup: int, repeats: int, device: str,
     secs = time_interleaved({k: s.step for k, s in steppers.items()}, warmup, repeats)
     v, m = (1e3 * statistics.median(secs[k]) for k in ("vanilla", "mod"))
     paired = [a / b for a, b in zip(secs["vanilla"], secs["mod"])]  # adjacent steps
+    step_flops = {k: B * flops.train_flops(_arch(pair, k), T) for k in ("vanilla", "mod")}
     return Ratio("train step", v, m, "ms", statistics.median(paired), train_flop_ratio(pair, T),
-                 spread=quartiles(paired)), steppers
+                 spread=quartiles(paired), step_flops=step_flops), steppers
 
 
 def _prompts(pair: Pair, n: int, length: int, seed: int) -> tuple[torch.Tensor, str]:
@@ -160,8 +162,11 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
           prompt_len: int = 16, new_tokens: int = 128, warmup: int = 2, repeats: int = 5,
           train: bool = True, train_batch: int | None = None, train_repeats: int = 5,
           memory: bool = True, device: str = "auto", threads: int | None = None,
-          temperature: float = 1.0, seed: int = 0) -> BenchReport:
-    """Benchmark MoD against vanilla of the same size: decode, training step, peak memory."""
+          temperature: float = 1.0, seed: int = 0, peak: bool = True) -> BenchReport:
+    """Benchmark MoD against vanilla of the same size: decode, training step, peak memory.
+
+    peak: also the machine's matmul peak (cached per machine; measured once), for MFU.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if threads:
@@ -185,7 +190,8 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
                 "train_batch": train_batch or pair.spec.train.batch_size,
                 "seq_len": pair.spec.data.seq_len, "train_repeats": train_repeats}
     report = BenchReport(str(target), pair.model_cfg.name, pair.weights, note, device,
-                         torch.get_num_threads(), settings)
+                         torch.get_num_threads(), settings,
+                         peak_flops=cached_peak(device) if peak else None)
     for b in batch_sizes:
         report.ratios.append(bench_decode(pair, b, prompts[:b], new_tokens, warmup, repeats,
                                           temperature))

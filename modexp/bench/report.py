@@ -6,6 +6,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from modexp import mfu
+
+
 @dataclass
 class Ratio:
     """One measured MoD/vanilla comparison next to its analytic FLOP ratio."""
@@ -20,6 +23,7 @@ class Ratio:
     spread: tuple[float, float] = (math.nan, math.nan)  # quartiles of the per-repeat speedups
     busy: list[float] = field(default_factory=list)  # batch > 1: steps in which some row ran
     weight_bound: float = math.nan  # batch > 1: vanilla / MoD weights read per step (see below)
+    step_flops: dict = field(default_factory=dict)  # train: FLOPs per step, vanilla and mod
 
     @property
     def realisation(self) -> float:
@@ -50,6 +54,7 @@ class BenchReport:
     settings: dict
     ratios: list[Ratio] = field(default_factory=list)
     memory: list[Memory] = field(default_factory=list)
+    peak_flops: float | None = None  # the machine's measured matmul peak (modexp/peak.py)
 
 
 def report_dict(report: BenchReport) -> dict:
@@ -57,7 +62,16 @@ def report_dict(report: BenchReport) -> dict:
     d = dataclasses.asdict(report)
     for r, obj in zip(d["ratios"], report.ratios):
         r["realisation"] = obj.realisation
+        r |= step_throughput(obj, report.peak_flops)
     return d
+
+
+def step_throughput(r: Ratio, peak: float | None) -> dict:
+    """A training step's achieved FLOP/s and MFU, vanilla and MoD (empty for decode rows)."""
+    if not r.step_flops:
+        return {}
+    secs = {"vanilla": r.vanilla / 1e3, "mod": r.mod / 1e3}  # median ms per step
+    return {k: mfu.throughput_fields(r.step_flops[k], secs[k], peak) for k in secs}
 
 
 def _mib(n: int) -> str:
@@ -94,6 +108,15 @@ def print_bench(report: BenchReport, console) -> None:
             m.add_row(row.what, _mib(row.vanilla_bytes), _mib(row.mod_bytes),
                       f"{row.mod_bytes / row.vanilla_bytes:.2f}", row.kind)
         console.print(m)
+    if report.peak_flops:
+        console.print(f"matmul peak of this machine: {report.peak_flops / 1e9:,.0f} GFLOP/s "
+                      "(modexp/peak.py: best of 10 (1024, 1024) @ (1024, 1024), cached)",
+                      highlight=False)
+    for r in report.ratios:
+        for kind, t in step_throughput(r, report.peak_flops).items():
+            share = f", MFU {t['mfu']:.0%} of the matmul peak" if t["mfu"] is not None else ""
+            console.print(f"{r.what} {kind}: {t['flops_per_s'] / 1e9:,.1f} GFLOP/s{share}",
+                          highlight=False)
     s = report.settings
     train = (f"; training: batch {s['train_batch']} x {s['seq_len']}, median of "
              f"{s['train_repeats']}" if any(r.unit == "ms" for r in report.ratios) else "")
