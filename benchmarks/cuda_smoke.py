@@ -11,6 +11,12 @@ the forward matmuls, full-square attention, LM head; the MoD blocks at their cap
 says how well each variant realises the FLOPs it is charged for. Then the same steps under
 DistributedDataParallel over every visible GPU (mp.spawn, nccl), the same batch per GPU.
 Without CUDA it says so and exits 0: nothing in CI needs it. About 3-4 minutes on one H200.
+
+Checks, each printed as PASS/FAIL; any FAIL makes the exit code 1, so one run on a lent GPU
+answers pass/fail: every loss finite (no NaN/inf), MoD's step faster than vanilla's at each
+compile setting, and after the DDP steps every rank holding the same parameters as rank 0.
+The peak defaults to the device's bf16 peak from modexp/mfu.py's table (--peak-tflops if not
+listed there).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from modexp import flops  # noqa: E402
+from modexp import flops, mfu  # noqa: E402
 from modexp.model import build_model  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
 from modexp.train import make_optimizer  # noqa: E402  (the trainer's AdamW, as trained)
@@ -45,8 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="sequences per GPU (default 16; dry run 4)")
     p.add_argument("--seq-len", type=int, help="default 1024; dry run 64")
     p.add_argument("--vocab", type=int, help="default 50304; dry run 256")
-    p.add_argument("--peak-tflops", type=float, default=989.0,
-                   help="peak dense bf16 TFLOP/s of one device (H100/H200 SXM: 989)")
+    p.add_argument("--peak-tflops", type=float,
+                   help="peak dense bf16 TFLOP/s of one device (default: modexp/mfu.py's table)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation included)")
     p.add_argument("--repeats", type=int, default=10, help="timed steps")
     p.add_argument("--compile", help="compile settings to run: off, on or off,on (default; "
@@ -78,7 +84,7 @@ class Stepper:
         self.net = torch.compile(net) if compile_ else net
         tokens = torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1), device=device)
         self.x, self.y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-        self.device = device
+        self.device, self.finite = device, True
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16)  # as the trainer on CUDA
 
     def step(self) -> float:
@@ -92,7 +98,9 @@ class Stepper:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         sync()
-        return time.perf_counter() - t0
+        secs = time.perf_counter() - t0
+        self.finite &= bool(torch.isfinite(out.loss.detach()))  # after timing: a host sync
+        return secs
 
 
 def measure(stepper: Stepper, args) -> float:
@@ -121,19 +129,26 @@ def row(label: str, f: dict, mem_gib: float | None) -> str:
 HEADER = f"{'config':<26}{'step ms':>10}{'tokens/s':>13}{'TFLOP/s':>10}{'MFU':>9}{'peak GiB':>9}"
 
 
-def single_device(args, device: torch.device) -> None:
-    """Every variant x compile setting on one device."""
+def single_device(args, device: torch.device) -> list[tuple[bool, str]]:
+    """Every variant x compile setting on one device; the checks (ok, line) they pass or fail."""
     print(HEADER)
+    checks = []
     for compile_ in [c.strip() == "on" for c in args.compile.split(",")]:
+        ms = {}
         for name, variant in VARIANTS.items():
             torch._dynamo.reset()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            ms = measure(Stepper(variant, args, device, compile_), args)
+            stepper = Stepper(variant, args, device, compile_)
+            ms[name] = measure(stepper, args)
             mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-            print(row(f"{name} compile={'on' if compile_ else 'off'}", figures(name, ms, args), mem),
-                  flush=True)
+            label = f"{name} compile={'on' if compile_ else 'off'}"
+            print(row(label, figures(name, ms[name], args), mem), flush=True)
+            checks.append((stepper.finite, f"{label}: every loss finite"))
+        checks.append((ms["mod"] < ms["vanilla"], f"compile={'on' if compile_ else 'off'}: MoD "
+                       f"step {ms['mod']:.1f} ms faster than vanilla {ms['vanilla']:.1f} ms"))
+    return checks
 
 
 def _free_port() -> int:
@@ -154,22 +169,36 @@ def _ddp_worker(rank: int, world: int, port: int, args) -> None:
                             rank=rank, world_size=world)
     try:
         for name, variant in VARIANTS.items():
-            ms = measure(Stepper(variant, args, device, args.ddp_compile, ddp=True), args)
+            stepper = Stepper(variant, args, device, args.ddp_compile, ddp=True)
+            ms = measure(stepper, args)
             dist.barrier()
             if rank == 0:
                 print(row(f"{name} DDP x{world}", figures(name, ms, args, world), None), flush=True)
+            # replicas must stay identical: every rank's parameters against rank 0's
+            flat = torch.cat([p.detach().float().reshape(-1) for p in stepper.raw.parameters()])
+            ref = flat.clone()
+            dist.broadcast(ref, 0)
+            bad = torch.tensor([float((flat != ref).sum()) + (not stepper.finite)], device=device)
+            dist.all_reduce(bad)
+            if bad.item():
+                raise RuntimeError(f"{name} DDP: ranks disagree on {int(bad.item())} parameter "
+                                   "values (or a loss was not finite)")
     finally:
         dist.destroy_process_group()
 
 
-def ddp_phase(args) -> None:
+def ddp_phase(args) -> list[tuple[bool, str]]:
     """DDP over every visible GPU (dry run: 2 CPU processes), one process per device."""
     world = 2 if args.cpu_dry_run else torch.cuda.device_count()
     print(f"\nDDP over {world} {'CPU processes (gloo)' if args.cpu_dry_run else 'GPUs (nccl)'}, "
           f"{args.batch_size} sequences each, compile={'on' if args.ddp_compile else 'off'}; "
           "MFU per device")
     print(HEADER)
-    mp.spawn(_ddp_worker, args=(world, _free_port(), args), nprocs=world, join=True)
+    try:
+        mp.spawn(_ddp_worker, args=(world, _free_port(), args), nprocs=world, join=True)
+    except Exception as e:  # a rank raised: mismatch, NaN or a crash
+        return [(False, f"DDP x{world}: {str(e).strip().splitlines()[-1]}")]
+    return [(True, f"DDP x{world}: every rank's parameters equal rank 0's, losses finite")]
 
 
 def main(argv=None) -> int:
@@ -181,17 +210,28 @@ def main(argv=None) -> int:
         return 0
     device = torch.device("cpu" if args.cpu_dry_run else "cuda", None if args.cpu_dry_run else 0)
     what = "CPU dry run" if args.cpu_dry_run else torch.cuda.get_device_name(device)
+    if args.peak_tflops is None:
+        known = mfu.gpu_peak_flops(what, "bf16")
+        if known is None and not args.cpu_dry_run:
+            print(f"cuda_smoke: {what} is not in modexp/mfu.py's peak table; pass --peak-tflops",
+                  file=sys.stderr)
+            return 2
+        args.peak_tflops = known / 1e12 if known else 1.0  # dry run: MFU against 1 TFLOP/s
     m = args.model
     print(f"{what}: torch {torch.__version__}, bf16 autocast, {m.n_layers} layers d={m.d_model} "
           f"heads={m.n_heads} vocab={args.vocab} seq={args.seq_len} batch={args.batch_size}, "
           f"peak {args.peak_tflops:g} TFLOP/s, median of {args.repeats} steps after {args.warmup}")
     t0 = time.time()
-    single_device(args, device)
+    checks = single_device(args, device)
     if not args.no_ddp:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        ddp_phase(args)
+        checks += ddp_phase(args)
     print(f"\ntotal {time.time() - t0:.0f} s")
-    return 0
+    for ok, line in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {line}")
+    failed = sum(not ok for ok, _ in checks)
+    print(f"cuda_smoke: {failed} check(s) failed" if failed else "cuda_smoke: all checks passed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

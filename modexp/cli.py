@@ -120,6 +120,8 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         move_aside: bool = typer.Option(False, "--move-aside", help=(
             "Move runs trained with other settings (a changed spec or data) to "
             "RESULTS/<name>.aside-<time>/ and train them afresh.")),
+        peak_tflops: float = typer.Option(None, min=0.0, help="Device peak TFLOP/s for MFU (default: "
+                                          "a known GPU's bf16 peak, or the CPU peak `modexp bench` cached)."),
         plot_after: bool = typer.Option(False, "--plot", help="Run `modexp plot` at the end."),
         logger: list[str] = typer.Option(None, "--logger", help="Dashboard besides the spec's "
                                          "train.loggers: tensorboard or wandb (repeatable)."),
@@ -142,7 +144,8 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
     ui = SweepProgress(err, verbosity=verbose - quiet, every=status_every) if main_rank else None
     try:
         report = run_sweep(spec, results, only, parse_shard(shard), retry_failed, device,
-                           progress=ui, move_aside=move_aside, loggers=logger or ())
+                           progress=ui, move_aside=move_aside, loggers=logger or (),
+                           peak_tflops=peak_tflops)
     except SpecError as e:
         if not main_rank:  # every rank fails alike; one copy of the message is enough
             raise typer.Exit(2)

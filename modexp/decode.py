@@ -18,7 +18,7 @@ with caches), so cached decoding computes exactly what a full causal forward com
 
 Batch-1 decoding on a CPU is bound by each op's fixed cost (microseconds, as long as the
 arithmetic of a 192-wide layer), so the decode loop keeps ops and allocations out of it:
-inference_mode, caches allocated up front, RoPE angles computed once per generation, routing
+inference_mode, caches allocated up front, RoPE tables looked up once per generation, routing
 decisions as matrix-vector products with the weights bound once (RoutedLayer.decider),
 Gumbel-max sampling, and oneDNN off (its exact GELU costs ~9 us a call, ATen's ~1 us).
 """
@@ -314,13 +314,14 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
 
 
 def rope_table(rotary, n: int, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
-    """RoPE angles (cos, sin), each (1, 1, 1, 1, hs/2), of positions 0..n-1: computed once.
+    """RoPE tables (cos, sin), each (1, 1, 1, hs), of positions 0..n-1: looked up once.
 
-    Every layer's Rotary is the same function of position, and the values are those that
-    Rotary.angles computes at each position (elementwise, so bit-identical).
+    Every layer's Rotary is the same function of position; these are the rows the full
+    forward's Rotary.lookup gathers at each position, so decoding rotates bit-identically.
     """
+    rotary.reserve(n)
     pos = torch.arange(n, device=rotary.inv_freq.device).unsqueeze(0)  # (1, n)
-    cos, sin = rotary.angles(pos, dtype)  # (1, n, 1, 1, hs/2)
+    cos, sin = rotary.lookup(pos, dtype)  # (1, n, 1, hs)
     return list(zip(cos.split(1, dim=1), sin.split(1, dim=1)))
 
 

@@ -128,7 +128,7 @@ class RoutedLayer(nn.Module):
         """Gather the k tokens of each row, run the block on them, add g(r) * f back."""
         B, T, d = x.shape
         flat = flat_index(idx, T)  # (B*k,) rows of x viewed as (B*T, d)
-        xs = x.reshape(B * T, d).index_select(0, flat).view(B, -1, d)  # (B, k, d)
+        xs = gather_rows(x.reshape(B * T, d), flat).view(B, -1, d)  # (B, k, d)
         f = block.update(xs, pos.expand(B, T).gather(1, idx))  # (B, k, d), original positions
         upd = self.gated(r.gather(1, idx), f).to(x.dtype)
         # Out of place: every row not in `flat` is copied from x unchanged (bit-identical).
@@ -326,6 +326,28 @@ def quantile_threshold(logit: Tensor, frac: float) -> Tensor:
     if n == flat.numel():
         return top[-1] - 1.0  # everything routes
     return (top[n - 1] + top[n]) / 2
+class _GatherRows(torch.autograd.Function):
+    """x.index_select(0, rows) for DISTINCT rows; backward writes the grads into zeros.
+
+    index_select's backward accumulates (index_add, via scatter_add on the CPU: single-threaded
+    and ~10x slower than a copy); top-k rows are distinct, so an index_copy does the same.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rows: Tensor) -> Tensor:
+        ctx.save_for_backward(rows)
+        ctx.shape = x.shape
+        return x.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (rows,) = ctx.saved_tensors
+        return g.new_zeros(ctx.shape).index_copy_(0, rows, g), None
+
+
+def gather_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """Rows `rows` (n,) of x (N, d), all distinct: (n, d)."""
+    return _GatherRows.apply(x, rows) if x.requires_grad else x.index_select(0, rows)
 
 
 def flat_index(idx: Tensor, T: int) -> Tensor:

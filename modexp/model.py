@@ -42,24 +42,107 @@ class ForwardOutput:
 
 # ---------------------------------------------------------------- rotary position embedding
 class Rotary(nn.Module):
-    """RoPE (Su et al. 2021) from explicit integer positions, so gathered tokens keep theirs."""
+    """RoPE (Su et al. 2021) from explicit integer positions, so gathered tokens keep theirs.
 
-    def __init__(self, head_size: int, base: float):
+    cos and sin are tables over positions 0..n-1, computed once and grown on demand (buffers
+    outside the state_dict), laid out for `rope`: rows [cos, cos] and [-sin, sin], (n, hs).
+    A lookup is a gather of rows, where recomputing them cost a cos and a sin per layer.
+    """
+
+    def __init__(self, head_size: int, base: float, max_len: int = 1024):
         super().__init__()
         inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs/2,)
+        self.register_buffer("cos", torch.empty(0, head_size), persistent=False)
+        self.register_buffer("sin", torch.empty(0, head_size), persistent=False)
+        self.reserve(max_len)
 
-    def angles(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos, sin of shape (B, t, 1, 1, hs/2) for positions pos (B, t)."""
-        theta = pos.unsqueeze(-1).to(torch.float32) * self.inv_freq  # (B, t, hs/2)
-        theta = theta[:, :, None, None, :]  # broadcast over (q|k, heads)
-        return theta.cos().to(dtype), theta.sin().to(dtype)
+    def reserve(self, n: int) -> None:
+        """Tables for positions 0..n-1 at least (a Python check: no op when they exist)."""
+        if n <= self.cos.size(0):
+            return
+        pos = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
+        theta = pos.unsqueeze(-1) * self.inv_freq  # (n, hs/2)
+        cos, sin = theta.cos(), theta.sin()
+        self.cos = torch.cat((cos, cos), dim=-1)  # (n, hs)
+        self.sin = torch.cat((-sin, sin), dim=-1)
+
+    def lookup(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Tables (b, t, 1, hs) for positions pos (b, t): broadcast over heads."""
+        b, t = pos.shape
+        rows = pos.reshape(-1)  # index_select: a row copy, where advanced indexing is ~10x slower
+        cos = self.cos.index_select(0, rows).view(b, t, 1, -1)
+        sin = self.sin.index_select(0, rows).view(b, t, 1, -1)
+        return cos.to(dtype), sin.to(dtype)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x1_i, x2_i) of the last dim of x by each token's angles."""
+def rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (x2, x1) on the halves of the last dim."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return torch.cat((x2, x1), dim=-1)
+
+
+def rope_expr(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x1_i, x2_i) of the last dim by each token's angle, tables from Rotary.
+
+    x * [cos, cos] + (x2, x1) * [-sin, sin] = (x1 cos - x2 sin, x2 cos + x1 sin): bit for bit
+    the textbook pair of expressions (a + (-b) is a - b exactly in IEEE arithmetic).
+    """
+    return x * cos + rotate_half(x) * sin
+
+
+class _Rope(torch.autograd.Function):
+    """rope_expr with a hand-written backward: the transpose of a rotation is the rotation back,
+    g * cos + rotate_half(g * sin); autograd's chunk/cat backward zero-fills and copies."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        return rope_expr(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        cos, sin = ctx.saved_tensors
+        return g * cos + rotate_half(g * sin), None, None
+
+
+def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """rope_expr, through _Rope when a gradient is needed (same forward values either way)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Rope.apply(x, cos, sin)
+    return rope_expr(x, cos, sin)
+
+
+# ---------------------------------------------------------------- RMSNorm
+class _RMSNormCPU(torch.autograd.Function):
+    """F.rms_norm's fp32 CPU forward, op for op (bit-identical), with an analytic backward.
+
+    On the CPU, torch 2.13's rms_norm is a composite of pow, mean, rsqrt and muls, and autograd
+    differentiates each of them; the closed form is fewer passes over (B, T, d):
+    dx = r * (g w - x^ mean(g w x^)), dw = sum(g x^), x^ = x * r, r = rsqrt(mean(x^2) + eps).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, eps: float) -> Tensor:
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))  # (..., 1)
+        xh = x * r
+        ctx.save_for_backward(xh, r, w)
+        return xh * w
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        xh, r, w = ctx.saved_tensors
+        gw = (g * xh).sum(tuple(range(g.dim() - 1)))
+        gx = g * w
+        return r * (gx - xh * (gx * xh).mean(-1, keepdim=True)), gw, None
+
+
+def rms_norm(norm: nn.RMSNorm, x: Tensor) -> Tensor:
+    """norm(x): F.rms_norm, or on CPU in fp32 with a gradient, _RMSNormCPU (same values)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():
+        eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+        return _RMSNormCPU.apply(x, norm.weight, eps)
+    return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
 
 
 # ---------------------------------------------------------------- attention
@@ -81,13 +164,19 @@ class Attention(nn.Module):
     def rotate(self, qkv: Tensor, pos: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
         """RoPE on q and k at positions pos (B, t) (or (1, t)); q, k, v each (B, nh, t, hs).
 
-        pos may also be angles (cos, sin) from Rotary.angles: a decode step computes them once
+        pos may also be tables (cos, sin) from Rotary.lookup: a decode step looks them up once
         for all layers (every layer's Rotary is the same function of position).
         """
-        angles = pos if isinstance(pos, tuple) else self.rotary.angles(pos, qkv.dtype)
-        cos, sin = angles  # (B, t, 1, 1, hs/2)
-        qk = apply_rotary(qkv[:, :, :2], cos, sin)  # q and k in one pass: (B, t, 2, nh, hs)
-        q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # (B, t, nh, hs)
+        cos, sin = pos if isinstance(pos, tuple) else self.rotary.lookup(pos, qkv.dtype)
+        # cos, sin: (b, t, 1, hs)
+        if torch.is_grad_enabled() and qkv.requires_grad:
+            # unbind's backward stacks the three grads; slicing q|k apart from v would
+            # zero-fill and copy the whole (B, t, 3, nh, hs) gradient twice
+            q, k, v = qkv.unbind(2)  # (B, t, nh, hs)
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
+        else:  # no gradient (eval, decode): q and k in one pass, fewer ops per token
+            q, k = rope_expr(qkv[:, :, :2], cos.unsqueeze(2), sin.unsqueeze(2)).unbind(2)
+            v = qkv[:, :, 2]
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -151,8 +240,8 @@ class Block(nn.Module):
     def update(self, x: Tensor, pos: Tensor, mask: Tensor | None = None,
                cache: KVCache | None = None) -> Tensor:
         """f(x) = block(x) - x (B, t, d), computed without the subtraction."""
-        a = self.attn(self.norm1(x), pos, mask, cache)  # (B, t, d)
-        m = self.mlp(self.norm2(x + a))
+        a = self.attn(rms_norm(self.norm1, x), pos, mask, cache)  # (B, t, d)
+        m = self.mlp(rms_norm(self.norm2, x + a))
         return a + m
 
     def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -223,6 +312,8 @@ class Transformer(nn.Module):
             raise ValueError(f"routing must be 'topk' or 'causal', got {routing!r}")
         B, T = idx.shape
         pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T): original positions
+        for block in self.blocks:  # RoPE tables cover T (a Python check once they do)
+            block.attn.rotary.reserve(T)
         x = self.embed(idx)  # (B, T, d)
         infos = []
         for i, (block, router) in enumerate(self.layers()):
@@ -232,7 +323,7 @@ class Transformer(nn.Module):
             else:
                 x, info = router(x, block, pos, routing, cache)
                 infos.append(info)
-        logits = self.head(self.norm(x))  # (B, T, V)
+        logits = self.head(rms_norm(self.norm, x))  # (B, T, V)
         return self._output(logits, targets, infos, B * T)
 
     def _output(self, logits: Tensor, targets: Tensor | None, infos: list,

@@ -269,9 +269,11 @@ def _decide(run_dir: Path, retry_failed: bool, say) -> str:
 
 
 def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=False,
-              device="auto", progress=None, move_aside=False, loggers=()) -> SweepReport:
+              device="auto", progress=None, move_aside=False, loggers=(),
+              peak_tflops=None) -> SweepReport:
     """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI;
-    `loggers`: dashboards to feed besides the spec's train.loggers.
+    `loggers`: dashboards to feed besides the spec's train.loggers; `peak_tflops`: for MFU
+    (None: a known GPU's peak or the cached CPU peak).
 
     Under torchrun every rank calls this; rank 0 decides (locks, skips), writes and reports.
     An environment failure (disk full, out of memory, device lost) leaves the run interrupted
@@ -285,7 +287,7 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
     bad = check_loggers([*p.spec.train.loggers, *loggers])
     if bad:
         raise SpecError(str(spec_path), bad)
-    ctx = setup_context(p.device)
+    ctx = setup_context(p.device, peak_tflops)
     report = SweepReport(p.exp_dir)
     if ctx.is_main:
         if p.aside:

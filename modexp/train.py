@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 import torch
 import torch.distributed as dist
 
-from modexp import checkpoint
+from modexp import checkpoint, mfu
 from modexp.calibrate import calibrate_thresholds
 from modexp.data import TokenData
 from modexp.optim import make_optimizer, make_predictor_optimizer, split_params
@@ -46,6 +46,7 @@ class Context:
     rank: int = 0
     world: int = 1
     owns_group: bool = False  # setup_context started the process group, so teardown ends it
+    peak_flops: float | None = None  # per device, for MFU: given, a known GPU's or measured
 
     @property
     def is_main(self) -> bool:
@@ -116,6 +117,7 @@ class Trainer:
         # all-reduce overlaps the backward; no_sync stays on self.ddp (run eagerly, not traced)
         self.model = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.step, self.wall_offset, self.last_eval, self.notes = 0, 0.0, {}, []
+        self.eval_time = 0.0
         self.micro, self.accum = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world)
 
     def _ddp(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -134,7 +136,7 @@ class Trainer:
         state = {"model": self.raw.state_dict(), "opt": self.opt.state_dict(),
                  "sched": self.sched.state_dict(), "step": self.step, "wall_time": wall,
                  "cpu_rng": torch.get_rng_state(), "run_id": self.plan.run_id,
-                 "last_eval": self.last_eval}
+                 "last_eval": self.last_eval, "eval_time": self.eval_time}
         if self.pred_opt is not None:
             state |= {"pred_opt": self.pred_opt.state_dict(), "pred_sched": self.pred_sched.state_dict()}
         if self.ctx.device.type == "cuda":
@@ -160,7 +162,7 @@ class Trainer:
         if "cuda_rng" in state and self.ctx.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.ctx.device)
         self.step, self.wall_offset = state["step"], state["wall_time"]
-        self.last_eval = state["last_eval"]
+        self.last_eval, self.eval_time = state["last_eval"], state.get("eval_time", 0.0)
         self._check_same_step()
         return self.step
 
@@ -270,18 +272,21 @@ class Trainer:
                 raise Diverged(f"loss is not finite (NaN/inf) by step {s}")
             if log_now:
                 now = time.time()
-                tok_s = (s - step_log) * plan.batch_size * plan.seq_len / max(now - t_log, 1e-9)
-                row = self._train_row(sums, now - start_wall, tok_s)
+                row = self._train_row(sums, now - start_wall, s - step_log, now - t_log)
                 self.logger.log(row)
                 t_log, step_log, loss = now, s, row["train_loss"]
             if s in eval_at:
                 # the nominal fraction k/eval_points this step stands for (within half a step)
                 frac = round(s * self.cfg.eval_points / plan.steps) / self.cfg.eval_points
+                t_eval = time.time()
                 self.last_eval = {"kind": "eval", **self._position(), "budget_frac": frac,
                                   **self.evaluate()}
+                self.eval_time += time.time() - t_eval
                 self.logger.log(self.last_eval)
             if ckpt_now:
                 self.save(time.time() - start_wall)
+            if s in eval_at or ckpt_now:  # train rows' throughput covers training steps only
+                t_log, step_log = time.time(), s
             self.on_step(s, loss)
         return self._summary(self.last_eval, time.time() - start_wall)
 
@@ -309,15 +314,17 @@ class Trainer:
         return {"step": self.step, "tokens": self.step * p.batch_size * p.seq_len,
                 "flops": self.step * p.flops_per_step}
 
-    def _train_row(self, sums: dict, wall: float, tok_s: float) -> dict:
+    def _train_row(self, sums: dict, wall: float, steps: int, secs: float) -> dict:
+        """Losses and stats of the step, throughput over the `steps` trained in `secs`."""
         vals = {k: v.tolist() for k, v in sums.items()}  # one host sync per logged step
-        routed = vals.get("routed", [])
+        routed, p = vals.get("routed", []), self.plan
         return {"kind": "train", **self._position(), "train_loss": vals["loss"],
                 "lm_loss": vals["lm_loss"], "aux_loss": vals.get("aux_loss"),
                 "predictor_loss": vals.get("predictor_loss"), "lr": vals["lr"],
                 "grad_norm": vals["grad_norm"], "predictor_grad_norm": vals.get("predictor_grad_norm"),
                 "routed_frac": routed,
-                "wall_time": wall, "tokens_per_s": tok_s}
+                "wall_time": wall, "tokens_per_s": steps * p.batch_size * p.seq_len / max(secs, 1e-9),
+                **mfu.throughput_fields(steps * p.flops_per_step, secs, self.ctx.peak_flops)}
 
     def _summary(self, last_eval: dict, wall: float) -> dict:
         p = self.plan
@@ -332,6 +339,9 @@ class Trainer:
                 "routed_frac_topk": last_eval.get("routed_frac_topk"),  # = each layer's k/T
                 "threshold": last_eval.get("threshold"),
                 "wall_time": wall, "tokens_per_s": p.tokens / max(wall, 1e-9),
+                # over the whole wall time, evaluation and checkpoints included
+                **mfu.throughput_fields(self.step * p.flops_per_step, wall, self.ctx.peak_flops),
+                "eval_time": self.eval_time, "eval_share": self.eval_time / max(wall, 1e-9),
                 **peak_memory(self.ctx.device)}
 
 
@@ -370,8 +380,12 @@ def _predictor_scores(c: dict) -> dict:
             "predictor_precision": tp / max(tp + fp, 1), "predictor_recall": tp / max(tp + fn, 1)}
 
 
-def setup_context(device: str = "auto") -> Context:
-    """Pick the device (cuda, then cpu) and join the torchrun process group if launched by it."""
+def setup_context(device: str = "auto", peak_tflops: float | None = None) -> Context:
+    """Pick the device (cuda, then cpu) and join the torchrun process group if launched by it.
+
+    peak_tflops: the device's peak for MFU; default a known GPU's bf16 peak, or on a CPU the
+    matmul peak `modexp bench` measured and cached on this machine (else MFU stays unknown).
+    """
     from modexp.device import resolve_device
 
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -382,7 +396,18 @@ def setup_context(device: str = "auto") -> Context:
     owns = world > 1 and not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Context(device=dev, autocast=dev.type == "cuda", rank=rank, world=world, owns_group=owns)
+    peak = peak_tflops * 1e12 if peak_tflops else _known_peak(dev)
+    return Context(device=dev, autocast=dev.type == "cuda", rank=rank, world=world, owns_group=owns,
+                   peak_flops=peak)
+
+
+def _known_peak(dev: torch.device) -> float | None:
+    """A known GPU's bf16 peak (the trainer autocasts to bf16 there), or a cached CPU peak."""
+    if dev.type == "cuda":
+        return mfu.gpu_peak_flops(torch.cuda.get_device_name(dev), "bf16")
+    from modexp.peak import cached_peak
+
+    return cached_peak("cpu", measure=False)
 
 
 def teardown_context(ctx: Context) -> None:

@@ -46,3 +46,7 @@ class StopAt:
     def step(self, step, loss):
         if step == self.at:
             raise KeyboardInterrupt
+@pytest.fixture(autouse=True)
+def _own_peak_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's cached matmul peak (~/.cache/modexp/peak.json)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))

@@ -1,0 +1,207 @@
+"""`modexp bench`: what MoD's FLOP saving buys in wall time and memory, MoD next to vanilla.
+
+One process, the same inputs for both models, warm-up first, then interleaved repeats (so
+drift in machine load hits both alike) and medians; a speedup is the median of the ratios of
+adjacent runs, robust to load that comes and goes on a shared machine. Each speedup is printed
+next to the analytic FLOP ratio it should approach, and realisation = measured / analytic:
+- decode tokens/s at batch 1 and 8 (KV-cached sampling, MoD on its causal routing), against
+  the per-token inference_flops ratio at the MEASURED routed fraction of each routed layer;
+- training step time (forward + backward + the trainer's AdamW), against train_flops;
+- peak memory of both (CUDA: allocator peak; CPU: torch's own allocations, via the profiler).
+Trained checkpoints are used when the target has them; otherwise freshly initialised models,
+whose predictor biases are set so the causal routed fraction equals the capacity (labelled).
+
+One concern per module: timing.py (interleaved timing, the training Stepper), memory.py (peak
+memory), report.py (the report's data, JSON and tables);
+this module measures MoD against vanilla.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from modexp import flops
+from modexp.bench.memory import bench_memory
+# print_bench, report_dict, Stepper and random_batch: imported from here by the CLI and scripts
+from modexp.bench.report import BenchReport, Ratio, print_bench, report_dict  # noqa: F401
+from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: F401
+from modexp.peak import cached_peak
+from modexp.sample import Pair, resolve
+from modexp.spec import SpecError
+
+
+# ---------------------------------------------------------------- routing of fresh models
+def calibrate_routing(net, sample: torch.Tensor) -> str:
+    """Set each routed layer's threshold so a `capacity` fraction of `sample` (B, T) routes
+    causally (calibrate.py: layer by layer on the causal pass, as training does)."""
+    from modexp.calibrate import calibrate_thresholds
+
+    calibrate_thresholds(net, [sample])
+    return "fresh init: decision thresholds set so the causal routed fraction equals the capacity"
+
+
+# ---------------------------------------------------------------- the measurements
+def _arch(pair: Pair, kind: str) -> flops.Arch:
+    """flops.py's description of the pair's vanilla or MoD model."""
+    return flops.arch_from_config(pair.model_cfg, pair.variants[kind], pair.spec.data.vocab)
+
+
+def decode_flop_ratio(pair: Pair, prompt_len: int, steps: int, routed_frac: list[float]) -> float:
+    """FLOPs of the timed decode steps, vanilla / MoD (routed layers at measured fractions)."""
+    arch_m = _arch(pair, "mod")
+    fracs = iter(routed_frac)
+    caps = tuple(None if c is None else next(fracs) for c in arch_m.capacities)
+    measured = dataclasses.replace(arch_m, capacities=caps)
+    return (flops.decode_flops(_arch(pair, "vanilla"), prompt_len, steps)
+            / flops.decode_flops(measured, prompt_len, steps))
+
+
+def train_flop_ratio(pair: Pair, seq_len: int) -> float:
+    """Training FLOPs per sequence, vanilla / MoD."""
+    return (flops.train_flops(_arch(pair, "vanilla"), seq_len)
+            / flops.train_flops(_arch(pair, "mod"), seq_len))
+
+
+def weight_read_ratio(pair: Pair, busy: list[float]) -> float:
+    """Weights read per decode step, vanilla / MoD, if routed layer i is read in busy[i] of them.
+
+    A batched decoder on a CPU streams every weight it uses once per step, whatever the
+    number of rows: MoD saves a routed layer's reads only in steps where no row routes
+    there, (1 - c)^B of them at capacity c. That bounds a weight-bound decoder's speedup.
+    """
+    arch = _arch(pair, "mod")
+    block, head = flops.block_params(arch), arch.d_model * arch.vocab
+    n_dense = arch.n_layers - arch.n_routed
+    mod = n_dense * block + sum(busy) * block + arch.n_routed * flops.router_params(arch) + head
+    return (arch.n_layers * block + head) / mod
+
+
+def bench_decode(pair: Pair, batch: int, prompt: torch.Tensor, new_tokens: int, warmup: int,
+                 repeats: int, temperature: float) -> Ratio:
+    """Decode tokens/s of both models on the same prompt, interleaved; medians."""
+    from modexp.decode import generate
+
+    fracs: dict[str, list] = {"vanilla": [], "mod": []}
+    busy = []  # per run: per routed layer, the fraction of steps in which some row ran it
+
+    def run(kind: str) -> Callable[[], float]:
+        def once() -> float:
+            g = generate(pair.nets[kind], prompt, new_tokens, temperature, seed=len(fracs[kind]))
+            fracs[kind].append(g.routed_frac())
+            if kind == "mod" and g.routed is not None:
+                busy.append(g.routed.any(dim=2).float().mean(dim=1).tolist())  # (R,)
+            return g.decode_tokens_per_s
+        return once
+
+    tok_s = time_interleaved({k: run(k) for k in ("vanilla", "mod")}, warmup, repeats)
+    v, m = statistics.median(tok_s["vanilla"]), statistics.median(tok_s["mod"])
+    frac = [statistics.mean(col) for col in zip(*fracs["mod"])]  # every run, warm-up included
+    analytic = decode_flop_ratio(pair, prompt.size(1), new_tokens - 1, frac)  # the timed steps
+    paired = [b / a for a, b in zip(tok_s["vanilla"], tok_s["mod"])]  # adjacent runs
+    ratio = Ratio(f"decode b{batch}", v, m, "tok/s", statistics.median(paired), analytic, frac,
+                  quartiles(paired))
+    if batch > 1 and busy:
+        ratio.busy = [statistics.mean(col) for col in zip(*busy)]
+        ratio.weight_bound = weight_read_ratio(pair, ratio.busy)
+    return ratio
+
+
+def bench_train(pair: Pair, warmup: int, repeats: int, device: str,
+                batch: int | None = None) -> tuple[Ratio, dict[str, Stepper]]:
+    """Median training step times of both models on one random batch, interleaved."""
+    spec = pair.spec
+    B, T = batch or spec.train.batch_size, spec.data.seq_len
+    data = random_batch(spec.data.vocab, B, T)
+    steppers = {k: Stepper(copy.deepcopy(pair.nets[k]), spec.train, data, device)
+                for k in ("vanilla", "mod")}  # copies: training must not change the weights
+    secs = time_interleaved({k: s.step for k, s in steppers.items()}, warmup, repeats)
+    v, m = (1e3 * statistics.median(secs[k]) for k in ("vanilla", "mod"))
+    paired = [a / b for a, b in zip(secs["vanilla"], secs["mod"])]  # adjacent steps
+    step_flops = {k: B * flops.train_flops(_arch(pair, k), T) for k in ("vanilla", "mod")}
+    return Ratio("train step", v, m, "ms", statistics.median(paired), train_flop_ratio(pair, T),
+                 spread=quartiles(paired), step_flops=step_flops), steppers
+
+
+def _prompts(pair: Pair, n: int, length: int, seed: int) -> tuple[torch.Tensor, str]:
+    """n prompts (n, length): held-out text windows for trained models, else random tokens."""
+    trained = any(w != "fresh init" for w in pair.weights.values())
+    if trained:
+        from modexp.corpus import SourceError
+        from modexp.data import TokenData
+
+        d = pair.spec.data
+        try:
+            val = TokenData(d.source, length, d.val_fraction).val_batches(1, n)[0][0]
+            return val, "held-out text windows"
+        except (SourceError, ValueError, OSError) as e:  # the corpus may live elsewhere
+            note = f"random tokens (data unavailable: {e})"
+    else:
+        note = "random tokens"
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, pair.spec.data.vocab, (n, length), generator=g), note
+
+
+def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, ...] = (1, 8),
+          prompt_len: int = 16, new_tokens: int = 128, warmup: int = 2, repeats: int = 5,
+          train: bool = True, train_batch: int | None = None, train_repeats: int = 5,
+          memory: bool = True, device: str = "auto", threads: int | None = None,
+          temperature: float = 1.0, seed: int = 0, peak: bool = True) -> BenchReport:
+    """Benchmark MoD against vanilla of the same size: decode, training step, peak memory.
+
+    peak: also the machine's matmul peak (cached per machine; measured once), for MFU.
+    """
+    from modexp.device import resolve_device
+
+    device = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    if prompt_len < 1 or new_tokens < 2 or repeats < 1 or not batch_sizes or min(batch_sizes) < 1:
+        raise SpecError("bench", ["need prompt_len >= 1, new_tokens >= 2, repeats >= 1 and a "
+                                  f"batch size >= 1; got --prompt-len {prompt_len}, --new-tokens "
+                                  f"{new_tokens}, --repeats {repeats}, --batch-size "
+                                  f"{', '.join(map(str, batch_sizes)) or 'none'}"])
+    pair = resolve(target, model, device)
+    if pair.variants["mod"].causal == "none":
+        raise SpecError(str(target), ["the MoD variant has causal: none: it cannot decode token "
+                                      "by token (use causal: predictor or aux_loss)"])
+    note = "trained checkpoint: causal decisions at its own thresholds (see the capacity check)"
+    if pair.weights["mod"] == "fresh init":
+        sample = torch.randint(0, pair.spec.data.vocab, (8, prompt_len + new_tokens),
+                               generator=torch.Generator().manual_seed(seed + 1))
+        note = calibrate_routing(pair.nets["mod"], sample.to(device))
+    prompts, source = _prompts(pair, max(batch_sizes), prompt_len, seed)
+    prompts = prompts.to(device)
+    settings = {"prompt_len": prompt_len, "new_tokens": new_tokens, "prompts": source,
+                "temperature": temperature, "warmup": warmup, "repeats": repeats,
+                "train_batch": train_batch or pair.spec.train.batch_size,
+                "seq_len": pair.spec.data.seq_len, "train_repeats": train_repeats}
+    report = BenchReport(str(target), pair.model_cfg.name, pair.weights, note, device,
+                         torch.get_num_threads(), settings,
+                         peak_flops=cached_peak(device) if peak else None)
+    for b in batch_sizes:
+        report.ratios.append(bench_decode(pair, b, prompts[:b], new_tokens, warmup, repeats,
+                                          temperature))
+        check_capacity(pair, report.ratios[-1], prompt_len, new_tokens - 1)
+    steppers = None
+    if train:
+        ratio, steppers = bench_train(pair, warmup, train_repeats, device, train_batch)
+        report.ratios.append(ratio)
+    if memory:
+        report.memory = bench_memory(pair, prompts[:1], new_tokens, device, steppers)
+    return report
+
+
+def check_capacity(pair: Pair, r: Ratio, prompt_len: int, steps: int) -> None:
+    """Record on a decode measurement its routed fractions vs capacity (routing_check.py)."""
+    from modexp.routing_check import check_routing
+
+    spec = pair.spec
+    check = check_routing(pair.model_cfg, pair.variants["mod"], spec.data.vocab,
+                          spec.data.seq_len, r.routed_frac, prompt_len, steps)
+    r.capacity, r.off_capacity, r.routing = check.capacity, check.off, check.summary()
