@@ -12,7 +12,6 @@ on over-narrow scaling-law intervals). This is a parametric bootstrap (normal no
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -13,7 +13,6 @@ Relative paths are resolved against the current folder, like results/.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sysconfig
@@ -66,20 +65,6 @@ class Source:
     def read_bytes(self) -> bytes:
         """The whole source, files concatenated in order."""
         return b"".join(f.read_bytes() for f in self.files)
-
-    def fingerprint(self) -> dict:
-        """Size and sha256 of the content (meta.json's, for a prepared folder), recorded with every run."""
-        if self.meta is not None:
-            sha = hashlib.sha256(json.dumps(self.meta["files"], sort_keys=True).encode()).hexdigest()
-        else:
-            h = hashlib.sha256()
-            for f in self.files:
-                with open(f, "rb") as fh:
-                    while chunk := fh.read(1 << 22):
-                        h.update(chunk)
-            sha = h.hexdigest()
-        return {"source": self.name, "files": len(self.files), "tokens": self.n_tokens,
-                "sha256": sha, "tokenizer": self.tokenizer}
 
 
 def stdlib_files() -> list[Path]:

@@ -116,7 +116,8 @@ def data_fingerprint(source) -> dict:
                     h.update(chunk)
         sha = h.hexdigest()
         _write_cache(cache, {**known, key: sha})
-    out = {"source": source.name, "files": len(source.files), "tokens": source.n_tokens, "sha256": sha}
+    out = {"source": source.name, "files": len(source.files), "tokens": source.n_tokens, "sha256": sha,
+           "tokenizer": getattr(source, "tokenizer", None)}  # sample decodes with it
     if source.name.startswith("builtin:"):
         out["python"] = ".".join(map(str, sys.version_info[:2]))
     return out

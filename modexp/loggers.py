@@ -112,6 +112,10 @@ class Tee:
         for n, d in list(self.dashboards.items()):
             self._guard(n, lambda d=d: d.log(row))
 
+    def last_step(self) -> int:
+        """The last step metrics.jsonl holds (the record; dashboards only mirror it)."""
+        return self.primary.last_step()
+
     def truncate_after(self, step: int) -> None:
         """metrics.jsonl's resume truncation; the dashboards open here, purging later steps."""
         self.primary.truncate_after(step)

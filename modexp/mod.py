@@ -249,7 +249,8 @@ class RoutedLayer(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Checkpoints from before the threshold buffer existed load with threshold 0."""
-        state_dict.setdefault(prefix + "threshold", torch.zeros(()))
+        if self.random is None:  # random routing has no decision, hence no threshold
+            state_dict.setdefault(prefix + "threshold", torch.zeros(()))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _info(self, x: Tensor, r: Tensor, member: Tensor | None, idx: Tensor,

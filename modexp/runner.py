@@ -10,6 +10,7 @@ two processes (reruns, cluster shards) off the same run.
 from __future__ import annotations
 
 import fcntl
+import json
 import fnmatch
 import os
 import sys
@@ -206,7 +207,8 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     writer = MetricsWriter(run_dir) if ctx.is_main else _NullLogger()
     names = [*spec.train.loggers, *loggers]
     if ctx.is_main and names:
-        writer = Tee(writer, names, run_dir, run.run_id, spec_to_dict(spec), _jsonable(run.to_dict()))
+        plan_row = json.loads(json.dumps(run.to_dict()))  # JSON-able, as run.json holds it
+        writer = Tee(writer, names, run_dir, run.run_id, spec_to_dict(spec), plan_row)
     trainer = Trainer(model, run, spec.train, data, writer, run_dir / CKPT_FILE, ctx, on_step)
     step = trainer.resume()
     if ctx.is_main:

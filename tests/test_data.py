@@ -13,8 +13,10 @@ def test_pystdlib_is_sorted_and_excludes_tests():
     assert len(files) > 100
     assert files == sorted(files, key=lambda p: p.as_posix())
     assert not any(part in ("test", "tests", "site-packages") for f in files for part in f.parts[-3:-1])
-    fp = resolve_source("builtin:pystdlib").fingerprint()
-    assert fp["tokens"] > 1_000_000 and len(fp["sha256"]) == 64
+    from modexp.fingerprint import data_fingerprint
+
+    fp = data_fingerprint(resolve_source("builtin:pystdlib"))
+    assert fp["tokens"] > 1_000_000 and len(fp["sha256"]) == 64 and fp["python"]
 
 
 def test_text_folder_is_byte_level(tmp_path):

@@ -29,7 +29,7 @@ from modexp.spec import SpecError
 from conftest import StopAt as _StopAt
 
 runner = CliRunner()
-VOLATILE = {"wall_time", "tokens_per_s"}
+VOLATILE = {"wall_time", "tokens_per_s", "flops_per_s", "mfu"}
 MOD = {"kind": "mod", "capacity": 0.25, "route_every": 2, "causal": "predictor"}
 TRAIN = {"batch_size": 2, "lr": 3e-3, "eval_points": 2, "eval_batches": 1, "log_every": 2,
          "checkpoint_every": 3}
