@@ -141,7 +141,8 @@ def verdict_dict(an: Analysis) -> dict:
     for budget in sorted(an.fits.budget.unique()):
         f = an.fits[an.fits.budget == budget]
         fits = {}
-        kinds = an.means.drop_duplicates("variant").set_index("variant")
+        # every planned run names its variant's kind, finished or not (a fit may have no sizes)
+        kinds = an.results.runs.drop_duplicates("variant").set_index("variant")
         for v, g in f.groupby("variant", sort=False):
             by = g.set_index("metric")
             fits[v] = {"kind": kinds.at[v, "kind"], "router": _nan_to_none(kinds.at[v, "router"])}
