@@ -1,6 +1,6 @@
 """`modexp prepare` throughput (MB of text per second) and peak RSS at two corpus sizes.
 
-The corpus is the stdlib's Python source (modexp.corpus.stdlib_files) copied over and over into
+The corpus is the stdlib's Python source (modexp.data.corpus.stdlib_files) copied over and over into
 a temporary folder until it reaches each size. Each prepare runs in its own child process so
 its peak RSS (ru_maxrss from wait4) is its own; the memory bound shows as an RSS that stays
 flat while the corpus grows 10x. Tokenizers: a byte-level BPE trained by `prepare` itself on
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from modexp.corpus import stdlib_files  # noqa: E402
+from modexp.data.corpus import stdlib_files  # noqa: E402
 
 
 def make_corpus(folder: Path, mb: float) -> int:

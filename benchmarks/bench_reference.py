@@ -29,11 +29,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from modexp import flops, mfu  # noqa: E402
+from modexp import flops  # noqa: E402
 from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: E402
-from modexp.model import build_model  # noqa: E402
-from modexp.peak import measure_matmul_peak  # noqa: E402
+from modexp.models.model import build_model  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
+from modexp.training import mfu  # noqa: E402
+from modexp.training.peak import measure_matmul_peak  # noqa: E402
 
 
 class RefBlock(nn.Module):

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from modexp import flops  # noqa: E402
 from modexp.bench import Stepper, random_batch, time_interleaved  # noqa: E402  (shared timing)
-from modexp.model import build_model  # noqa: E402
+from modexp.models.model import build_model  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
 
 

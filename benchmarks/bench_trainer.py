@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from modexp.bench.timing import quartiles  # noqa: E402
-from modexp.data import TokenData  # noqa: E402
-from modexp.model import build_model  # noqa: E402
+from modexp.data.tokens import TokenData  # noqa: E402
+from modexp.models.model import build_model  # noqa: E402
 from modexp.plan import plan_spec  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
-from modexp.train import Context, Trainer, make_optimizer  # noqa: E402
+from modexp.training.train import Context, Trainer, make_optimizer  # noqa: E402
 
 
 class _Rows:

@@ -15,7 +15,7 @@ Without CUDA it says so and exits 0: nothing in CI needs it. About 3-4 minutes o
 Checks, each printed as PASS/FAIL; any FAIL makes the exit code 1, so one run on a lent GPU
 answers pass/fail: every loss finite (no NaN/inf), MoD's step faster than vanilla's at each
 compile setting, and after the DDP steps every rank holding the same parameters as rank 0.
-The peak defaults to the device's bf16 peak from modexp/mfu.py's table (--peak-tflops if not
+The peak defaults to the device's bf16 peak from modexp/training/mfu.py's table (--peak-tflops if not
 listed there).
 """
 
@@ -35,10 +35,11 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from modexp import flops, mfu  # noqa: E402
-from modexp.model import build_model  # noqa: E402
+from modexp import flops  # noqa: E402
+from modexp.models.model import build_model  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
-from modexp.train import make_optimizer  # noqa: E402  (the trainer's AdamW, as trained)
+from modexp.training import mfu  # noqa: E402
+from modexp.training.train import make_optimizer  # noqa: E402  (the trainer's AdamW, as trained)
 
 VARIANTS = {"vanilla": VanillaVariant(kind="vanilla"),
             "mod": ModVariant(kind="mod", capacity=0.125, route_every=2, causal="predictor")}
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, help="default 1024; dry run 64")
     p.add_argument("--vocab", type=int, help="default 50304; dry run 256")
     p.add_argument("--peak-tflops", type=float,
-                   help="peak dense bf16 TFLOP/s of one device (default: modexp/mfu.py's table)")
+                   help="peak dense bf16 TFLOP/s of one device (default: modexp/training/mfu.py's table)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation included)")
     p.add_argument("--repeats", type=int, default=10, help="timed steps")
     p.add_argument("--compile", help="compile settings to run: off, on or off,on (default; "
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
     if args.peak_tflops is None:
         known = mfu.gpu_peak_flops(what, "bf16")
         if known is None and not args.cpu_dry_run:
-            print(f"cuda_smoke: {what} is not in modexp/mfu.py's peak table; pass --peak-tflops",
+            print(f"cuda_smoke: {what} is not in modexp/training/mfu.py's peak table; pass --peak-tflops",
                   file=sys.stderr)
             return 2
         args.peak_tflops = known / 1e12 if known else 1.0  # dry run: MFU against 1 TFLOP/s

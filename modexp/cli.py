@@ -91,9 +91,9 @@ def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
          results: Path = typer.Option(Path("results"), help="Results root: finished runs of this "
                                       "spec there refine the optimum estimate.")) -> None:
     """Budgets, FLOPs per step and FLOP-matched step counts of every run (no training)."""
+    from modexp.analysis.tables import print_plan
     from modexp.grid import suggest_grid_file
     from modexp.plan import plan_file
-    from modexp.tables import print_plan
 
     try:
         if suggest_grid:
@@ -137,8 +137,8 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
     """
     import os
 
-    from modexp.progress import SweepProgress, sweep_json
-    from modexp.runner import parse_shard, run_sweep
+    from modexp.runs.progress import SweepProgress, sweep_json
+    from modexp.runs.runner import parse_shard, run_sweep
 
     main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; unset: one process
     ui = SweepProgress(err, verbosity=verbose - quiet, every=status_every) if main_rank else None
@@ -170,7 +170,7 @@ def status(path: Path = typer.Argument(..., help="A spec (YAML) or its results f
            results: Path = typer.Option(Path("results"), help="Results root, for a spec."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Each run's state (planned, running, interrupted, done, failed, corrupt), progress and losses."""
-    from modexp.status import print_status, sweep_status
+    from modexp.runs.status import print_status, sweep_status
 
     try:
         rows = sweep_status(path, results)
@@ -193,9 +193,9 @@ def plot(path: Path = typer.Argument(..., help="A results folder (or the spec th
          as_json: bool = typer.Option(False, "--json", help="Print the isoFLOP fits, verdict "
                                       "and frontier as JSON (no figures written).")) -> None:
     """Loss vs training FLOPs, isoFLOP profiles and verdict, frontier, MoD routing, summary table."""
-    from modexp.plot import plot_results, print_report
-    from modexp.status import experiment_dir
-    from modexp.verdict import verdict_json
+    from modexp.analysis.plot import plot_results, print_report
+    from modexp.analysis.verdict import verdict_json
+    from modexp.runs.status import experiment_dir
 
     if as_json:
         try:
@@ -230,7 +230,7 @@ def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<expe
            device: str = typer.Option("auto", help=DEVICE_HELP),
            as_json: bool = typer.Option(False, "--json", help="Print the sample and routing as JSON.")) -> None:
     """Continue a prompt with a run's checkpoint (KV cache; MoD routes causally) and show routing."""
-    from modexp.sample import print_sample, sample_run
+    from modexp.models.sample import print_sample, sample_run
 
     try:
         res = sample_run(run_dir, prompt, max_new_tokens, temperature, top_k, seed, device)
@@ -253,8 +253,8 @@ def prepare(inputs: list[str] = typer.Argument(..., help="Text files or folders,
             val_fraction: float = typer.Option(0.01, help="Share of documents held out for validation."),
             quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress, no summary line.")) -> None:
     """Tokenise a corpus into a token folder (train.bin, val.bin, tokenizer.json, meta.json)."""
-    from modexp.prepare import prepare as run_prepare
-    from modexp.progress import PrepareProgress
+    from modexp.data.prepare import prepare as run_prepare
+    from modexp.runs.progress import PrepareProgress
 
     try:
         rep = run_prepare(inputs, out_dir, tokenizer, text_field, val_fraction,

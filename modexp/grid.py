@@ -72,8 +72,8 @@ def _frontier(results: Path):
     """(A, a, n_budgets, variant) of the first vanilla frontier with status ok, else None."""
     if not results.is_dir():
         return None
+    from modexp.analysis.verdict import verdict_json
     from modexp.spec import SpecError
-    from modexp.verdict import verdict_json
 
     try:
         v = verdict_json(results)

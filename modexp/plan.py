@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from modexp import flops as F
-from modexp.corpus import SourceError, resolve_source
+from modexp.data.corpus import SourceError, resolve_source
 from modexp.spec import ExperimentSpec, SpecError, load_spec
 
 
@@ -151,7 +151,7 @@ def plan_spec(spec: ExperimentSpec, source: str = "<spec>") -> Plan:
 
 
 def val_tokens(n_tokens: int, val_fraction: float) -> int:
-    """Held-out tokens at the end of the corpus (data.py splits there too)."""
+    """Held-out tokens at the end of the corpus (data/tokens.py splits there too)."""
     return int(n_tokens * val_fraction)
 
 

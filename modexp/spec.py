@@ -37,7 +37,7 @@ class DataConfig(_Strict):
     """`builtin:pystdlib` (the Python stdlib's own source, byte tokens), a text file or folder of
     text files (byte tokens), a token folder from `modexp prepare` (vocabulary from its
     meta.json), or a `.bin` file or folder of `.bin` shards (uint16 tokens, uint32 when
-    vocab_size > 65536; needs vocab_size). See modexp/corpus.py."""
+    vocab_size > 65536; needs vocab_size). See modexp/data/corpus.py."""
     seq_len: int = Field(128, ge=2)
     """Tokens per training sequence (T)."""
     vocab_size: int | None = Field(None, ge=2, le=1 << 32)
@@ -51,7 +51,7 @@ class DataConfig(_Strict):
     def _vocab_from_prepared_folder(cls, raw):
         if not isinstance(raw, dict) or not isinstance(raw.get("source"), str):
             return raw
-        from modexp.corpus import SourceError, prepared_vocab
+        from modexp.data.corpus import SourceError, prepared_vocab
 
         try:
             meta_vocab = prepared_vocab(raw["source"])
@@ -66,7 +66,7 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _vocab_matches_source(self):
-        from modexp.corpus import BUILTIN, is_token_source
+        from modexp.data.corpus import BUILTIN, is_token_source
 
         tokens = is_token_source(self.source)
         if tokens and self.vocab_size is None:
@@ -234,7 +234,7 @@ class TrainConfig(_Strict):
     compile: bool = False
     """torch.compile the model (top-k training path; static shapes)."""
     loggers: list[Literal["tensorboard", "wandb"]] = []
-    """Dashboards fed the same rows as metrics.jsonl (optional extras; see modexp/loggers.py)."""
+    """Dashboards fed the same rows as metrics.jsonl (optional extras; see modexp/runs/loggers.py)."""
 
     @model_validator(mode="after")
     def _micro_divides_batch(self):

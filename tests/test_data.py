@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from modexp.corpus import SourceError, resolve_source, stdlib_files
-from modexp.data import TokenData
+from modexp.data.corpus import SourceError, resolve_source, stdlib_files
+from modexp.data.tokens import TokenData
 
 
 def test_pystdlib_is_sorted_and_excludes_tests():
@@ -13,7 +13,7 @@ def test_pystdlib_is_sorted_and_excludes_tests():
     assert len(files) > 100
     assert files == sorted(files, key=lambda p: p.as_posix())
     assert not any(part in ("test", "tests", "site-packages") for f in files for part in f.parts[-3:-1])
-    from modexp.fingerprint import data_fingerprint
+    from modexp.runs.fingerprint import data_fingerprint
 
     fp = data_fingerprint(resolve_source("builtin:pystdlib"))
     assert fp["tokens"] > 1_000_000 and len(fp["sha256"]) == 64 and fp["python"]
@@ -63,7 +63,7 @@ def test_batch_seeds_never_collide_across_seeds_and_steps():
     """(seed, step) -> its own batch for any planned step count: the pairs that the old
     seed * 1_000_003 + step seeding (and any seed * 2**32 + step into torch's generator,
     which keeps 32 bits) mapped to one batch now differ."""
-    from modexp.data import batch_seed
+    from modexp.data.tokens import batch_seed
 
     data = TokenData("builtin:pystdlib", seq_len=16, val_fraction=0.05)
     for (s1, t1), (s2, t2) in [((0, 1_000_003), (1, 0)), ((0, 5), (1, 5)),

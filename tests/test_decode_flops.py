@@ -10,8 +10,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from modexp import flops
-from modexp.decode import generate
-from modexp.model import build_model
+from modexp.models.decode import generate
+from modexp.models.model import build_model
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
 
 CFG = ModelConfig(name="t", n_layers=4, d_model=32, n_heads=2)

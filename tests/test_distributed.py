@@ -21,9 +21,9 @@ import yaml
 from typer.testing import CliRunner
 
 from modexp.cli import app
-from modexp.metrics import read_json, read_metrics
 from modexp.plan import plan_file
-from modexp.runner import prepare, run_sweep, select_runs
+from modexp.runs.metrics import read_json, read_metrics
+from modexp.runs.runner import prepare, run_sweep, select_runs
 from modexp.spec import SpecError
 
 from conftest import TINY
@@ -169,7 +169,7 @@ def test_one_rank_failing_neither_hangs_nor_desyncs(tmp_path):
     # and go on together), an exception in the second (the job must end, not hang).
     script = tmp_path / "inject.py"
     script.write_text(
-        "from modexp import train as T\nfrom modexp.cli import app\nreal = T.Trainer.train_step\n"
+        "from modexp.training import train as T\nfrom modexp.cli import app\nreal = T.Trainer.train_step\n"
         "def step(self):\n    sums = real(self)\n    if self.ctx.rank == 1 and self.step >= 3:\n"
         "        if self.plan.kind == 'vanilla':\n            sums['loss'] = sums['loss'] * float('nan')\n"
         "        else:\n            raise RuntimeError('rank 1 broke')\n    return sums\n"

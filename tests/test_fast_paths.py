@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modexp.mod import gather_rows
-from modexp.model import Rotary, _Rope, _RMSNormCPU, rms_norm, rope_expr
+from modexp.models.mod import gather_rows
+from modexp.models.model import Rotary, _Rope, _RMSNormCPU, rms_norm, rope_expr
 
 
 def textbook_rope(x, pos, rotary):

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from modexp import flops
 from modexp.cli import app
-from modexp.metrics import read_json
-from modexp.model import build_model
+from modexp.models.model import build_model
 from modexp.plan import build_plan
-from modexp.runner import run_sweep
+from modexp.runs.metrics import read_json
+from modexp.runs.runner import run_sweep
 from modexp.spec import ModelConfig, ModVariant, SpecError, parse_spec
 
 from conftest import TINY

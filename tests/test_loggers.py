@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from modexp.cli import app
-from modexp.loggers import scalars
-from modexp.metrics import read_metrics
+from modexp.runs.loggers import scalars
+from modexp.runs.metrics import read_metrics
 
 pytest.importorskip("tensorboard")
 
@@ -49,7 +49,7 @@ def test_tensorboard_events_match_metrics_jsonl(write_spec, tmp_path):
 
 
 def test_spec_loggers_field_and_failing_logger(write_spec, tmp_path, monkeypatch):
-    from modexp import loggers
+    from modexp.runs import loggers
 
     calls = []
 

@@ -1,4 +1,4 @@
-"""MFU: the pure math (modexp/mfu.py), the per-machine peak cache, and the trainer's fields."""
+"""MFU: the pure math (modexp/training/mfu.py), the per-machine peak cache, and the trainer's fields."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from modexp import mfu, peak
+from modexp.training import mfu, peak
 
 
 def test_mfu_math():
@@ -52,7 +52,7 @@ def test_measured_peak_is_a_plausible_rate():
 
 
 def test_setup_context_takes_the_given_peak_or_the_cached_one(monkeypatch):
-    from modexp.train import setup_context
+    from modexp.training.train import setup_context
 
     assert setup_context("cpu", peak_tflops=2.0).peak_flops == pytest.approx(2e12)
     assert setup_context("cpu").peak_flops is None  # no cached peak in this test's cache
@@ -64,7 +64,7 @@ def test_run_rows_and_summary_carry_flops_per_s_mfu_and_eval_share(write_spec, t
     from typer.testing import CliRunner
 
     from modexp.cli import app
-    from modexp.metrics import read_json, read_metrics
+    from modexp.runs.metrics import read_json, read_metrics
 
     res = tmp_path / "res"
     out = CliRunner().invoke(app, ["run", str(write_spec()), "--results", str(res),

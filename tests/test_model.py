@@ -14,8 +14,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from modexp import flops
-from modexp.mod import RoutedLayer, membership
-from modexp.model import build_model
+from modexp.models.mod import RoutedLayer, membership
+from modexp.models.model import build_model
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
 
 V = 64  # vocabulary of the tiny models
@@ -351,7 +351,7 @@ def test_predictor_parameters_are_exactly_the_predictors():
 def test_calibrated_thresholds_route_the_capacity_and_leave_the_lm_alone():
     """Layer by layer on the causal pass, each routed layer routes k/T of the calibration
     tokens; only the threshold buffers change (no parameter, no random draw)."""
-    from modexp.calibrate import calibrate_thresholds
+    from modexp.training.calibrate import calibrate_thresholds
 
     for variant in (mod(capacity=0.25, route_every=1), mod(capacity=0.25, causal="aux_loss")):
         net = make(cfg(n_layers=4), variant)

@@ -17,7 +17,7 @@ def trained(tmp_path_factory):
     """A BPE-prepared corpus and one trained vanilla run on it (module-scoped: trained once)."""
     import yaml
 
-    from modexp.prepare import prepare
+    from modexp.data.prepare import prepare
     from tests.conftest import TINY
 
     tmp = tmp_path_factory.mktemp("own")

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modexp import isoflop as A
-from modexp.metrics import SUMMARY_FILE, MetricsWriter, write_json_atomic
+from modexp.analysis import isoflop as A
+from modexp.analysis.plot import PlotReport, plot_results, print_report
+from modexp.analysis.verdict import verdict_dict
 from modexp.plan import build_plan
-from modexp.plot import PlotReport, plot_results, print_report
+from modexp.runs.metrics import SUMMARY_FILE, MetricsWriter, write_json_atomic
 from modexp.spec import SpecError, parse_spec, spec_to_dict
-from modexp.verdict import verdict_dict
 
 WIDTHS = (32, 48, 64, 96, 128)  # five sizes: enough for a parabola with slack
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -302,6 +302,6 @@ def test_torn_last_line_is_ignored(tmp_path):
 
 def test_no_torch_import(tmp_path):
     make_results(tmp_path, spec_dict(widths=(32, 48, 64)))
-    code = ("import sys; from modexp.plot import plot_results; "
+    code = ("import sys; from modexp.analysis.plot import plot_results; "
             f"plot_results({str(tmp_path)!r}); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

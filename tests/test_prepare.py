@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modexp.cli import app
-from modexp.prepare import is_val, prepare
+from modexp.data.prepare import is_val, prepare
 from modexp.spec import SpecError
 
 TEXT = "def f(x):\n    return x + 1\n\nclass A:\n    pass\n"

@@ -18,13 +18,13 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from modexp import checkpoint, fingerprint
-from modexp import train as T
-from modexp.analysis import load_results
+from modexp.analysis.results import load_results
 from modexp.cli import app
-from modexp.metrics import read_json, read_metrics
-from modexp.runner import run_sweep
+from modexp.runs import checkpoint, fingerprint
+from modexp.runs.metrics import read_json, read_metrics
+from modexp.runs.runner import run_sweep
 from modexp.spec import SpecError
+from modexp.training import train as T
 
 from conftest import StopAt as _StopAt
 
@@ -105,7 +105,7 @@ def test_edited_data_of_the_same_size_is_caught(fast, tmp_path):
 
 
 def test_data_hash_is_cached_and_stdlib_records_python(tmp_path, monkeypatch):
-    from modexp.corpus import resolve_source
+    from modexp.data.corpus import resolve_source
 
     f = tmp_path / "d.txt"
     f.write_text("abc" * 100)
@@ -280,7 +280,7 @@ def test_plot_before_any_run_finished(fast, tmp_path):
 
 
 def test_write_error_is_one_line_and_verbose_shows_traceback(fast, tmp_path, monkeypatch):
-    import modexp.runner as R
+    import modexp.runs.runner as R
 
     def denied(path, obj):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
@@ -303,8 +303,8 @@ def _umask() -> int:
 
 def _chaos_child(spec: str, results: str, kill_at: int) -> None:
     """Train, SIGKILLing this process at the kill_at-th write (mid-file for checkpoints)."""
-    import modexp.checkpoint as C
-    import modexp.metrics as M
+    import modexp.runs.checkpoint as C
+    import modexp.runs.metrics as M
 
     torch.set_num_threads(1)
     count = [0]

@@ -1,4 +1,4 @@
-"""KV-cached decoding (modexp/decode.py) against the full causal-mode forward pass; sample_run.
+"""KV-cached decoding (modexp/models/decode.py) against the full causal-mode forward pass; sample_run.
 
 The routers and predictors are rigged so each routed layer routes some tokens and skips
 others (by token id, far from the decision boundary), so the tests exercise ragged caches.
@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 
-from modexp.model import build_model
-from modexp.decode import KVCache, generate, make_caches
-from modexp.sample import sample_run
+from modexp.models.model import build_model
+from modexp.models.decode import KVCache, generate, make_caches
+from modexp.models.sample import sample_run
 from modexp.spec import ModelConfig, ModVariant, SpecError, VanillaVariant, parse_spec
 
 V = 64
@@ -252,14 +252,14 @@ def test_sample_length_defaults_to_the_trained_seq_len_and_warns_past_it(tmp_pat
 
 
 def test_control_bytes_are_printed_escaped():
-    from modexp.sample import escape_controls
+    from modexp.models.sample import escape_controls
 
     assert escape_controls("a\x1b[2Jb\n\tc\x00\x7f\r") == "a\\x1b[2Jb\n\tc\\x00\\x7f\\r"
     assert escape_controls("héllo ✓") == "héllo ✓"
 
 
 def test_routing_check_flags_a_layer_off_capacity():
-    from modexp.routing_check import check_routing
+    from modexp.models.routing_check import check_routing
     from tests.conftest import TINY
 
     spec = parse_spec(TINY)

@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from modexp.cli import app
-from modexp.corpus import SourceError, is_token_source, max_token, resolve_source
-from modexp.data import Shards, TokenData
+from modexp.data.corpus import SourceError, is_token_source, max_token, resolve_source
+from modexp.data.tokens import Shards, TokenData
 from modexp.plan import plan_file
 from modexp.spec import SpecError, load_spec
 

@@ -8,10 +8,10 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from modexp import train as T
 from modexp.cli import app
-from modexp.metrics import read_json, read_metrics
-from modexp.runner import run_sweep
+from modexp.runs.metrics import read_json, read_metrics
+from modexp.runs.runner import run_sweep
+from modexp.training import train as T
 
 from conftest import TINY
 from conftest import StopAt as _StopAt
@@ -161,7 +161,7 @@ def test_predictor_lr_never_touches_the_lm(write_spec, tmp_path):
 def test_status_shows_causal_routing_against_capacity():
     from rich.console import Console
 
-    from modexp.status import print_status
+    from modexp.runs.status import print_status
 
     row = {"run_id": "r", "state": "done", "step": 3, "steps": 3, "progress": 1.0,
            "final_eval_loss": 1.0, "final_eval_loss_causal": 1.01, "error": None,

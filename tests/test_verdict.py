@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from modexp import isoflop as I
-from modexp.bootstrap import bootstrap_optimum, interval
+from modexp.analysis import isoflop as I
+from modexp.analysis.bootstrap import bootstrap_optimum, interval
+from modexp.analysis.verdict import verdict_json
 from modexp.cli import app
-from modexp.metrics import write_json_atomic
 from modexp.plan import build_plan
+from modexp.runs.metrics import write_json_atomic
 from modexp.spec import parse_spec, spec_to_dict
-from modexp.verdict import verdict_json
 
 from test_plot import parabola, spec_dict, write_run
 
@@ -144,7 +144,7 @@ def test_one_budget_has_no_frontier_and_edges_have_no_verdict(tmp_path):
 
 
 def test_plot_writes_frontier_and_verdict_files(tmp_path):
-    from modexp.plot import plot_results
+    from modexp.analysis.plot import plot_results
 
     sweep(tmp_path, seeds=(0,))
     rep = plot_results(tmp_path)

@@ -31,16 +31,16 @@ from modexp.bench.memory import bench_memory
 # print_bench, report_dict, Stepper and random_batch: imported from here by the CLI and scripts
 from modexp.bench.report import BenchReport, Ratio, print_bench, report_dict  # noqa: F401
 from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: F401
-from modexp.peak import cached_peak
-from modexp.sample import Pair, resolve
+from modexp.models.sample import Pair, resolve
 from modexp.spec import SpecError
+from modexp.training.peak import cached_peak
 
 
 # ---------------------------------------------------------------- routing of fresh models
 def calibrate_routing(net, sample: torch.Tensor) -> str:
     """Set each routed layer's threshold so a `capacity` fraction of `sample` (B, T) routes
     causally (calibrate.py: layer by layer on the causal pass, as training does)."""
-    from modexp.calibrate import calibrate_thresholds
+    from modexp.training.calibrate import calibrate_thresholds
 
     calibrate_thresholds(net, [sample])
     return "fresh init: decision thresholds set so the causal routed fraction equals the capacity"
@@ -85,7 +85,7 @@ def weight_read_ratio(pair: Pair, busy: list[float]) -> float:
 def bench_decode(pair: Pair, batch: int, prompt: torch.Tensor, new_tokens: int, warmup: int,
                  repeats: int, temperature: float) -> Ratio:
     """Decode tokens/s of both models on the same prompt, interleaved; medians."""
-    from modexp.decode import generate
+    from modexp.models.decode import generate
 
     fracs: dict[str, list] = {"vanilla": [], "mod": []}
     busy = []  # per run: per routed layer, the fraction of steps in which some row ran it
@@ -132,8 +132,8 @@ def _prompts(pair: Pair, n: int, length: int, seed: int) -> tuple[torch.Tensor, 
     """n prompts (n, length): held-out text windows for trained models, else random tokens."""
     trained = any(w != "fresh init" for w in pair.weights.values())
     if trained:
-        from modexp.corpus import SourceError
-        from modexp.data import TokenData
+        from modexp.data.corpus import SourceError
+        from modexp.data.tokens import TokenData
 
         d = pair.spec.data
         try:
@@ -156,7 +156,7 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
 
     peak: also the machine's matmul peak (cached per machine; measured once), for MFU.
     """
-    from modexp.device import resolve_device
+    from modexp.runs.device import resolve_device
 
     device = resolve_device(device)
     if threads:
@@ -199,7 +199,7 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
 
 def check_capacity(pair: Pair, r: Ratio, prompt_len: int, steps: int) -> None:
     """Record on a decode measurement its routed fractions vs capacity (routing_check.py)."""
-    from modexp.routing_check import check_routing
+    from modexp.models.routing_check import check_routing
 
     spec = pair.spec
     check = check_routing(pair.model_cfg, pair.variants["mod"], spec.data.vocab,

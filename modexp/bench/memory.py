@@ -10,7 +10,7 @@ import torch
 
 from modexp.bench.report import Memory
 from modexp.bench.timing import Stepper
-from modexp.sample import Pair
+from modexp.models.sample import Pair
 
 
 @contextmanager
@@ -58,7 +58,7 @@ def _state_bytes(net, opt=None) -> int:
 def bench_memory(pair: Pair, prompt: torch.Tensor, new_tokens: int, device: str,
                  steppers: dict[str, Stepper] | None) -> list[Memory]:
     """Peak memory of one batch-1 generation and (with steppers) of one training step."""
-    from modexp.decode import generate
+    from modexp.models.decode import generate
 
     kinds, gens = ("vanilla", "mod"), {}
     run = {k: lambda k=k: gens.setdefault(k, generate(pair.nets[k], prompt, new_tokens, 1.0))

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from modexp import mfu
+from modexp.training import mfu
 
 
 @dataclass
@@ -57,7 +57,7 @@ class BenchReport:
     settings: dict
     ratios: list[Ratio] = field(default_factory=list)
     memory: list[Memory] = field(default_factory=list)
-    peak_flops: float | None = None  # the machine's measured matmul peak (modexp/peak.py)
+    peak_flops: float | None = None  # the machine's measured matmul peak (modexp/training/peak.py)
 
 
 def report_dict(report: BenchReport) -> dict:
@@ -116,7 +116,7 @@ def print_bench(report: BenchReport, console) -> None:
         console.print(m)
     if report.peak_flops:
         console.print(f"matmul peak of this machine: {report.peak_flops / 1e9:,.0f} GFLOP/s "
-                      "(modexp/peak.py: best of 10 (1024, 1024) @ (1024, 1024), cached)",
+                      "(modexp/training/peak.py: best of 10 (1024, 1024) @ (1024, 1024), cached)",
                       highlight=False)
     for r in report.ratios:
         for kind, t in step_throughput(r, report.peak_flops).items():

@@ -38,7 +38,7 @@ class Stepper:
 
     def __init__(self, net: torch.nn.Module, train_cfg, batch: tuple[torch.Tensor, torch.Tensor],
                  device: str, bf16: bool = False, compile: bool = False):
-        from modexp.train import make_optimizer  # the trainer's AdamW, as trained
+        from modexp.training.train import make_optimizer  # the trainer's AdamW, as trained
 
         self.net = net.to(device).train()
         self.opt = make_optimizer(self.net, train_cfg, torch.device(device))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from modexp import mfu
+from modexp.training import mfu
 
 
 def cache_path() -> Path:

@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from modexp.metrics import SUMMARY_FILE, write_json_atomic
+from modexp.runs.metrics import SUMMARY_FILE, write_json_atomic
 
 ERROR_LOG, INTERRUPTED_FILE = "error.log", "interrupted.json"
 _ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EACCES,

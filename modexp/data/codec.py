@@ -37,7 +37,7 @@ class Codec:
 def run_codec(run: dict) -> Codec:
     """The codec of a run (its run.json): the tokenizer its data source recorded, else found in
     the source folder, bytes for text sources, bare ids for token files without a tokenizer."""
-    from modexp.corpus import is_token_source
+    from modexp.data.corpus import is_token_source
 
     source = run["spec"]["data"]["source"]
     tok = (run.get("data") or {}).get("tokenizer")

@@ -10,10 +10,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from modexp import analysis as A
-from modexp import isoflop as I
+from modexp.analysis import results as A
+from modexp.analysis import isoflop as I
+from modexp.analysis.plot_style import Style, figure, header, log_x, sci
 from modexp.plan import budget_tag
-from modexp.plot_style import Style, figure, header, log_x, sci
 
 
 def fig_isoflop(res: A.Results, means: pd.DataFrame, fits: pd.DataFrame, style: Style) -> Figure:

@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from modexp import analysis as A
-from modexp import isoflop as I
+from modexp.analysis import results as A
+from modexp.analysis import isoflop as I
 from modexp.plan import budget_tag
 
 CMAPS = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")  # one hue per variant

@@ -2,7 +2,7 @@
 
 Before `modexp run` writes anything, every run folder of the experiment (selected or not, since
 plan.json is rewritten for all of them) is compared with the new plan by fingerprint
-(modexp/fingerprint.py). A difference is refused (exit 2) with the fields that differ and the
+(modexp/runs/fingerprint.py). A difference is refused (exit 2) with the fields that differ and the
 ways out: a new experiment name, or `--move-aside`, which moves the differing folders (and the
 old plan.json) to results/<name>.aside-<UTC time>/ and trains them afresh.
 """
@@ -14,8 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
-from modexp import fingerprint as fp
-from modexp.metrics import RUN_FILE, read_json
+from modexp.runs import fingerprint as fp
+from modexp.runs.metrics import RUN_FILE, read_json
 from modexp.spec import SpecError
 
 PLAN_FILE = "plan.json"

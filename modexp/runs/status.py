@@ -7,9 +7,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from modexp.metrics import METRICS_FILE, SUMMARY_FILE, read_json, read_metrics
-from modexp.failures import INTERRUPTED_FILE
-from modexp.runner import PLAN_FILE, run_state
+from modexp.runs.metrics import METRICS_FILE, SUMMARY_FILE, read_json, read_metrics
+from modexp.runs.failures import INTERRUPTED_FILE
+from modexp.runs.runner import PLAN_FILE, run_state
 from modexp.spec import SpecError, load_spec
 
 

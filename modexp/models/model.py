@@ -4,7 +4,7 @@ Token embedding -> pre-norm blocks (RMSNorm, causal self-attention with RoPE, ML
 RMSNorm -> LM head. No biases anywhere in the LM: flops.py counts none, and the parameter
 count must match it exactly. A Mixture-of-Depths model (Raposo et al. 2024, arXiv 2404.02258)
 is the same stack of the same `Block`s; its routed layers wrap a block with a router
-(modexp/mod.py) that sends only the top-k tokens of each sequence through it.
+(modexp/models/mod.py) that sends only the top-k tokens of each sequence through it.
 
 Every block exposes its update f(x) = block(x) - x separately (`Block.update`): a dense layer
 computes x + f(x), a routed layer x + g(r) * f(x~) on the gathered tokens x~. So a routed
@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modexp.mod import RoutedLayer, route_losses, route_stats, stream_seed
+from modexp.models.mod import RoutedLayer, route_losses, route_stats, stream_seed
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
 
 if TYPE_CHECKING:  # the cache lives with the decoder; the model only passes it through
-    from modexp.decode import KVCache
+    from modexp.models.decode import KVCache
 
 
 @dataclass
@@ -196,7 +196,7 @@ class Attention(nn.Module):
         """Self-attention of the t tokens in x (B, t, d) at positions pos (B, t).
 
         With a cache (sampling), the new keys and values are stored there and the queries
-        attend over everything the cache holds (modexp/decode.py), under the mask it returns.
+        attend over everything the cache holds (modexp/models/decode.py), under the mask it returns.
         """
         q, k, v = self.rotate(self.project(x), pos)
         if cache is not None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modexp.bootstrap import interval
-from modexp.isoflop import Analysis, analyze, compact
+from modexp.analysis.bootstrap import interval
+from modexp.analysis.isoflop import Analysis, analyze, compact
 from modexp.plan import budget_tag
 
 NO_VERDICT = "no verdict"

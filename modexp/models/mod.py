@@ -14,7 +14,7 @@ Top-k is not causal: whether token i is routed depends on later tokens' scores. 
 (sec. 3.5) each routed layer learns a per-token decision: `aux_loss` (BCE of the router logit
 against top-k membership, added to the LM loss) or `predictor` (a small MLP on stop-gradient
 inputs, trained with its own BCE). routing="causal" routes token i iff that logit passes the
-layer's `threshold` buffer: 0 (`threshold: zero`), or calibrated (modexp/calibrate.py) so that
+layer's `threshold` buffer: 0 (`threshold: zero`), or calibrated (modexp/training/calibrate.py) so that
 the causal routed fraction equals the layer's capacity. A plain BCE classifier on 12.5%
 positives is rewarded for saying "skip", so at logit > 0 it under-routes.
 
@@ -38,8 +38,8 @@ from modexp.flops import routed_k
 from modexp.spec import ModVariant
 
 if TYPE_CHECKING:  # model.py imports this module; the Block is only passed in
-    from modexp.model import Block
-    from modexp.decode import KVCache
+    from modexp.models.model import Block
+    from modexp.models.decode import KVCache
 
 
 @dataclass
@@ -175,7 +175,7 @@ class RoutedLayer(nn.Module):
         out, idx, valid = self._run_causal(x, block, pos, ones, decision, cache)
         return out, RouteInfo(idx, valid, decision.sum(), None, None, None, None)
 
-    # ------------------------------------------------------------ decoding (modexp/decode.py)
+    # ------------------------------------------------------------ decoding (modexp/models/decode.py)
     def decider(self) -> Callable[[Tensor], bool]:
         """Batch-1 decode: x (1, 1, d) -> does this token route here (logit > threshold)?
 

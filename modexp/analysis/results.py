@@ -1,4 +1,4 @@
-"""Results folder -> tables: the runs and their metrics, validated (fits: modexp/isoflop.py).
+"""Results folder -> tables: the runs and their metrics, validated (fits: modexp/analysis/isoflop.py).
 
 Reads only what the trainer writes (plan.json, <run>/run.json, metrics.jsonl, summary.json; see
 metrics.py), so it never imports torch, and it imports no matplotlib either: `modexp status`
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modexp.metrics import METRICS_FILE, RUN_FILE, SUMMARY_FILE, read_json, read_metrics
+from modexp.runs.metrics import METRICS_FILE, RUN_FILE, SUMMARY_FILE, read_json, read_metrics
 from modexp.spec import SpecError
 
 PLAN_FILE = "plan.json"
@@ -186,7 +186,7 @@ def _assemble(root: Path, experiment: str, entries: dict, found: dict) -> Result
 
 def _settings(run: dict) -> str | None:
     """The run's settings fingerprint (fingerprint.py), None if run.json cannot give one."""
-    from modexp.fingerprint import of_run_file
+    from modexp.runs.fingerprint import of_run_file
 
     try:
         return of_run_file(run)["settings"]

@@ -2,7 +2,7 @@
 
 Figures use matplotlib's object API (Figure + the Agg canvas it picks by default), never
 pyplot: no global backend switch for the caller and no figure registry to leak. Everything
-is read from the files the trainer writes (analysis.py, isoflop.py); torch is never imported.
+is read from the files the trainer writes (results.py, isoflop.py); torch is never imported.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from modexp import analysis as A
-from modexp import isoflop as I
-from modexp import verdict as V
+from modexp.analysis import results as A
+from modexp.analysis import isoflop as I
+from modexp.analysis import verdict as V
+from modexp.analysis.plot_isoflop import fig_frontier, fig_isoflop
+from modexp.analysis.plot_style import Style as _Style
+from modexp.analysis.plot_style import figure as _figure
+from modexp.analysis.plot_style import header as _header
+from modexp.analysis.plot_style import log_x as _log_x
+from modexp.analysis.plot_style import sci as _sci
 from modexp.plan import budget_tag
-from modexp.plot_isoflop import fig_frontier, fig_isoflop
-from modexp.plot_style import Style as _Style
-from modexp.plot_style import figure as _figure
-from modexp.plot_style import header as _header
-from modexp.plot_style import log_x as _log_x
-from modexp.plot_style import sci as _sci
 from modexp.spec import SpecError
 
 if TYPE_CHECKING:

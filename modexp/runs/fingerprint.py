@@ -138,7 +138,7 @@ def _read_cache(path: Path) -> dict:
 
 def _write_cache(path: Path, obj: dict) -> None:
     """Best effort: a read-only home only costs a rehash next time."""
-    from modexp.metrics import write_json_atomic
+    from modexp.runs.metrics import write_json_atomic
 
     try:
         write_json_atomic(path, dict(list(obj.items())[-64:]))  # the 64 newest sources

@@ -19,12 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modexp import fingerprint, rundirs
-from modexp.checkpoint import CKPT_FILE, clean_stale_temp
-from modexp.corpus import SourceError
-from modexp.failures import clear_records, describe, is_environment_error, record_failure, record_interruption
-from modexp.metrics import RUN_FILE, SUMMARY_FILE, MetricsWriter, read_json, write_json_atomic
+from modexp.data.corpus import SourceError
 from modexp.plan import Plan, RunPlan, plan_file
+from modexp.runs import fingerprint, rundirs
+from modexp.runs.checkpoint import CKPT_FILE, clean_stale_temp
+from modexp.runs.failures import clear_records, describe, is_environment_error, record_failure, record_interruption
+from modexp.runs.metrics import RUN_FILE, SUMMARY_FILE, MetricsWriter, read_json, write_json_atomic
 from modexp.spec import ExperimentSpec, SpecError, spec_to_dict
 
 PLAN_FILE, LOCK_FILE = rundirs.PLAN_FILE, ".lock"
@@ -158,8 +158,8 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
                                          f"runs: {', '.join(r.run_id for r in plan.runs)}"])
     runs = select_runs(plan, only, shard)  # may be empty: an array bigger than the sweep
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
-    from modexp.device import resolve_device
-    from modexp.train import split_batch
+    from modexp.runs.device import resolve_device
+    from modexp.training.train import split_batch
 
     try:
         for batch in sorted({r.batch_size for r in runs} or {spec.train.batch_size}):
@@ -171,7 +171,7 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     exp_dir = Path(results) / spec.name
     if exp_dir.exists() and not exp_dir.is_dir():
         raise SpecError("--results", [f"{exp_dir} is a file, where the experiment's folder goes"])
-    from modexp.data import TokenData
+    from modexp.data.tokens import TokenData
 
     try:
         data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction, spec.data.vocab)
@@ -197,9 +197,9 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's."""
     import torch
 
-    from modexp.loggers import Tee
-    from modexp.model import build_model
-    from modexp.train import Trainer
+    from modexp.models.model import build_model
+    from modexp.runs.loggers import Tee
+    from modexp.training.train import Trainer
 
     model_cfg = next(m for m in spec.models if m.name == run.model)
     torch.manual_seed(run.seed)  # the seed fixes init; data order is fixed by (seed, step)
@@ -238,7 +238,7 @@ class _NullLogger:
 
 def _on_every_rank(exc: BaseException) -> bool:
     """Divergence is decided on globally reduced losses, so every rank raises it at one step."""
-    from modexp.train import Diverged
+    from modexp.training.train import Diverged
 
     return isinstance(exc, Diverged)
 
@@ -281,9 +281,9 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
     An environment failure (disk full, out of memory, device lost) leaves the run interrupted
     and stops the sweep with EnvironmentFailure (exit 2).
     """
-    from modexp.train import setup_context, teardown_context
+    from modexp.training.train import setup_context, teardown_context
 
-    from modexp.loggers import check_loggers
+    from modexp.runs.loggers import check_loggers
 
     p = prepare(spec_path, results, only, shard, device=device, move_aside=move_aside)
     bad = check_loggers([*p.spec.train.loggers, *loggers])

@@ -4,7 +4,7 @@ MFU (Chowdhery et al. 2022, PaLM, App. B) = model FLOPs per second / peak FLOPs 
 with the model's FLOPs from flops.py (matmul convention: what the hardware's matmul units
 do) and the peak either given (--peak-tflops), looked up for known GPUs at the dtype the
 trainer runs (bf16 autocast on CUDA), or measured on this machine (a @ b in fp32, cached per
-machine by modexp/peak.py).
+machine by modexp/training/peak.py).
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def _hms(seconds: float) -> str:
 
 def sweep_json(report) -> dict:
     """`modexp run --json`: the results folder, each selected run's outcome and summary.json."""
-    from modexp.metrics import SUMMARY_FILE, read_json
+    from modexp.runs.metrics import SUMMARY_FILE, read_json
 
     runs = {}
     for run_id, outcome in report.outcomes.items():

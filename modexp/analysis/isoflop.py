@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modexp.analysis import Results, load_results
-from modexp.bootstrap import bootstrap_optimum, interval
+from modexp.analysis.bootstrap import bootstrap_optimum, interval
+from modexp.analysis.results import Results, load_results
 from modexp.plan import budget_tag
 
 FIT_COLUMNS = ["budget", "variant", "metric", "n_sizes", "status", "reason", "opt_params",

@@ -19,12 +19,13 @@ from typing import Callable, Protocol
 import torch
 import torch.distributed as dist
 
-from modexp import checkpoint, mfu
-from modexp.calibrate import calibrate_thresholds
-from modexp.data import TokenData
-from modexp.optim import make_optimizer, make_predictor_optimizer, split_params
+from modexp.data.tokens import TokenData
 from modexp.plan import RunPlan
+from modexp.runs import checkpoint
 from modexp.spec import TrainConfig
+from modexp.training import mfu
+from modexp.training.calibrate import calibrate_thresholds
+from modexp.training.optim import make_optimizer, make_predictor_optimizer, split_params
 
 
 class Diverged(RuntimeError):
@@ -386,7 +387,7 @@ def setup_context(device: str = "auto", peak_tflops: float | None = None) -> Con
     peak_tflops: the device's peak for MFU; default a known GPU's bf16 peak, or on a CPU the
     matmul peak `modexp bench` measured and cached on this machine (else MFU stays unknown).
     """
-    from modexp.device import resolve_device
+    from modexp.runs.device import resolve_device
 
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     dev = torch.device(resolve_device(device))
@@ -405,7 +406,7 @@ def _known_peak(dev: torch.device) -> float | None:
     """A known GPU's bf16 peak (the trainer autocasts to bf16 there), or a cached CPU peak."""
     if dev.type == "cuda":
         return mfu.gpu_peak_flops(torch.cuda.get_device_name(dev), "bf16")
-    from modexp.peak import cached_peak
+    from modexp.training.peak import cached_peak
 
     return cached_peak("cpu", measure=False)
 

@@ -2,7 +2,7 @@
 
 Also how models come out of run folders: one run (load_run), or the vanilla and MoD models of
 one size from a run, a results folder or a spec (resolve, for `modexp bench`). Decoding itself
-(KV caches, causal routing, sampling) lives in modexp/decode.py.
+(KV caches, causal routing, sampling) lives in modexp/models/decode.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from modexp.decode import generate
-from modexp.routing_check import RoutingCheck, check_routing
+from modexp.models.decode import generate
+from modexp.models.routing_check import RoutingCheck, check_routing
 from modexp.spec import SpecError
 
 
@@ -26,7 +26,7 @@ class SampleResult:
     kind: str  # vanilla | mod
     step: int | None  # the checkpoint's training step
     prompt: str
-    text: str  # the continuation, decoded by the run's codec (modexp/codec.py)
+    text: str  # the continuation, decoded by the run's codec (modexp/data/codec.py)
     tokens: list[int]  # the generated token ids
     routed_frac: dict[int, float]  # routed layer -> fraction of decoded tokens routed there
     tokens_per_s: float  # decode steps only
@@ -37,9 +37,9 @@ class SampleResult:
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model in eval mode, run.json, checkpoint step) from a run folder; SpecError if unusable."""
-    from modexp.checkpoint import CKPT_FILE, CheckpointError, has_checkpoint, load_for_reading
-    from modexp.metrics import RUN_FILE, read_json
-    from modexp.model import build_model
+    from modexp.models.model import build_model
+    from modexp.runs.checkpoint import CKPT_FILE, CheckpointError, has_checkpoint, load_for_reading
+    from modexp.runs.metrics import RUN_FILE, read_json
     from modexp.spec import parse_spec
 
     run_dir = Path(run_dir)
@@ -90,7 +90,7 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = No
     max_new_tokens None: up to the trained seq_len (prompt included). Past it, RoPE positions
     and routing decisions were never trained: generation goes on, with a warning.
     """
-    from modexp.device import resolve_device
+    from modexp.runs.device import resolve_device
 
     device = resolve_device(device)
     bad = [m for ok, m in ((max_new_tokens is None or max_new_tokens >= 1,
@@ -105,7 +105,7 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = No
     if plan["kind"] == "mod" and spec["variants"][plan["variant"]]["causal"] == "none":
         raise SpecError(str(run_dir), ["this MoD variant has causal: none, so it cannot route "
                                        "token by token; sampling needs aux_loss or predictor"])
-    from modexp.codec import run_codec
+    from modexp.data.codec import run_codec
 
     codec = run_codec(run)
     ids = encode_prompt(prompt, plan["vocab"], codec)
@@ -176,8 +176,8 @@ def _largest(spec, name: str | None):
 
 def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
     """A run folder, a results folder, a spec file (or spec) -> the pair of models to compare."""
-    from modexp.metrics import RUN_FILE, read_json
-    from modexp.runner import CKPT_FILE, PLAN_FILE
+    from modexp.runs.metrics import RUN_FILE, read_json
+    from modexp.runs.runner import CKPT_FILE, PLAN_FILE
     from modexp.spec import load_spec, parse_spec
 
     if not isinstance(target, (str, Path)):  # an ExperimentSpec already loaded (scripts)
@@ -205,8 +205,8 @@ def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
 
 def _runs(exp_dir: Path, budget: float, seed: int) -> dict[tuple[str, str], Path]:
     """(model, variant) -> run folder with a checkpoint, for one budget and seed."""
-    from modexp.metrics import RUN_FILE, read_json
-    from modexp.runner import CKPT_FILE
+    from modexp.runs.metrics import RUN_FILE, read_json
+    from modexp.runs.runner import CKPT_FILE
 
     found = {}
     for run_file in exp_dir.glob(f"*/{RUN_FILE}"):
@@ -221,7 +221,7 @@ def _pair(spec, size, runs: dict, names: dict, device: str) -> Pair:
 
     names: kind -> variant name (default: the spec's first of each kind).
     """
-    from modexp.model import build_model
+    from modexp.models.model import build_model
 
     names = {k: names.get(k) or _variant_name(spec, k) for k in ("vanilla", "mod")}
     variants = {k: spec.variants[n] for k, n in names.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modexp.corpus import Source, check_token_ids, resolve_source, token_map
+from modexp.data.corpus import Source, check_token_ids, resolve_source, token_map
 from modexp.plan import val_tokens
 
 

@@ -1,6 +1,6 @@
 """`modexp prepare`: text corpora -> a token folder (train.bin, val.bin, tokenizer.json, meta.json).
 
-Streams: documents are read in pieces (modexp/documents.py), encoded in batches of about
+Streams: documents are read in pieces (modexp/data/documents.py), encoded in batches of about
 BATCH_CHARS by the tokenizer's multi-threaded encode_batch while the next batch is read, and
 appended to the .bin files, so memory does not grow with the corpus. Everything is written
 into DIR.tmp-xxxx and renamed to DIR at the end (meta.json last), so a DIR that exists is
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modexp.documents import InputError, check_inputs, documents
+from modexp.data.documents import InputError, check_inputs, documents
 from modexp.spec import SpecError
 
 BATCH_CHARS = 1 << 20  # ~1 Mi characters per encode_batch call (its Encodings cost ~100 B a token)
