@@ -64,7 +64,7 @@ def _errors(command):
 
 def _warn(warnings: list[str]) -> None:
     """Warnings go to stderr, so stdout stays the command's result."""
-    for w in warnings:
+    for w in dict.fromkeys(warnings):  # once each, in order
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
 
 

@@ -41,7 +41,7 @@ def analyze(root: str | Path) -> Analysis:
     """Load a results folder, average seeds, fit isoFLOP parabolas, build the summary table."""
     res = load_results(root)
     means = seed_means(res.runs)
-    fits = fit_isoflop(means, variant_order(res.runs)[0])
+    fits = fit_isoflop(means, variant_order(res.runs)[0], res.runs)
     return Analysis(res, means, fits, summary_table(res.runs, means, fits),
                     res.warnings + fit_warnings(fits))
 
@@ -111,12 +111,15 @@ def seed_means(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[cols]
 
 
-def fit_isoflop(means: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+def fit_isoflop(means: pd.DataFrame, variants: list[str], planned: pd.DataFrame | None = None) -> pd.DataFrame:
     """One parabola per budget, variant and metric (topk; causal for MoD), with bootstrap
-    95% intervals of its optimum."""
+    95% intervals of its optimum. `planned` (every planned run): a variant is fitted only at
+    the budgets it is planned at (a control run at one budget is not "no verdict" at others)."""
     recs = []
     for budget in sorted(means["budget"].unique()):
         for v in variants:
+            if planned is not None and not ((planned["budget"] == budget) & (planned["variant"] == v)).any():
+                continue
             sel = means[(means["budget"] == budget) & (means["variant"] == v)].sort_values("params")
             for metric, (col, seeds) in METRICS.items():
                 if metric == "causal" and (sel.empty or sel["kind"].iloc[0] != "mod"
