@@ -19,6 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from modexp.analysis.results import load_results
+from modexp.cache import CACHE_ENV
 from modexp.cli import app
 from modexp.runs import checkpoint, fingerprint
 from modexp.runs.metrics import read_json, read_metrics
@@ -38,7 +39,7 @@ RUN = "2.2e7-xs-mod-s0"
 
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(fingerprint.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modexp.cache import read_cache, write_cache
+
 BUILTIN = "builtin:pystdlib"
 META_FILE = "meta.json"
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -161,9 +163,7 @@ def _prepared(source: str, folder: Path) -> Source:
                   meta["vocab_size"], str(tok) if tok.is_file() else meta.get("tokenizer"), meta)
 
 
-def _cache_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "modexp" / "token-max.json"
+TOKEN_MAX_FILE = "token-max.json"  # modexp.cache: file fingerprint -> largest token id
 
 
 def max_token(path: Path, token_bytes: int, chunk: int = 1 << 24) -> int:
@@ -171,20 +171,13 @@ def max_token(path: Path, token_bytes: int, chunk: int = 1 << 24) -> int:
     (path, size, mtime) so a sweep's later runs and reruns do not read the file again."""
     st = path.stat()
     key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    cache_file = _cache_path()
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
+    cache = read_cache(TOKEN_MAX_FILE)
     if key in cache:
         return cache[key]
     ids = token_map(path, token_bytes)
     m = max((int(ids[i:i + chunk].max()) for i in range(0, len(ids), chunk)), default=-1)
     try:  # a cache, not a record: losing a race or a read-only home only costs a re-read
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**cache, key: m}))
-        os.replace(tmp, cache_file)
+        write_cache(TOKEN_MAX_FILE, {**cache, key: m})
     except OSError:
         pass
     return m

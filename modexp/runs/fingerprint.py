@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
+
+from modexp.cache import read_cache, write_cache
 
 EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile")
 """train.* fields left out of the fingerprint: they change how a run executes, not its result."""
@@ -27,7 +28,6 @@ PLAN_FIELDS = ("budget", "model", "variant", "kind", "seed", "convention", "seq_
 """The plan entry's fields in the fingerprint: the horizon and cost (others are derived notes)."""
 SEED_FIELDS = ("seed",)
 """Fields by which the seeds of one setting differ (same_settings ignores them)."""
-CACHE_ENV = "MODEXP_CACHE"  # overrides ~/.cache/modexp (tests, read-only homes)
 
 
 def fingerprint_fields(spec: dict, plan: dict, data: dict) -> dict:
@@ -92,9 +92,7 @@ def same_settings(a: dict, b: dict) -> bool:
 # ---------------------------------------------------------------- the data's content hash
 
 
-def cache_dir() -> Path:
-    """Where the data hash cache lives: $MODEXP_CACHE, else ~/.cache/modexp."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "modexp")
+HASH_FILE = "data-sha256.json"  # modexp.cache: files (path, size, mtime) -> content sha256
 
 
 def data_fingerprint(source) -> dict:
@@ -105,8 +103,7 @@ def data_fingerprint(source) -> dict:
     """
     stats = [(str(f.resolve()), *_stat(f)) for f in source.files]
     key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
-    cache = cache_dir() / "data-sha256.json"
-    known = _read_cache(cache)
+    known = read_cache(HASH_FILE)
     sha = known.get(key)
     if sha is None:
         h = hashlib.sha256()
@@ -115,7 +112,7 @@ def data_fingerprint(source) -> dict:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
         sha = h.hexdigest()
-        _write_cache(cache, {**known, key: sha})
+        _write_cache({**known, key: sha})
     out = {"source": source.name, "files": len(source.files), "tokens": source.n_tokens, "sha256": sha,
            "tokenizer": getattr(source, "tokenizer", None)}  # sample decodes with it
     if source.name.startswith("builtin:"):
@@ -128,19 +125,9 @@ def _stat(f: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _read_cache(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-        return obj if isinstance(obj, dict) else {}
-    except (OSError, ValueError):
-        return {}  # no cache, or a broken one: hash again
-
-
-def _write_cache(path: Path, obj: dict) -> None:
+def _write_cache(obj: dict) -> None:
     """Best effort: a read-only home only costs a rehash next time."""
-    from modexp.runs.metrics import write_json_atomic
-
     try:
-        write_json_atomic(path, dict(list(obj.items())[-64:]))  # the 64 newest sources
+        write_cache(HASH_FILE, dict(list(obj.items())[-64:]))  # the 64 newest sources
     except OSError:
         pass

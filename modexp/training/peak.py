@@ -8,21 +8,22 @@ uses the same denominator. `modexp bench` measures and caches it; runs read the 
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from modexp.cache import cache_dir, read_cache, write_cache
 from modexp.training import mfu
 
 
+PEAK_FILE = "peak.json"
+
+
 def cache_path() -> Path:
-    """$XDG_CACHE_HOME/modexp/peak.json (default ~/.cache)."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "modexp" / "peak.json"
+    """The peak cache file: modexp.cache's folder / peak.json."""
+    return cache_dir() / PEAK_FILE
 
 
 def cpu_model() -> str:
@@ -66,8 +67,8 @@ def measure_matmul_peak(m: int = 1024, k: int = 1024, n: int = 1024, device: str
 def read_cached_peak(key: str) -> float | None:
     """The cached peak FLOP/s for this machine key, or None."""
     try:
-        return float(json.loads(cache_path().read_text())[key]["flops_per_s"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(read_cache(PEAK_FILE)[key]["flops_per_s"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -83,18 +84,10 @@ def cached_peak(device: str = "cpu", measure: bool = True) -> float | None:
 
 def write_cached_peak(key: str, peak: float) -> None:
     """Add or replace this key's peak in the cache file (atomically)."""
-    path = cache_path()
-    try:
-        data = json.loads(path.read_text())
-        data = data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        data = {}
+    data = read_cache(PEAK_FILE)
     data[key] = {"flops_per_s": peak, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "how": "best of 10: (1024, 1024) @ (1024, 1024)"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_cache(PEAK_FILE, data, indent=2)
 
 
 def _sync(device: str) -> None:
