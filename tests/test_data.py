@@ -50,6 +50,20 @@ def test_batches_are_seeded_and_sliceable():
     assert torch.equal(torch.cat([x for x, _ in v1]), torch.cat([x for x, _ in v2]))
 
 
+def test_final_eval_windows_extend_the_regular_ones(tmp_path):
+    """More rounds: the first batches are the one-round windows, the rest lie between them."""
+    (tmp_path / "t.txt").write_bytes(bytes(range(256)) * 40)  # val: 1024 tokens, no repeats within 256
+    data = TokenData(str(tmp_path), seq_len=8, val_fraction=0.1)
+    one, four = data.val_batches(2, 4), data.val_batches(2, 4, rounds=4)
+    assert len(four) == 8 and all(torch.equal(a[0], b[0]) for a, b in zip(one, four))
+    starts = data.val_starts(8, rounds=4).tolist()
+    assert torch.equal(four[5][0][1], torch.from_numpy(data.val[starts[21]:][:8].astype(np.int64)))
+    assert len(set(starts)) == 32  # distinct windows
+    gaps = np.diff(sorted(starts))
+    last = len(data.val) - 9
+    assert gaps.max() <= last / 7 / 4 + 1  # no wider gap than a round's shift: spread over the split
+
+
 @pytest.mark.parametrize("make", ["missing", "empty"])
 def test_missing_or_empty_source(tmp_path, make):
     path = tmp_path / "corpus.txt"

@@ -14,7 +14,7 @@ from modexp.models.model import build_model
 from modexp.plan import build_plan
 from modexp.runs.metrics import read_json
 from modexp.runs.runner import run_sweep
-from modexp.spec import ModelConfig, ModVariant, SpecError, parse_spec
+from modexp.spec import ModelConfig, ModVariant, SpecError, parse_spec, spec_to_dict
 
 from conftest import TINY
 
@@ -86,6 +86,14 @@ def test_random_router_rejects_router_settings():
     raw = grid_spec(variants={"r": dict(RANDOM, causal="aux_loss", gate="identity")})
     assert problems(raw) == ["variants.r.router: random has no router, gate or predictor; "
                              "remove causal, gate"]
+
+
+def test_resolved_random_spec_parses_again():
+    """run.json keeps the resolved spec (every field at its value); sample and bench re-read it."""
+    raw = grid_spec(variants={"r": RANDOM})
+    resolved = spec_to_dict(parse_spec(raw))
+    assert resolved["variants"]["r"]["threshold"] == "calibrated"  # the default, written out
+    assert spec_to_dict(parse_spec(resolved)) == resolved
 
 
 # ---------------------------------------------------------------- random routing

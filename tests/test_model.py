@@ -369,6 +369,38 @@ def test_calibrated_thresholds_route_the_capacity_and_leave_the_lm_alone():
         torch.testing.assert_close(frac, torch.full_like(frac, 0.25), atol=1 / 256, rtol=0)
 
 
+def test_thresholds_are_a_running_mean_of_the_training_batches_quantiles():
+    """Tracked layers record each training batch's (1 - k/T) logit quantile; fold_thresholds
+    averages a step's micro-batches, then keeps the mean of the last WINDOW steps."""
+    from modexp.models.mod import quantile_threshold
+    from modexp.training import calibrate
+
+    net = make(cfg(n_layers=2), mod(capacity=0.25, route_every=2)).train()
+    layer = net.routers["1"]
+    net(tokens(4, 32))
+    assert layer.seen is None  # untracked (outside the trainer): nothing recorded
+    calibrate.track_thresholds(net)
+    seen, steps = [], 40
+    for step in range(steps):
+        qs = []
+        for _ in range(2):  # two micro-batches in this step
+            idx = tokens(4, 32)
+            net(idx)
+            h = net.embed(idx)
+            h = h + net.blocks[0].update(h, torch.arange(32).unsqueeze(0))  # dense layer 0
+            qs.append(float(quantile_threshold(layer._predictor_logits(h).detach(), 0.25)))
+        calibrate.fold_thresholds(net)
+        seen.append(sum(qs) / 2)
+        assert layer.seen == []
+        if step + 1 <= calibrate.WINDOW:  # the plain mean while the window fills
+            assert float(layer.threshold) == pytest.approx(sum(seen) / len(seen), abs=1e-5)
+    expect = sum(seen[:calibrate.WINDOW]) / calibrate.WINDOW
+    for q in seen[calibrate.WINDOW:]:
+        expect += (q - expect) / calibrate.WINDOW
+    assert float(layer.threshold) == pytest.approx(expect, abs=1e-5)
+    assert int(layer.threshold_steps) == steps
+
+
 @pytest.mark.parametrize("causal", ["predictor", "aux_loss"])
 def test_decode_deciders_compare_against_the_threshold(causal):
     """decider (batch 1) and batch_decider decide as forward does: logit > threshold."""

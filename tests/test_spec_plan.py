@@ -88,7 +88,15 @@ BAD = {
     "unknown variant kind": ({"variants": {"v": {"kind": "moe"}}}, "variants.v: kind must be 'vanilla' or 'mod'"),
     "layer out of range": ({"variants": {"m": {"kind": "mod", "layers": {7: 0.5}}}},
                            "variants.m.layers: layer 7 does not exist"),
+    "final eval not a superset": ({"train": {"batch_size": 4, "eval_batches": 2, "final_eval_batches": 3}},
+                                  "train.final_eval_batches: must be a multiple of eval_batches (2), got 3"),
 }
+
+
+@pytest.mark.parametrize("eval_batches, final", [(1, 4), (2, 4), (3, 6), (8, 8)])
+def test_final_eval_batches_default_is_the_smallest_multiple_of_at_least_4(write_spec, eval_batches, final):
+    spec = load_spec(write_spec(train={"batch_size": 4, "eval_batches": eval_batches}))
+    assert spec.train.final_eval_batches == final
 
 
 @pytest.mark.parametrize("case", BAD, ids=list(BAD))

@@ -44,6 +44,7 @@ def test_tiny_spec_trains_end_to_end(write_spec, tmp_path):
         assert train[-1]["step"] == p["steps"]
         assert train[-1]["lr"] == pytest.approx(TINY["train"]["lr"] * 0.1)  # reaches min_lr
         assert [r["budget_frac"] for r in evals] == [0.5, 1.0]  # same fractions for every run
+        assert [r["eval_sequences"] for r in evals] == [4, 16]  # the last: final_eval_batches 4
         summary = read_json(exp / run_id / "summary.json")
         assert summary["state"] == "done" and summary["final_eval_loss"] == evals[-1]["eval_loss"]
         assert summary["final_eval_loss"] < 5.5  # it learned something (ln 256 = 5.55)
@@ -52,7 +53,7 @@ def test_tiny_spec_trains_end_to_end(write_spec, tmp_path):
             assert 0 <= summary["predictor_acc"] <= 1 and 0 <= summary["predictor_acc_causal"] <= 1
             assert evals[-1]["predictor_recall_causal"] is not None
             assert train[-1]["routed_frac"] == [0.25]
-            # calibrated at every eval: a threshold per routed layer, capacity beside the fraction
+            # calibrated over training steps: a threshold per routed layer, capacity beside the fraction
             assert summary["routed_frac_topk"] == [0.25] and len(summary["routed_frac_causal"]) == 1
             assert all(len(r["threshold"]) == 1 and r["threshold"][0] != 0 for r in evals)
             assert train[-1]["predictor_grad_norm"] > 0

@@ -99,10 +99,21 @@ class TokenData:
         starts = torch.from_numpy(rng.integers(0, len(self.train) - self.seq_len, batch_size))
         return self._windows(self.train, starts[rows])
 
-    def val_batches(self, n_batches: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Fixed, evenly spaced validation windows: the same for every run of an experiment."""
-        n = n_batches * batch_size
-        last = len(self.val) - self.seq_len - 1
-        starts = torch.linspace(0, last, n).long()
+    def val_batches(self, n_batches: int, batch_size: int,
+                    rounds: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Fixed validation windows: the same for every run of an experiment.
+
+        Round 0 is n_batches x batch_size windows evenly spaced over the split; round j shifts
+        them by j/rounds of their spacing (wrapping at the end), so the first n_batches of a
+        call with more rounds are exactly the windows of a call with one.
+        """
+        starts = self.val_starts(n_batches * batch_size, rounds)
         return [self._windows(self.val, starts[i * batch_size:(i + 1) * batch_size])
-                for i in range(n_batches)]
+                for i in range(n_batches * rounds)]
+
+    def val_starts(self, n: int, rounds: int = 1) -> torch.Tensor:
+        """Start offsets (n * rounds,) of the validation windows, round after round."""
+        last = len(self.val) - self.seq_len - 1
+        base = torch.linspace(0, last, n)
+        shift = last / max(n - 1, 1) / rounds
+        return torch.cat([(base + j * shift).long() % (last + 1) for j in range(rounds)])

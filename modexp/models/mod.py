@@ -15,8 +15,9 @@ Top-k is not causal: whether token i is routed depends on later tokens' scores. 
 against top-k membership, added to the LM loss) or `predictor` (a small MLP on stop-gradient
 inputs, trained with its own BCE). routing="causal" routes token i iff that logit passes the
 layer's `threshold` buffer: 0 (`threshold: zero`), or calibrated (modexp/training/calibrate.py) so that
-the causal routed fraction equals the layer's capacity. A plain BCE classifier on 12.5%
-positives is rewarded for saying "skip", so at logit > 0 it under-routes.
+the causal routed fraction equals the layer's capacity: a running mean of each training
+batch's (1 - k/T) quantile of the decision logits. A plain BCE classifier on 12.5% positives
+is rewarded for saying "skip", so at logit > 0 it under-routes.
 
 The router and predictor draw their initial weights from generators of their own (seeded from
 the run seed), never from the global stream: the LM's weights are the same whatever the
@@ -75,6 +76,9 @@ class RoutedLayer(nn.Module):
         # Route iff decision logit > threshold: a buffer, so checkpoints and decoding carry it;
         # set by calibrate.py (never by a gradient), or kept at 0 for `threshold: zero`.
         self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold_steps", torch.zeros((), dtype=torch.long))  # folded so far
+        self.track = variant.threshold == "calibrated" and variant.causal != "none"
+        self.seen: list[Tensor] | None = None  # calibrate.py (the trainer): this step's quantiles
         self.calibrating: list[Tensor] | None = None  # calibrate.py: per-batch thresholds
 
     @torch.no_grad()
@@ -105,7 +109,10 @@ class RoutedLayer(nn.Module):
             out = self._run_topk(x, block, pos, r, idx)
             member = membership(idx, r) if self.causal != "none" else None
             n_routed = torch.full((), idx.numel(), dtype=torch.long, device=x.device)
-            return out, self._info(x, r, member, idx, None, n_routed)
+            pred = self._predictor_logits(x)
+            if self.training and self.seen is not None:  # this batch's capacity quantile
+                self.seen.append(quantile_threshold((r if pred is None else pred).detach().float(), k / x.size(1)))
+            return out, self._info(x, r, member, idx, None, n_routed, pred)
         if routing != "causal":
             raise ValueError(f"routing must be 'topk' or 'causal', got {routing!r}")
         if self.causal == "none":
@@ -251,6 +258,7 @@ class RoutedLayer(nn.Module):
         """Checkpoints from before the threshold buffer existed load with threshold 0."""
         if self.random is None:  # random routing has no decision, hence no threshold
             state_dict.setdefault(prefix + "threshold", torch.zeros(()))
+            state_dict.setdefault(prefix + "threshold_steps", torch.zeros((), dtype=torch.long))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _info(self, x: Tensor, r: Tensor, member: Tensor | None, idx: Tensor,

@@ -67,9 +67,10 @@ class MetricsWriter:
     Train rows: kind="train", step, tokens, flops (cumulative training FLOPs, analytic),
     train_loss, lm_loss, aux_loss, predictor_loss, lr, grad_norm, routed_frac (list, one per
     routed layer), wall_time (s since the run started, across resumes), tokens_per_s.
-    Eval rows: kind="eval", step, tokens, flops, budget_frac, eval_loss (top-k routing) and for
-    MoD eval_loss_causal, predictor_acc, predictor_precision, predictor_recall,
-    routed_frac_causal (list per routed layer).
+    Eval rows: kind="eval", step, tokens, flops, budget_frac, eval_loss (top-k routing),
+    eval_sequences (held-out sequences scored: more at the last evaluation) and for MoD
+    eval_loss_causal, predictor_acc, predictor_precision, predictor_recall, threshold and
+    routed_frac_causal (lists per routed layer).
     On resume, `truncate_after(step)` drops rows logged after the checkpoint, so the log
     continues with no duplicated or missing rows.
     """

@@ -24,7 +24,7 @@ from modexp.plan import RunPlan
 from modexp.runs import checkpoint
 from modexp.spec import TrainConfig
 from modexp.training import mfu
-from modexp.training.calibrate import calibrate_thresholds
+from modexp.training.calibrate import fold_thresholds, track_thresholds
 from modexp.training.optim import make_optimizer, make_predictor_optimizer, split_params
 
 
@@ -106,6 +106,7 @@ class Trainer:
         if ctx.device.type == "cuda":  # summary's peak_mem_bytes: this run's, not the sweep's
             torch.cuda.reset_peak_memory_stats(ctx.device)
         self.lm_params, self.pred_params = split_params(self.raw)
+        track_thresholds(self.raw)  # decision thresholds follow training batches (calibrate.py)
         self.opt = make_optimizer(self.raw, cfg, ctx.device)
         self.pred_opt = make_predictor_optimizer(self.raw, cfg, ctx.device)
         warm = plan.warmup_steps
@@ -215,6 +216,7 @@ class Trainer:
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
+        fold_thresholds(self.raw, self._sum_ranks if self.ctx.world > 1 else None)
         self.step += 1
         return sums
 
@@ -223,12 +225,16 @@ class Trainer:
     def evaluate(self) -> dict:
         """Eval loss with top-k routing and, for MoD with a causal method, causal routing."""
         self.raw.eval()
-        # eval_batches x batch_size sequences, chunked to fit: the same set for every run
-        batches = self.data.val_batches(self.cfg.eval_batches * self.cfg.batch_size // self.micro, self.micro)
-        thresholds = self._calibrate()  # first: both passes score the decision at its threshold
+        # eval_batches x batch_size sequences, chunked to fit: the same set for every run; the
+        # last evaluation (the summary's) scores final_eval_batches, a superset of them
+        rounds = self.cfg.final_eval_batches // self.cfg.eval_batches if self.step >= self.plan.steps else 1
+        batches = self.data.val_batches(self.cfg.eval_batches * self.cfg.batch_size // self.micro,
+                                        self.micro, rounds)
         row = _eval_pass(self.raw, batches, "topk", self.ctx, self._autocast)
+        row["eval_sequences"] = sum(x.size(0) for x, _ in batches)
         if row.pop("causal_ok"):
-            row["threshold"] = thresholds
+            # the decision thresholds both passes scored: running means over training (calibrate.py)
+            row["threshold"] = [float(r.threshold) for _, r in self.raw.layers() if r is not None]
             causal = _eval_pass(self.raw, batches, "causal", self.ctx, self._autocast)
             row |= {"eval_loss_causal": causal["eval_loss"],
                     "routed_frac_causal": causal["routed_frac"],
@@ -239,20 +245,10 @@ class Trainer:
         self.raw.train()
         return row
 
-    def _calibrate(self) -> list[float]:
-        """Decision thresholds at capacity (calibrate.py), on the causal pass over the training
-        batches of the last eval_batches steps: training tokens, a pure function of (seed, step),
-        the same on every rank. `threshold: zero` keeps them at 0. Returns them per layer."""
-        variant = getattr(self.raw, "variant", None)
-        if getattr(variant, "causal", "none") == "none" or getattr(variant, "router", "") == "random":
-            return []  # nothing decides: no causal method, or random routing (Bernoulli)
-        if variant.threshold == "calibrated":
-            B, m = self.cfg.batch_size, self.micro
-            batches = (self.data.train_batch(self.plan.seed, s, B, slice(i, i + m))[0].to(self.ctx.device)
-                       for s in range(max(0, self.step - self.cfg.eval_batches), self.step)
-                       for i in range(0, B, m))
-            calibrate_thresholds(self.raw, batches, self._autocast)
-        return [float(r.threshold) for _, r in self.raw.layers() if r is not None]
+    def _sum_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        """t averaged over DDP ranks (the threshold quantiles: every rank keeps the same)."""
+        torch.distributed.all_reduce(t)
+        return t / self.ctx.world
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
