@@ -79,7 +79,7 @@ class RoutedLayer(nn.Module):
         self.register_buffer("threshold_steps", torch.zeros((), dtype=torch.long))  # folded so far
         self.track = variant.threshold == "calibrated" and variant.causal != "none"
         self.seen: list[Tensor] | None = None  # calibrate.py (the trainer): this step's quantiles
-        self.calibrating: list[Tensor] | None = None  # calibrate.py: per-batch thresholds
+        self.calibrating: list[tuple[Tensor, float]] | None = None  # calibrate.py: (logits, k/T)
 
     @torch.no_grad()
     def init_weights(self, router_gen: torch.Generator, predictor_gen: torch.Generator) -> None:
@@ -125,10 +125,11 @@ class RoutedLayer(nn.Module):
         return out, self._info(x, r, member, idx, valid, decision.sum(), pred, decision)
 
     def _decide(self, logit: Tensor, frac: float) -> Tensor:
-        """Route iff logit > threshold; while calibrating, first set it on this batch."""
-        if self.calibrating is not None:  # the (1 - frac) quantile of this batch's logits
-            self.calibrating.append(quantile_threshold(logit.detach().float(), frac))
-            return logit > self.calibrating[-1]
+        """Route iff logit > threshold; while calibrating, at this batch's (1 - frac) quantile."""
+        if self.calibrating is not None:  # calibrate.py pools the logits afterwards
+            logit = logit.detach().float()
+            self.calibrating.append((logit, frac))
+            return logit > quantile_threshold(logit, frac)
         return logit > self.threshold
 
     def _run_topk(self, x: Tensor, block: Block, pos: Tensor, r: Tensor, idx: Tensor) -> Tensor:

@@ -4,19 +4,20 @@ With 12.5% positives a BCE classifier at logit > 0 under-routes (it is rewarded 
 "skip"), so the causal pass would run below capacity and its loss and speed describe another
 model (../shared/design/mixture-of-depths.md, "The threshold").
 
-During training (`fold_thresholds`): every training batch's (1 - k/T) quantile of each routed
-layer's decision logits (mod.py records it in the forward pass it already runs) is folded into
-the layer's threshold buffer, a running mean over the last WINDOW steps. Why not a pass of its
-own at each evaluation: one batch's quantile moves with the few dozen sequences in it (tokens
-of a sequence are alike), and on the quickstart one batch put the held-out causal fraction at
-11-16% for 12.5%; WINDOW batches cost nothing and hold it within a point. The
-first routed layer sees the same inputs in the top-k and causal passes; a later one sees
-inputs routed by top-k rather than by decisions, which differ on the few tokens the earlier
-decisions get wrong.
-
-`calibrate_thresholds` calibrates on causal passes instead, layer by layer within each pass
-(a layer's inputs there depend on how the earlier layers routed by their own decisions): for
-models that have not trained through the Trainer, as `modexp bench`'s.
+Two estimates of one quantity, the (1 - k/T) quantile of a layer's decision logits on
+training tokens:
+- during training (`fold_thresholds`), free: each training batch's quantile (mod.py records it
+  in the forward pass it runs anyway) enters a running mean over the last WINDOW steps, so
+  every evaluation and checkpoint has a current threshold. It lags a predictor that is still
+  learning (on cpu-isoflop a lag of ~0.1 in logit moved a held-out fraction by 3 points), and
+  a mean of per-batch quantiles is not the quantile of the pooled tokens;
+- at the run's last evaluation (`calibrate_thresholds`, called by the trainer), exact: causal
+  passes over the last CALIBRATION_STEPS training batches with the final weights, layer by
+  layer (a layer's inputs there depend on how the earlier layers routed by their own
+  decisions), the quantile of the pooled logits. This is the threshold the summary, the
+  verdict's causal fit, `sample` and `bench` use.
+One batch alone does not do: a sequence's tokens route alike, so one batch of 32 sequences put
+the held-out fraction anywhere in 11-16% for 12.5%.
 Buffers only: no gradient, no optimiser, no random draw, so the LM is untouched.
 """
 
@@ -29,14 +30,21 @@ import torch
 from torch import Tensor
 
 
+CALIBRATION_STEPS = 8
+"""Training batches the final calibration pools: 8 x 32 sequences pin the quantile to about
+half a point of routed fraction, for 8 forward passes once per run."""
+
+
 @torch.no_grad()
 def calibrate_thresholds(model, batches: Iterable[Tensor], autocast=None) -> list[float]:
     """Set every routed layer's threshold from causal passes over batches of tokens (B, T).
 
-    Within a batch each layer takes the quantile of its own logits before deciding, so the
-    next layer sees inputs routed at capacity; the threshold kept is the mean over batches.
-    Returns the thresholds, one per routed layer.
+    Within a batch each layer routes at its own logits' quantile, so the next layer sees
+    inputs routed at capacity; the threshold kept is the quantile of the logits pooled over
+    every batch. Returns the thresholds, one per routed layer.
     """
+    from modexp.models.mod import quantile_threshold
+
     layers = [r for _, r in model.layers() if r is not None]
     if not layers:
         return []
@@ -50,7 +58,9 @@ def calibrate_thresholds(model, batches: Iterable[Tensor], autocast=None) -> lis
                 model(idx, routing="causal")
         for layer in layers:
             if layer.calibrating:
-                layer.threshold.copy_(torch.stack(layer.calibrating).mean())
+                frac = layer.calibrating[0][1]
+                pooled = torch.cat([logit.flatten() for logit, _ in layer.calibrating])
+                layer.threshold.copy_(quantile_threshold(pooled, frac))
     finally:
         for layer in layers:
             layer.calibrating = None
@@ -58,10 +68,25 @@ def calibrate_thresholds(model, batches: Iterable[Tensor], autocast=None) -> lis
     return [float(layer.threshold) for layer in layers]
 
 
+def calibrate_on_training(model, data, seed: int, step: int, batch: tuple[int, int], device,
+                          autocast=None) -> list[float]:
+    """calibrate_thresholds over the training batches of the CALIBRATION_STEPS steps before
+    `step`, in micro-batches (batch = (batch_size, micro)): training tokens, a pure function of
+    (seed, step), the same on every rank. Only `threshold: calibrated` layers of a learned
+    router have a threshold to set; returns the thresholds ([] if none)."""
+    variant = getattr(model, "variant", None)
+    if (getattr(variant, "causal", "none") == "none" or getattr(variant, "router", "") == "random"
+            or variant.threshold != "calibrated"):
+        return []
+    B, m = batch
+    batches = (data.train_batch(seed, s, B, slice(i, i + m))[0].to(device)
+               for s in range(max(0, step - CALIBRATION_STEPS), step) for i in range(0, B, m))
+    return calibrate_thresholds(model, batches, autocast)
+
 
 WINDOW = 32
-"""Steps in the threshold's running mean: 32 batches of e.g. 32 sequences (1024 sequences)
-pin the quantile within about a point; longer would lag the predictor as it learns."""
+"""Steps in the running threshold's mean: 32 batches of e.g. 32 sequences (1024 sequences)
+hold it within about a point; longer would lag the predictor more as it learns."""
 
 
 def track_thresholds(model) -> None:

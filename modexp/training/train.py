@@ -24,7 +24,7 @@ from modexp.plan import RunPlan
 from modexp.runs import checkpoint
 from modexp.spec import TrainConfig
 from modexp.training import mfu
-from modexp.training.calibrate import fold_thresholds, track_thresholds
+from modexp.training.calibrate import calibrate_on_training, fold_thresholds, track_thresholds
 from modexp.training.optim import make_optimizer, make_predictor_optimizer, split_params
 
 
@@ -227,13 +227,17 @@ class Trainer:
         self.raw.eval()
         # eval_batches x batch_size sequences, chunked to fit: the same set for every run; the
         # last evaluation (the summary's) scores final_eval_batches, a superset of them
-        rounds = self.cfg.final_eval_batches // self.cfg.eval_batches if self.step >= self.plan.steps else 1
+        final = self.step >= self.plan.steps
+        rounds = self.cfg.final_eval_batches // self.cfg.eval_batches if final else 1
         batches = self.data.val_batches(self.cfg.eval_batches * self.cfg.batch_size // self.micro,
                                         self.micro, rounds)
+        if final:  # exact thresholds with the final weights (calibrate.py)
+            calibrate_on_training(self.raw, self.data, self.plan.seed, self.step,
+                                  (self.cfg.batch_size, self.micro), self.ctx.device, self._autocast)
         row = _eval_pass(self.raw, batches, "topk", self.ctx, self._autocast)
         row["eval_sequences"] = sum(x.size(0) for x, _ in batches)
         if row.pop("causal_ok"):
-            # the decision thresholds both passes scored: running means over training (calibrate.py)
+            # the decision thresholds both passes scored (calibrate.py)
             row["threshold"] = [float(r.threshold) for _, r in self.raw.layers() if r is not None]
             causal = _eval_pass(self.raw, batches, "causal", self.ctx, self._autocast)
             row |= {"eval_loss_causal": causal["eval_loss"],
