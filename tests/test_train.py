@@ -59,6 +59,24 @@ def test_tiny_spec_trains_end_to_end(write_spec, tmp_path):
             assert train[-1]["predictor_grad_norm"] > 0
 
 
+def test_the_final_thresholds_are_the_final_calibration(write_spec, tmp_path):
+    """The checkpoint's thresholds are those of causal passes over the last training batches
+    with the final weights (not the running mean): recalibrating the saved model changes
+    nothing, and its last eval row reports them."""
+    from modexp.data.tokens import TokenData
+    from modexp.models.sample import load_run
+    from modexp.training.calibrate import calibrate_on_training
+
+    spec = write_spec(variants={"mod": TINY["variants"]["mod"]})
+    assert runner.invoke(app, ["run", str(spec), "--results", str(tmp_path / "r")]).exit_code == 0
+    run_dir = next((tmp_path / "r" / "tiny").glob("*-mod-*"))
+    model, run, step = load_run(run_dir)
+    saved = [float(r.threshold) for _, r in model.layers() if r is not None]
+    assert saved == read_metrics(run_dir / "metrics.jsonl")[-1]["threshold"]
+    data = TokenData("builtin:pystdlib", 32, 0.05, run["plan"]["vocab"])
+    assert calibrate_on_training(model, data, 0, step, (4, 4), "cpu") == saved
+
+
 def test_kill_and_resume_is_bit_identical(write_spec, tmp_path):
     spec = write_spec(variants={"mod": TINY["variants"]["mod"]})
     run_sweep(spec, tmp_path / "straight")
