@@ -144,7 +144,7 @@ class ModVariant(_Strict):
     causal: Literal["predictor", "aux_loss", "none"] = "predictor"
     """How sampling decides per token: a predictor MLP, the router logit (aux BCE loss), or none.
     With aux_loss_weight 0 the decision is the router's own logit, unshaped by any loss: the
-    shipped CPU specs' choice (it beat the predictor there; README)."""
+    shipped CPU specs' choice (as accurate as a predictor there, at no FLOPs; README)."""
     gate: Literal["identity", "sigmoid"] = "sigmoid"
     """g(r) scaling the block update. Paper: identity; sigmoid bounds it (NaN-free default)."""
     aux_loss_weight: float = Field(0.01, ge=0)
