@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from modexp.bench.timing import Stepper, quartiles, random_batch  # noqa: E402
+from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: E402
 from modexp.models.model import build_model  # noqa: E402
 from modexp.plan import build_plan  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
@@ -56,13 +56,10 @@ def bench_pair(model_cfg, variant, vocab: int, B: int, T: int, train_cfg, args) 
     compile_s = time.perf_counter() - t0
     for _ in range(args.warmup):
         steppers["eager"].step()
-    ratios, eager, comp = [], [], []
-    for _ in range(args.repeats):
-        e, c = steppers["eager"].step(), steppers["compiled"].step()
-        eager.append(e)
-        comp.append(c)
-        ratios.append(c / e)
-    return {"eager_ms": 1e3 * statistics.median(eager), "compiled_ms": 1e3 * statistics.median(comp),
+    secs = time_interleaved({k: s.step for k, s in steppers.items()}, 0, args.repeats)
+    ratios = [c / e for e, c in zip(secs["eager"], secs["compiled"])]
+    return {"eager_ms": 1e3 * statistics.median(secs["eager"]),
+            "compiled_ms": 1e3 * statistics.median(secs["compiled"]),
             "ratio": statistics.median(ratios), "q": quartiles(ratios), "compile_s": compile_s}
 
 

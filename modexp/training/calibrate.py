@@ -73,10 +73,8 @@ def calibrate_on_training(model, data, seed: int, step: int, batch: tuple[int, i
     """calibrate_thresholds over the training batches of the CALIBRATION_STEPS steps before
     `step`, in micro-batches (batch = (batch_size, micro)): training tokens, a pure function of
     (seed, step), the same on every rank. Only `threshold: calibrated` layers of a learned
-    router have a threshold to set; returns the thresholds ([] if none)."""
-    variant = getattr(model, "variant", None)
-    if (getattr(variant, "causal", "none") == "none" or getattr(variant, "router", "") == "random"
-            or variant.threshold != "calibrated"):
+    router have a threshold to set (RoutedLayer.track); returns the thresholds ([] if none)."""
+    if not any(getattr(r, "track", False) for _, r in model.layers() if r is not None):
         return []
     B, m = batch
     batches = (data.train_batch(seed, s, B, slice(i, i + m))[0].to(device)

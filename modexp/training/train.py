@@ -216,7 +216,7 @@ class Trainer:
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        fold_thresholds(self.raw, self._sum_ranks if self.ctx.world > 1 else None)
+        fold_thresholds(self.raw, self._mean_over_ranks if self.ctx.world > 1 else None)
         self.step += 1
         return sums
 
@@ -249,7 +249,7 @@ class Trainer:
         self.raw.train()
         return row
 
-    def _sum_ranks(self, t: torch.Tensor) -> torch.Tensor:
+    def _mean_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         """t averaged over DDP ranks (the threshold quantiles: every rank keeps the same)."""
         torch.distributed.all_reduce(t)
         return t / self.ctx.world
