@@ -7,12 +7,13 @@ catch a wrong transpose, a missing term or a dropped gradient.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modexp.models.mod import gather_rows
-from modexp.models.model import Rotary, _Rope, _RMSNormCPU, rms_norm, rope_expr
+from modexp.models.model import Rotary, _Rope, _RMSNormCPU, rms_norm, rope
 
 
 def textbook_rope(x, pos, rotary):
@@ -23,21 +24,30 @@ def textbook_rope(x, pos, rotary):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
-def test_rope_tables_rotate_bit_for_bit_like_the_textbook_expression():
-    rotary = Rotary(8, 10000.0, max_len=4)
+@pytest.mark.parametrize("hs", [8, 32])  # halves under / over one AVX2 vector: both code paths
+def test_rope_tables_rotate_like_the_textbook_expression(hs):
+    rotary = Rotary(hs, 10000.0, max_len=4)
     pos = torch.tensor([[0, 3, 17, 40]])  # beyond max_len: the table grows
     rotary.reserve(41)
-    x = torch.randn(1, 4, 2, 8)
+    x = torch.randn(1, 4, 2, hs)
     cos, sin = rotary.lookup(pos, x.dtype)
-    assert torch.equal(rope_expr(x, cos, sin), textbook_rope(x, pos, rotary))
+    want = textbook_rope(x, pos, rotary)
+    torch.testing.assert_close(rope(x, cos, sin), want, rtol=0, atol=1e-5)  # fused mul-add: last bit
+    # the training path (into a head-major buffer) computes the same values as eval's
+    xg = x.clone().requires_grad_()
+    assert torch.equal(_Rope.apply(xg, cos, sin), rope(x, cos, sin))
+    assert _Rope.apply(xg, cos, sin).transpose(1, 2).is_contiguous()  # (b, nh, t, hs) for SDPA
+    back = rope(rope(x, cos, sin), cos, sin, sign=-1.0)  # the rotation back undoes it
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-5)
     assert "cos" not in rotary.state_dict()  # tables are derived, never saved
 
 
-def test_rope_backward_is_the_inverse_rotation():
-    rotary = Rotary(8, 100.0).double()
+@pytest.mark.parametrize("hs", [8, 32])
+def test_rope_backward_is_the_inverse_rotation(hs):
+    rotary = Rotary(hs, 100.0).double()
     rotary.reserve(16)
     cos, sin = rotary.lookup(torch.tensor([[1, 5, 9]]), torch.float64)
-    x = torch.randn(2, 3, 2, 8, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 2, hs, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: _Rope.apply(x, cos, sin), (x,))
 
 

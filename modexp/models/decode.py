@@ -314,14 +314,14 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
 
 
 def rope_table(rotary, n: int, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
-    """RoPE tables (cos, sin), each (1, 1, 1, hs), of positions 0..n-1: looked up once.
+    """RoPE tables (cos, sin), each (1, 1, 1, hs/2), of positions 0..n-1: looked up once.
 
     Every layer's Rotary is the same function of position; these are the rows the full
     forward's Rotary.lookup gathers at each position, so decoding rotates bit-identically.
     """
     rotary.reserve(n)
     pos = torch.arange(n, device=rotary.inv_freq.device).unsqueeze(0)  # (1, n)
-    cos, sin = rotary.lookup(pos, dtype)  # (1, n, 1, hs)
+    cos, sin = rotary.lookup(pos, dtype)  # (1, n, 1, hs/2)
     return list(zip(cos.split(1, dim=1), sin.split(1, dim=1)))
 
 

@@ -44,17 +44,17 @@ class ForwardOutput:
 class Rotary(nn.Module):
     """RoPE (Su et al. 2021) from explicit integer positions, so gathered tokens keep theirs.
 
-    cos and sin are tables over positions 0..n-1, computed once and grown on demand (buffers
-    outside the state_dict), laid out for `rope`: rows [cos, cos] and [-sin, sin], (n, hs).
-    A lookup is a gather of rows, where recomputing them cost a cos and a sin per layer.
+    cos and sin are tables over positions 0..n-1 and the hs/2 frequencies, computed once and
+    grown on demand (buffers outside the state_dict). A lookup is a gather of rows, where
+    recomputing them cost a cos and a sin per layer.
     """
 
     def __init__(self, head_size: int, base: float, max_len: int = 1024):
         super().__init__()
         inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs/2,)
-        self.register_buffer("cos", torch.empty(0, head_size), persistent=False)
-        self.register_buffer("sin", torch.empty(0, head_size), persistent=False)
+        self.register_buffer("cos", torch.empty(0, head_size // 2), persistent=False)
+        self.register_buffer("sin", torch.empty(0, head_size // 2), persistent=False)
         self.reserve(max_len)
 
     def reserve(self, n: int) -> None:
@@ -63,12 +63,10 @@ class Rotary(nn.Module):
             return
         pos = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
         theta = pos.unsqueeze(-1) * self.inv_freq  # (n, hs/2)
-        cos, sin = theta.cos(), theta.sin()
-        self.cos = torch.cat((cos, cos), dim=-1)  # (n, hs)
-        self.sin = torch.cat((-sin, sin), dim=-1)
+        self.cos, self.sin = theta.cos(), theta.sin()
 
     def lookup(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Tables (b, t, 1, hs) for positions pos (b, t): broadcast over heads."""
+        """Tables (b, t, 1, hs/2) for positions pos (b, t): broadcast over heads."""
         b, t = pos.shape
         rows = pos.reshape(-1)  # index_select: a row copy, where advanced indexing is ~10x slower
         cos = self.cos.index_select(0, rows).view(b, t, 1, -1)
@@ -76,41 +74,49 @@ class Rotary(nn.Module):
         return cos.to(dtype), sin.to(dtype)
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    """(x1, x2) -> (x2, x1) on the halves of the last dim."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x2, x1), dim=-1)
+def rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None,
+         sign: float = 1.0) -> Tensor:
+    """Rotate the pairs (x1_i, x2_i) of x's last dim (halves x1, x2) by each token's angle.
 
-
-def rope_expr(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x1_i, x2_i) of the last dim by each token's angle, tables from Rotary.
-
-    x * [cos, cos] + (x2, x1) * [-sin, sin] = (x1 cos - x2 sin, x2 cos + x1 sin): bit for bit
-    the textbook pair of expressions (a + (-b) is a - b exactly in IEEE arithmetic).
+    (x1 cos - x2 sin, x2 cos + x1 sin) for sign 1, the rotation back for -1 (RoPE's backward:
+    a rotation's transpose is its inverse). cos, sin (..., hs/2) broadcast against the halves.
+    Written as two products and two fused multiply-adds (addcmul) over the halves: the textbook
+    x * [cos, cos] + rotate_half(x) * [-sin, sin] makes four full passes and a concatenated
+    copy. The fused multiply-add rounds once: values may differ from it in the last bit.
+    out: where to write (e.g. a transposed view, so attention gets contiguous heads).
     """
-    return x * cos + rotate_half(x) * sin
+    h = x.size(-1) // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    if torch.compiler.is_compiling():  # no strided out= in a traced graph; Inductor fuses this
+        return torch.cat((x1 * cos - sign * x2 * sin, x2 * cos + sign * x1 * sin), dim=-1)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out
+    if h < 8:  # halves narrower than one AVX2 vector: strided loops lose; whole rows, a copy
+        cos2, sin2 = torch.cat((cos, cos), dim=-1), torch.cat((-sign * sin, sign * sin), dim=-1)
+        return torch.mul(x, cos2, out=out).addcmul_(torch.cat((x2, x1), dim=-1), sin2)
+    o1, o2 = out[..., :h], out[..., h:]
+    torch.mul(x1, cos, out=o1)
+    o1.addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=o2)
+    o2.addcmul_(x1, sin, value=sign)
+    return out
 
 
 class _Rope(torch.autograd.Function):
-    """rope_expr with a hand-written backward: the transpose of a rotation is the rotation back,
-    g * cos + rotate_half(g * sin); autograd's chunk/cat backward zero-fills and copies."""
+    """rope of one of q or k (B, t, nh, hs) into a (B, nh, t, hs)-contiguous buffer, returned
+    as its (B, t, nh, hs) view: attention transposes it back into contiguous heads (measured
+    faster in SDPA's forward and backward). Backward: the rotation back."""
 
     @staticmethod
     def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         ctx.save_for_backward(cos, sin)
-        return rope_expr(x, cos, sin)
+        B, t, nh, hs = x.shape
+        out = torch.empty(B, nh, t, hs, dtype=x.dtype, device=x.device).transpose(1, 2)
+        return rope(x, cos, sin, out)
 
     @staticmethod
     def backward(ctx, g: Tensor):
         cos, sin = ctx.saved_tensors
-        return g * cos + rotate_half(g * sin), None, None
-
-
-def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """rope_expr, through _Rope when a gradient is needed (same forward values either way)."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _Rope.apply(x, cos, sin)
-    return rope_expr(x, cos, sin)
+        return rope(g, cos, sin, sign=-1.0), None, None
 
 
 # ---------------------------------------------------------------- RMSNorm
@@ -118,23 +124,29 @@ class _RMSNormCPU(torch.autograd.Function):
     """F.rms_norm's fp32 CPU forward, op for op (bit-identical), with an analytic backward.
 
     On the CPU, torch 2.13's rms_norm is a composite of pow, mean, rsqrt and muls, and autograd
-    differentiates each of them; the closed form is fewer passes over (B, T, d):
-    dx = r * (g w - x^ mean(g w x^)), dw = sum(g x^), x^ = x * r, r = rsqrt(mean(x^2) + eps).
+    differentiates each of them. The closed form, with x^ = x r, r = rsqrt(mean(x^2) + eps):
+    dw = sum_n g x^ and dx = r (g w - x^ mean(g w x^)) = r g w - x r^3 (g x . w) / d; both
+    reductions of t = g x are matrix-vector products (dw = r^T t, t w), so the backward makes
+    four passes over (N, d) where the textbook order makes eight.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, eps: float) -> Tensor:
         r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))  # (..., 1)
-        xh = x * r
-        ctx.save_for_backward(xh, r, w)
-        return xh * w
+        ctx.save_for_backward(x, r, w)  # x is the block's input: kept alive anyway
+        return (x * r).mul_(w)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        xh, r, w = ctx.saved_tensors
-        gw = (g * xh).sum(tuple(range(g.dim() - 1)))
-        gx = g * w
-        return r * (gx - xh * (gx * xh).mean(-1, keepdim=True)), gw, None
+        x, r, w = ctx.saved_tensors
+        d = x.size(-1)
+        n = x.numel() // d
+        x2, g2, r2 = x.reshape(n, d), g.reshape(n, d), r.reshape(n, 1)
+        t = g2 * x2  # (N, d)
+        gw = (r2.t() @ t).view(d)  # sum_n r_n g_n x_n
+        coef = (t @ w).view(n, 1).mul_(r2).mul_(r2).mul_(r2).div_(d)  # r^3 (g x . w) / d
+        gx = (g2 * w).mul_(r2).addcmul_(x2, coef, value=-1.0)
+        return gx.view(x.shape), gw, None
 
 
 def rms_norm(norm: nn.RMSNorm, x: Tensor) -> Tensor:
@@ -168,14 +180,15 @@ class Attention(nn.Module):
         for all layers (every layer's Rotary is the same function of position).
         """
         cos, sin = pos if isinstance(pos, tuple) else self.rotary.lookup(pos, qkv.dtype)
-        # cos, sin: (b, t, 1, hs)
+        # cos, sin: (b, t, 1, hs/2)
         if torch.is_grad_enabled() and qkv.requires_grad:
             # unbind's backward stacks the three grads; slicing q|k apart from v would
             # zero-fill and copy the whole (B, t, 3, nh, hs) gradient twice
             q, k, v = qkv.unbind(2)  # (B, t, nh, hs)
-            q, k = rope(q, cos, sin), rope(k, cos, sin)
+            rot = rope if torch.compiler.is_compiling() else _Rope.apply  # compiled: autograd's
+            q, k = rot(q, cos, sin), rot(k, cos, sin)
         else:  # no gradient (eval, decode): q and k in one pass, fewer ops per token
-            q, k = rope_expr(qkv[:, :, :2], cos.unsqueeze(2), sin.unsqueeze(2)).unbind(2)
+            q, k = rope(qkv[:, :, :2], cos.unsqueeze(2), sin.unsqueeze(2)).unbind(2)
             v = qkv[:, :, 2]
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
 
