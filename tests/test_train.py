@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from modexp.cli import app
@@ -55,6 +56,11 @@ def test_tiny_spec_trains_end_to_end(write_spec, tmp_path):
             assert train[-1]["routed_frac"] == [0.25]
             # calibrated over training steps: a threshold per routed layer, capacity beside the fraction
             assert summary["routed_frac_topk"] == [0.25] and len(summary["routed_frac_causal"]) == 1
+            # 95% intervals over the 16 held-out sequences bracket the pooled figures
+            lo, hi = summary["predictor_acc_causal_ci"]
+            assert lo <= summary["predictor_acc_causal"] <= hi
+            (lo, hi), = summary["routed_frac_causal_ci"]
+            assert lo <= summary["routed_frac_causal"][0] <= hi
             assert all(len(r["threshold"]) == 1 and r["threshold"][0] != 0 for r in evals)
             assert train[-1]["predictor_grad_norm"] > 0
 
@@ -184,7 +190,20 @@ def test_status_shows_causal_routing_against_capacity():
 
     row = {"run_id": "r", "state": "done", "step": 3, "steps": 3, "progress": 1.0,
            "final_eval_loss": 1.0, "final_eval_loss_causal": 1.01, "error": None,
-           "routed_frac_causal": [0.114, 0.05], "capacity": [0.125, 0.125]}
-    console = Console(record=True, width=200)
+           "routed_frac_causal": [0.114, 0.05], "capacity": [0.125, 0.125],
+           "decision_acc": 0.9512, "decision_acc_ci": [0.9431, 0.9593]}
+    console = Console(record=True, width=250)
     print_status([row], console)
-    assert "11.4%/12.5% 5.0%/12.5%!" in console.export_text()  # only the 7.5-point miss flagged
+    text = console.export_text()
+    assert "11.4%/12.5% 5.0%/12.5%!" in text  # only the 7.5-point miss flagged
+    assert "0.951 [0.943, 0.959]" in text
+
+
+def test_intervals_treat_sequences_as_the_units():
+    from modexp.training.evaluation import seq_interval
+
+    v = torch.tensor([0.9, 1.0] * 8)  # 16 sequences' accuracies
+    lo, hi = seq_interval(v)
+    half = 1.96 * v.std().item() / 4
+    assert (lo, hi) == pytest.approx((0.95 - half, 0.95 + half))
+    assert seq_interval(torch.tensor([0.9])) is None  # one sequence: no interval

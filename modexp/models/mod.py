@@ -386,7 +386,8 @@ def route_losses(infos: list[RouteInfo]) -> tuple[Tensor | None, Tensor | None]:
 
 
 def route_stats(infos: list[RouteInfo], n_tokens: int, device) -> dict[str, Tensor]:
-    """Detached tensors (no .item()): routed per layer, tokens, and the decision's confusion."""
+    """Detached tensors (no .item()): routed per layer, tokens, the decision's confusion, and
+    per sequence (`*_seq`, (R, B)) its correct and positive decisions."""
     stats = {"routed": torch.stack([i.n_routed for i in infos]).detach(),
              "tokens": torch.full((), n_tokens, dtype=torch.long, device=device)}
     if infos[0].decision is None:
@@ -397,4 +398,8 @@ def route_stats(infos: list[RouteInfo], n_tokens: int, device) -> dict[str, Tens
     members = torch.stack([i.member.sum() for i in infos]).long()
     fp, fn = decided - tp, members - tp
     stats.update(pred_tp=tp, pred_fp=fp, pred_fn=fn, pred_tn=n_tokens - tp - fp - fn)
+    # per sequence (R, B): the units of the evaluation's intervals (a sequence's tokens route
+    # alike, so its tokens are not independent draws)
+    stats["pred_correct_seq"] = torch.stack([(i.decision == (i.member > 0)).sum(-1) for i in infos])
+    stats["decided_seq"] = torch.stack([i.decision.sum(-1) for i in infos])
     return stats

@@ -70,7 +70,8 @@ class MetricsWriter:
     Eval rows: kind="eval", step, tokens, flops, budget_frac, eval_loss (top-k routing),
     eval_sequences (held-out sequences scored: more at the last evaluation) and for MoD
     eval_loss_causal, predictor_acc, predictor_precision, predictor_recall, threshold and
-    routed_frac_causal (lists per routed layer).
+    routed_frac_causal (lists per routed layer), with 95% intervals over the held-out sequences:
+    predictor_acc_causal_ci [lo, hi] and routed_frac_causal_ci (one [lo, hi] per routed layer).
     On resume, `truncate_after(step)` drops rows logged after the checkpoint, so the log
     continues with no duplicated or missing rows.
     """

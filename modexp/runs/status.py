@@ -63,6 +63,8 @@ def _one(run_dir: Path, plan: dict) -> dict:
             "final_eval_loss": summary.get("final_eval_loss"),
             "final_eval_loss_causal": summary.get("final_eval_loss_causal"),
             "routed_frac_causal": summary.get("routed_frac_causal"),
+            "decision_acc": summary.get("predictor_acc_causal"),
+            "decision_acc_ci": summary.get("predictor_acc_causal_ci"),
             "capacity": summary.get("routed_frac_topk"),  # per routed layer, k/T
             "error": "; ".join(problems) or summary.get("error") or note.get("error")}
 
@@ -76,11 +78,19 @@ def _routed(r: dict) -> str:
                     for f, c in zip(fracs, caps))
 
 
+def _accuracy(r: dict) -> str:
+    """The causal decision's accuracy against top-k, with its 95% interval over sequences."""
+    acc, ci = r.get("decision_acc"), r.get("decision_acc_ci")
+    if acc is None:
+        return ""
+    return f"{acc:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def print_status(rows: list[dict], console: Console) -> None:
     """A rich table of the sweep."""
     t = Table(title="sweep status")
     for col in ("run id", "state", "steps", "FLOPs done", "eval loss", "causal loss",
-                "routed causal/capacity", "error"):
+                "routed causal/capacity", "causal decision acc [95%]", "error"):
         t.add_column(col)
     colour = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow",
               "corrupt": "red"}
@@ -89,5 +99,5 @@ def print_status(rows: list[dict], console: Console) -> None:
         t.add_row(r["run_id"], f"[{colour.get(r['state'], 'white')}]{r['state']}[/]",
                   f"{r['step']}/{r['steps']}", f"{100 * r['progress']:.0f}%",
                   fmt(r["final_eval_loss"]), fmt(r["final_eval_loss_causal"]), _routed(r),
-                  r["error"] or "")
+                  _accuracy(r), r["error"] or "")
     console.print(t)

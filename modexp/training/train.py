@@ -25,6 +25,7 @@ from modexp.runs import checkpoint
 from modexp.spec import TrainConfig
 from modexp.training import mfu
 from modexp.training.calibrate import calibrate_on_training, fold_thresholds, track_thresholds
+from modexp.training.evaluation import eval_pass
 from modexp.training.optim import make_optimizer, make_predictor_optimizer, split_params
 
 
@@ -234,18 +235,22 @@ class Trainer:
         if final:  # exact thresholds with the final weights (calibrate.py)
             calibrate_on_training(self.raw, self.data, self.plan.seed, self.step,
                                   (self.cfg.batch_size, self.micro), self.ctx.device, self._autocast)
-        row = _eval_pass(self.raw, batches, "topk", self.ctx, self._autocast)
+        row = eval_pass(self.raw, batches, "topk", self.ctx.device, self._autocast)
         row["eval_sequences"] = sum(x.size(0) for x, _ in batches)
         if row.pop("causal_ok"):
             # the decision thresholds both passes scored (calibrate.py)
             row["threshold"] = [float(r.threshold) for _, r in self.raw.layers() if r is not None]
-            causal = _eval_pass(self.raw, batches, "causal", self.ctx, self._autocast)
+            causal = eval_pass(self.raw, batches, "causal", self.ctx.device, self._autocast)
             row |= {"eval_loss_causal": causal["eval_loss"],
                     "routed_frac_causal": causal["routed_frac"],
+                    "routed_frac_causal_ci": causal["routed_frac_ci"],
                     "routed_frac_topk": row.pop("routed_frac")}
+            del row["routed_frac_ci"]  # the top-k pass's decisions route nothing
             # The decision scored both on the top-k pass (the inputs it trains on) and on the
             # causal pass (the inputs it meets when sampling), each against top-k membership.
-            row |= {f"{k}_causal": v for k, v in causal.items() if k.startswith("predictor_")}
+            row |= {f"{k}_causal": v for k, v in causal.items()
+                    if k.startswith("predictor_") and not k.endswith("_ci")}
+            row["predictor_acc_causal_ci"] = causal["predictor_acc_ci"]
         self.raw.train()
         return row
 
@@ -336,7 +341,9 @@ class Trainer:
                 "predictor_acc_causal": last_eval.get("predictor_acc_causal"),
                 "predictor_precision_causal": last_eval.get("predictor_precision_causal"),
                 "predictor_recall_causal": last_eval.get("predictor_recall_causal"),
+                "predictor_acc_causal_ci": last_eval.get("predictor_acc_causal_ci"),
                 "routed_frac_causal": last_eval.get("routed_frac_causal"),
+                "routed_frac_causal_ci": last_eval.get("routed_frac_causal_ci"),
                 "routed_frac_topk": last_eval.get("routed_frac_topk"),  # = each layer's k/T
                 "threshold": last_eval.get("threshold"),
                 "wall_time": wall, "tokens_per_s": p.tokens / max(wall, 1e-9),
@@ -355,30 +362,6 @@ def _accumulate(sums: dict, out, accum: int) -> None:
     if "routed" in out.stats:
         frac = out.stats["routed"].float() / out.stats["tokens"]
         sums["routed"] = sums.get("routed", 0) + frac / accum
-
-
-def _eval_pass(model, batches, routing: str, ctx: Context, autocast) -> dict:
-    """Mean LM loss over the validation batches (all ranks see all of them), plus routing stats."""
-    losses, counts = [], {}
-    for x, y in batches:
-        with autocast():
-            out = model(x.to(ctx.device), y.to(ctx.device), routing=routing)
-        losses.append(out.lm_loss.float())
-        for k, v in out.stats.items():
-            counts[k] = counts.get(k, 0) + v.float()
-    row = {"eval_loss": torch.stack(losses).mean().item(), "causal_ok": "pred_tp" in counts}
-    if "routed" in counts:
-        row["routed_frac"] = (counts["routed"] / counts["tokens"]).tolist()
-    if "pred_tp" in counts:
-        row |= _predictor_scores(counts)
-    return row
-
-
-def _predictor_scores(c: dict) -> dict:
-    """Accuracy, precision, recall of the causal decision against top-k membership."""
-    tp, fp, fn, tn = (c[k].sum().item() for k in ("pred_tp", "pred_fp", "pred_fn", "pred_tn"))
-    return {"predictor_acc": (tp + tn) / max(tp + fp + fn + tn, 1),
-            "predictor_precision": tp / max(tp + fp, 1), "predictor_recall": tp / max(tp + fn, 1)}
 
 
 def setup_context(device: str = "auto", peak_tflops: float | None = None) -> Context:

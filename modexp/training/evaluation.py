@@ -1,0 +1,51 @@
+"""One evaluation pass over held-out batches: LM loss, routed fractions, and how well the
+causal decision matches top-k membership, with 95% intervals over the held-out sequences."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def eval_pass(model, batches, routing: str, device: torch.device, autocast) -> dict:
+    """Mean LM loss over the validation batches (all ranks see all of them), plus routing stats."""
+    losses, counts, per_seq = [], {}, {}
+    for x, y in batches:
+        with autocast():
+            out = model(x.to(device), y.to(device), routing=routing)
+        losses.append(out.lm_loss.float())
+        for k, v in out.stats.items():
+            if k.endswith("_seq"):  # (R, B): one column per sequence, (R, N) over the batches
+                per_seq.setdefault(k, []).append(v.float() / x.size(1))
+            else:
+                counts[k] = counts.get(k, 0) + v.float()
+    row = {"eval_loss": torch.stack(losses).mean().item(), "causal_ok": "pred_tp" in counts}
+    if "routed" in counts:
+        row["routed_frac"] = (counts["routed"] / counts["tokens"]).tolist()
+    if "pred_tp" in counts:
+        row |= predictor_scores(counts)
+        acc, routed = (torch.cat(per_seq[k], dim=1) for k in ("pred_correct_seq", "decided_seq"))
+        row["predictor_acc_ci"] = seq_interval(acc.mean(0))  # layers pooled, as predictor_acc
+        row["routed_frac_ci"] = [seq_interval(r) for r in routed]  # per routed layer
+    return row
+
+
+def seq_interval(v: torch.Tensor) -> list[float] | None:
+    """95% interval of the mean of per-sequence values v (N,): mean +- 1.96 s / sqrt(N).
+
+    Sequences, not tokens, are the independent units: a sequence's tokens route alike (its
+    top-k is relative to its own scores), so a token-level interval would be far too narrow.
+    """
+    n = v.numel()
+    if n < 2:
+        return None
+    mean, half = v.mean().item(), 1.96 * v.std().item() / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
+def predictor_scores(c: dict) -> dict:
+    """Accuracy, precision, recall of the causal decision against top-k membership."""
+    tp, fp, fn, tn = (c[k].sum().item() for k in ("pred_tp", "pred_fp", "pred_fn", "pred_tn"))
+    return {"predictor_acc": (tp + tn) / max(tp + fp + fn + tn, 1),
+            "predictor_precision": tp / max(tp + fp, 1), "predictor_recall": tp / max(tp + fn, 1)}
