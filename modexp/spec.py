@@ -131,6 +131,11 @@ class VanillaVariant(_Strict):
     kind: Literal["vanilla"]
 
 
+ROUTER_ONLY = ("causal", "gate", "aux_loss_weight", "predictor_hidden", "predictor_lr",
+               "threshold", "prefix_prior")
+"""ModVariant fields that only a learned router uses: random routing has no router to set."""
+
+
 class ModVariant(_Strict):
     """Mixture-of-Depths (Raposo et al. 2024): routed blocks process top-k tokens per sequence."""
 
@@ -153,9 +158,14 @@ class ModVariant(_Strict):
     """Hidden width of the causal predictor MLP (causal: predictor)."""
     predictor_lr: float | None = Field(None, gt=0)
     """Peak learning rate of the predictors' own AdamW (same schedule as the LM); default train.lr."""
-    threshold: Literal["calibrated", "zero"] = "calibrated"
-    """Causal decision: logit > a per-layer threshold calibrated so the causal pass routes the
-    capacity fraction of training tokens (calibrated), or logit > 0 (zero: under-routes)."""
+    threshold: Literal["prefix", "calibrated", "zero"] = "prefix"
+    """Causal decision: logit > a threshold per position that blends the calibrated one with the
+    top-k threshold of the sequence's own prefix (prefix: modexp/models/decision.py), logit > a
+    per-layer threshold calibrated so the causal pass routes the capacity fraction of training
+    tokens (calibrated), or logit > 0 (zero: under-routes)."""
+    prefix_prior: int = Field(16, ge=0)
+    """threshold: prefix: the calibrated threshold's weight, in tokens, against the prefix's
+    own (at n tokens the prefix weighs n / (n + prefix_prior)); 16 measured best of 8-128."""
     router: Literal["learned", "random"] = "learned"
     """`learned`: top-k of a learned router. `random`: the paper's stochastic-routing control
     (fig. 3): k tokens per sequence uniformly at random, gate 1, no router or predictor; its
@@ -164,11 +174,12 @@ class ModVariant(_Strict):
     @model_validator(mode="after")
     def _random_takes_no_router_settings(self):
         # A value equal to its default is accepted: the resolved spec written to run.json
-        # carries every field, and must parse again (sample, bench, fingerprints read it)
-        unused = sorted(f for f in ("causal", "gate", "aux_loss_weight", "predictor_hidden",
-                                    "predictor_lr", "threshold")
+        # carries every field, and must parse again (sample, bench, fingerprints read it);
+        # so is threshold: calibrated, the default those files carry from before `prefix`
+        unused = sorted(f for f in ROUTER_ONLY
                         if f in self.model_fields_set
-                        and getattr(self, f) != type(self).model_fields[f].default)
+                        and getattr(self, f) != type(self).model_fields[f].default
+                        and (f, getattr(self, f)) != ("threshold", "calibrated"))
         if self.router == "random" and unused:
             raise ValueError(f"router: random has no router, gate or predictor; remove {', '.join(unused)}")
         return self

@@ -92,8 +92,24 @@ def test_resolved_random_spec_parses_again():
     """run.json keeps the resolved spec (every field at its value); sample and bench re-read it."""
     raw = grid_spec(variants={"r": RANDOM})
     resolved = spec_to_dict(parse_spec(raw))
-    assert resolved["variants"]["r"]["threshold"] == "calibrated"  # the default, written out
+    assert resolved["variants"]["r"]["threshold"] == "prefix"  # the default, written out
     assert spec_to_dict(parse_spec(resolved)) == resolved
+    # ...and so do those written when `calibrated` was the default
+    older = {**resolved, "variants": {"r": {**resolved["variants"]["r"], "threshold": "calibrated"}}}
+    assert parse_spec(older).variants["r"].threshold == "calibrated"
+
+
+def test_random_routing_fingerprints_ignore_router_settings():
+    """A random-routing run computes nothing from router settings: a run.json written with
+    other (default) values for them is the same run; a learned router's threshold is not."""
+    from modexp.runs.fingerprint import fingerprint
+
+    plan = {"model": "a", "variant": "r", "seed": 0}
+    for name, var, same in (("r", RANDOM, True), ("m", {"kind": "mod", "capacity": 0.25}, False)):
+        spec = spec_to_dict(parse_spec(grid_spec(variants={name: var})))
+        other = {**spec, "variants": {name: {**spec["variants"][name], "threshold": "calibrated"}}}
+        p = {**plan, "variant": name}
+        assert (fingerprint(spec, p, {})["sha256"] == fingerprint(other, p, {})["sha256"]) is same
 
 
 # ---------------------------------------------------------------- random routing

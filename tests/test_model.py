@@ -6,6 +6,8 @@ mistakes these tests rule out. Tiny configs on CPU; each test names what it woul
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -232,6 +234,8 @@ def test_forward_losses_and_stats():
     out = net(idx, idx)
     assert out.predictor_loss is None and out.aux_loss is not None
     assert torch.allclose(out.loss, out.lm_loss + 0.5 * out.aux_loss)
+    assert "pred_tp" not in out.stats  # training does not score the causal decision...
+    out = net.eval()(idx, idx)  # ...evaluation does
     confusion = sum(out.stats[f"pred_{c}"] for c in ("tp", "fp", "fn", "tn"))
     assert confusion.tolist() == [B * T, B * T]
     assert (out.stats["pred_tp"] + out.stats["pred_fn"]).tolist() == [B * 8, B * 8]
@@ -261,7 +265,7 @@ def test_causal_mode_is_causal_and_topk_is_not(causal):
 @pytest.mark.parametrize("causal", ["predictor", "aux_loss"])
 def test_causal_mode_routes_each_rows_own_decisions(causal):
     """Per row: tokens with logit > 0 run the block among themselves; others untouched."""
-    model, variant = cfg(), mod(capacity=0.25, causal=causal, gate="identity")
+    model, variant = cfg(), mod(capacity=0.25, causal=causal, gate="identity", threshold="calibrated")
     net = make(model, variant)
     B, T = 3, 20
     x = torch.randn(B, T, model.d_model)
@@ -353,7 +357,8 @@ def test_calibrated_thresholds_route_the_capacity_and_leave_the_lm_alone():
     tokens; only the threshold buffers change (no parameter, no random draw)."""
     from modexp.training.calibrate import calibrate_thresholds
 
-    for variant in (mod(capacity=0.25, route_every=1), mod(capacity=0.25, causal="aux_loss")):
+    for variant in (mod(capacity=0.25, route_every=1, threshold="calibrated"),
+                    mod(capacity=0.25, causal="aux_loss", threshold="calibrated")):
         net = make(cfg(n_layers=4), variant)
         before = {k: v.clone() for k, v in net.state_dict().items()}
         idx, rng = tokens(8, 32), torch.get_rng_state()
@@ -404,14 +409,16 @@ def test_thresholds_are_a_running_mean_of_the_training_batches_quantiles():
 @pytest.mark.parametrize("causal", ["predictor", "aux_loss"])
 def test_decode_deciders_compare_against_the_threshold(causal):
     """decider (batch 1) and batch_decider decide as forward does: logit > threshold."""
-    layer = routed(make(cfg(), mod(causal=causal)), 1)
+    from modexp.models.decision import batch_decider, decider
+
+    layer = routed(make(cfg(), mod(causal=causal, threshold="calibrated")), 1)
     x = torch.randn(64, 1, 32)
     logit = (layer._predictor_logits(x) if causal == "predictor" else layer._router_logits(x))[:, 0]
     with torch.no_grad():
         layer.threshold.fill_(float(logit.median()))
     expected = logit > layer.threshold
     clear = (logit - layer.threshold).abs() > 1e-4  # away from float rounding at the boundary
-    one, batch = layer.decider(), layer.batch_decider()
+    one, batch = decider(layer), batch_decider(layer)
     with torch.no_grad():  # as in generate (inference mode)
         assert [one(x[i:i + 1]) for i in range(64) if clear[i]] == expected[clear].tolist()
         assert torch.equal(batch(x)[clear], expected[clear])
@@ -425,3 +432,52 @@ def test_checkpoints_without_a_threshold_load_at_zero():
     fresh.routers["1"].threshold.fill_(3.0)
     fresh.load_state_dict(state)
     assert float(fresh.routers["1"].threshold) == 0.0
+
+
+def test_prefix_thresholds_blend_the_calibrated_one_with_the_prefixs_top_k():
+    """threshold: prefix, position by position: (1 - w) theta + w * (the ceil(c n)-th largest of
+    the n logits so far), w = n / (n + prior); decoding (PrefixRow) computes the same floats."""
+    from modexp.models.decision import PrefixRow, prefix_thresholds
+
+    logit = torch.randn(3, 40, generator=torch.Generator().manual_seed(0))
+    theta, c, prior = torch.tensor(0.7), 0.125, 16
+    got = prefix_thresholds(logit, c, theta, prior)
+    for b in range(3):
+        row = PrefixRow(float(theta), c, prior, [])
+        for i in range(40):
+            n = i + 1
+            q = logit[b, :n].sort(descending=True).values[math.ceil(c * n) - 1]
+            w = n / (n + prior)
+            assert float(got[b, i]) == pytest.approx((1 - w) * 0.7 + w * float(q), abs=1e-6)
+            assert row.passes(float(logit[b, i])) == bool(logit[b, i] > got[b, i])  # same rule
+    # a small chunk size changes nothing (long sequences are processed in blocks of rows)
+    import modexp.models.decision as D
+    old, D.ROWS_PER_CHUNK = D.ROWS_PER_CHUNK, 7
+    try:
+        assert torch.equal(prefix_thresholds(logit, c, theta, prior), got)
+    finally:
+        D.ROWS_PER_CHUNK = old
+
+
+def test_prefix_decisions_in_decoding_equal_the_full_causal_forward():
+    """Unrigged weights (decisions near the threshold too): the decode loop's prefix state,
+    started from the prompt's logits, routes exactly the tokens the full causal forward routes."""
+    from modexp.models.decode import generate
+
+    for causal in ("aux_loss", "predictor"):
+        net = make(cfg(n_layers=4), mod(causal=causal, capacity=0.25), seed=3).eval()
+        for r in net.routers.values():
+            r.threshold.fill_(0.0)
+        idx = tokens(2, 40, seed=5)
+        seen = []
+        hooks = [r.register_forward_hook(lambda m, a, out: seen.append(out[1].decision))
+                 for r in net.routers.values()]
+        with torch.no_grad():
+            net(idx[:, :-1], routing="causal")
+        for h in hooks:
+            h.remove()
+        for B in (1, 2):
+            g = generate(net, idx[:B, :9], 31, feed=idx[:B, 9:])  # feeds idx[:, :-1] exactly
+            for layer, full in enumerate(seen):
+                assert torch.equal(g.routed[layer].T, full[:B, 9:]), (causal, B, layer)
+            assert g.routed.any() and not g.routed.all()

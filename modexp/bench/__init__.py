@@ -39,11 +39,20 @@ from modexp.training.peak import cached_peak
 # ---------------------------------------------------------------- routing of fresh models
 def calibrate_routing(net, sample: torch.Tensor) -> str:
     """Set each routed layer's threshold so a `capacity` fraction of `sample` (B, T) routes
-    causally (calibrate.py: layer by layer on the causal pass, as training does)."""
+    causally (calibrate.py: layer by layer on the causal pass, as training does).
+
+    Fresh weights decide nothing worth adapting to, and the timing depends only on how many
+    tokens route: one global threshold per layer (`threshold: calibrated`) routes exactly the
+    capacity, where a prefix threshold would only come near it.
+    """
     from modexp.training.calibrate import calibrate_thresholds
 
+    for _, layer in net.layers():
+        if layer is not None:
+            layer.prefix_prior = None
     calibrate_thresholds(net, [sample])
-    return "fresh init: decision thresholds set so the causal routed fraction equals the capacity"
+    return ("fresh init: one decision threshold per layer, set so the causal routed fraction "
+            "equals the capacity")
 
 
 # ---------------------------------------------------------------- the measurements

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from modexp.models.decision import batch_decider, decider
+
 
 # ---------------------------------------------------------------- the cache
 class KVCache:
@@ -50,6 +52,9 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.lengths = [0] * batch  # host ints: attention shapes depend on them
+        # A routed layer's decision logits of the prompt (B, P), left by the prefill: where a
+        # `threshold: prefix` decision (modexp/models/decision.py) resumes while decoding
+        self.decision_logits: Tensor | None = None
 
     def extend(self, k: Tensor, v: Tensor, mask: Tensor | None,
                rows: _Rows | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -164,8 +169,8 @@ def routed_step(router, decide, block, x: Tensor, angles,
                 cache: KVCache) -> tuple[Tensor, Tensor | bool]:
     """One token per row (B, 1, d) through a routed layer by its causal decision; (x, go).
 
-    decide: the layer's decision with its weights bound, router.decider() at batch 1 (a bool),
-    else router.batch_decider() ((B,) bool). Every op costs its fixed overhead at these sizes,
+    decide: the layer's decision with its weights bound, decision.decider at batch 1 (a bool),
+    else decision.batch_decider ((B,) bool). Every op costs its fixed overhead at these sizes,
     so the block runs on the routed rows through the cheapest path their number allows.
     """
     go = decide(x)
@@ -286,8 +291,8 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
     B, P = prompt.shape
     dev = prompt.device
     caches = make_caches(model, B, P + max_new_tokens)
-    layers = [(b, r, None if r is None else r.decider() if B == 1 else r.batch_decider())
-              for b, r in model.layers()]  # decisions with their weights bound
+    layers = [(b, r, None if r is None else decider(r, c) if B == 1 else batch_decider(r, c))
+              for (b, r), c in zip(model.layers(), caches)]  # decisions with their weights bound
     n_routed = sum(r is not None for _, r, _ in layers)
     pick = Sampler(temperature, top_k, seed, B, model.vocab, dev, max_new_tokens)
     rope = rope_table(layers[0][0].attn.rotary, P + max_new_tokens, model.head.weight.dtype)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from modexp.flops import routed_k
+from modexp.models.decision import prefix_thresholds
 from modexp.spec import ModVariant
 
 if TYPE_CHECKING:  # model.py imports this module; the Block is only passed in
@@ -77,7 +78,9 @@ class RoutedLayer(nn.Module):
         # set by calibrate.py (never by a gradient), or kept at 0 for `threshold: zero`.
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_steps", torch.zeros((), dtype=torch.long))  # folded so far
-        self.track = variant.threshold == "calibrated" and variant.causal != "none"
+        self.track = variant.threshold != "zero" and variant.causal != "none"
+        # threshold: prefix (decision.py): per-position thresholds from the sequence's prefix
+        self.prefix_prior = variant.prefix_prior if variant.threshold == "prefix" else None
         self.seen: list[Tensor] | None = None  # calibrate.py (the trainer): this step's quantiles
         self.calibrating: list[tuple[Tensor, float]] | None = None  # calibrate.py: (logits, k/T)
 
@@ -119,7 +122,10 @@ class RoutedLayer(nn.Module):
             raise ValueError("routing='causal' needs a causal method; this MoD variant has "
                              "causal: none (use causal: aux_loss or predictor)")
         pred = self._predictor_logits(x)
-        decision = self._decide(r if pred is None else pred, k / x.size(1))  # (B, T)
+        logit = r if pred is None else pred
+        if cache is not None:  # the prompt's logits: where a prefix decision resumes decoding
+            cache.decision_logits = logit.detach().float()
+        decision = self._decide(logit, k / x.size(1))  # (B, T)
         out, idx, valid = self._run_causal(x, block, pos, r, decision, cache)
         member = membership(topk_positions(r, k), r)  # what top-k would have done, for stats
         return out, self._info(x, r, member, idx, valid, decision.sum(), pred, decision)
@@ -130,7 +136,14 @@ class RoutedLayer(nn.Module):
             logit = logit.detach().float()
             self.calibrating.append((logit, frac))
             return logit > quantile_threshold(logit, frac)
-        return logit > self.threshold
+        return logit > self.thresholds(logit)
+
+    def thresholds(self, logit: Tensor) -> Tensor:
+        """The decision thresholds for logits (B, T) of whole sequences: the calibrated (or
+        zero) buffer, or with `threshold: prefix` one per position from the prefix."""
+        if self.prefix_prior is None:
+            return self.threshold
+        return prefix_thresholds(logit.detach(), self.capacity, self.threshold, self.prefix_prior)
 
     def _run_topk(self, x: Tensor, block: Block, pos: Tensor, r: Tensor, idx: Tensor) -> Tensor:
         """Gather the k tokens of each row, run the block on them, add g(r) * f back."""
@@ -184,36 +197,6 @@ class RoutedLayer(nn.Module):
         return out, RouteInfo(idx, valid, decision.sum(), None, None, None, None)
 
     # ------------------------------------------------------------ decoding (modexp/models/decode.py)
-    def decider(self) -> Callable[[Tensor], bool]:
-        """Batch-1 decode: x (1, 1, d) -> does this token route here (logit > threshold)?
-
-        The weights and the threshold are bound once per generation (they are fixed there),
-        and the products are matrix-vector ones: at one token per step, module and parameter
-        look-ups and F.linear's fixed cost would take longer than the arithmetic.
-        """
-        thr = float(self.threshold)  # a host float: the comparison costs no op
-        if self.predictor is None:
-            w = self.router.weight[0]  # (d,)
-            return lambda x: float(torch.dot(w, x.view(-1))) > thr
-        first, last = self.predictor[0], self.predictor[2]
-        w1, b1, w2 = first.weight, first.bias, last.weight[0]  # (h, d), (h,), (h,)
-        bound = thr - float(last.bias.detach())  # compared on the host: no op for the bias
-        return lambda x: float(torch.dot(w2, F.gelu(torch.addmv(b1, w1, x.view(-1))))) > bound
-
-    def batch_decider(self) -> Callable[[Tensor], Tensor]:
-        """Batch decode: x (B, 1, d) -> (B,) bool, route iff logit > threshold; weights bound.
-
-        The decision logit is the predictor's, else the router's, by the same F.linear calls
-        forward's modules make (so the same logits), without their look-ups.
-        """
-        thr = float(self.threshold)
-        if self.predictor is None:
-            w = self.router.weight  # (1, d); fp32 like _router_logits
-            return lambda x: F.linear(x.float(), w)[:, 0, 0] > thr
-        first, last = self.predictor[0], self.predictor[2]
-        w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias  # (h, d), (h,), (1, h), (1,)
-        return lambda x: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)[:, 0, 0] > thr
-
     def step_update(self, x: Tensor, block: Block, angles, cache: KVCache) -> Tensor:
         """g(r) * f (n, 1, d) for decode tokens x (n, 1, d) that route here, via the cache."""
         f = block.update(x, angles, None, cache)  # attends over this layer's cached routed tokens
@@ -267,13 +250,15 @@ class RoutedLayer(nn.Module):
               decision: Tensor | None = None) -> RouteInfo:
         """Losses of the causal method against top-k membership, and the decision for stats."""
         aux = ploss = None
+        # The decision on top-k passes is only scored (evaluation): training skips it
+        score = decision is None and not self.training
         if self.causal == "aux_loss":
             aux = F.binary_cross_entropy_with_logits(r.float(), member)
-            decision = r > self.threshold if decision is None else decision
+            decision = r > self.thresholds(r) if score else decision
         elif self.causal == "predictor":
             pred = self._predictor_logits(x) if pred is None else pred
             ploss = F.binary_cross_entropy_with_logits(pred.float(), member)
-            decision = pred > self.threshold if decision is None else decision
+            decision = pred > self.thresholds(pred) if score else decision
         return RouteInfo(idx, valid, n_routed, member, decision, aux, ploss)
 
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from modexp.cache import read_cache, write_cache
+from modexp.spec import ROUTER_ONLY
 
 EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile")
 """train.* fields left out of the fingerprint: they change how a run executes, not its result."""
@@ -35,7 +36,10 @@ def fingerprint_fields(spec: dict, plan: dict, data: dict) -> dict:
     model = next(m for m in spec["models"] if m["name"] == plan["model"])
     train = {k: v for k, v in spec["train"].items() if k not in EXECUTION_ONLY}
     entry = {k: plan.get(k) for k in PLAN_FIELDS}
-    return {"model": model, "variant": spec["variants"][plan["variant"]], "train": train,
+    variant = spec["variants"][plan["variant"]]
+    if variant.get("router") == "random":  # no router: its settings change nothing it computes
+        variant = {k: v for k, v in variant.items() if k not in ROUTER_ONLY}
+    return {"model": model, "variant": variant, "train": train,
             "data": {**spec["data"], "sha256": data.get("sha256"), "python": data.get("python")},
             "flops": spec["flops"], "seed": plan["seed"], "plan": entry}
 
