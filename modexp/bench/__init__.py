@@ -91,9 +91,11 @@ def weight_read_ratio(pair: Pair, busy: list[float]) -> float:
     return (arch.n_layers * block + head) / mod
 
 
-def bench_decode(pair: Pair, batch: int, prompt: torch.Tensor, new_tokens: int, warmup: int,
+def bench_decode(pair: Pair, batch: int, prompts: torch.Tensor, new_tokens: int, warmup: int,
                  repeats: int, temperature: float) -> Ratio:
-    """Decode tokens/s of both models on the same prompt, interleaved; medians."""
+    """Decode tokens/s of both models, interleaved; medians. Run i of each model decodes
+    the prompts[i*batch:(i+1)*batch] (the same for both): a routed fraction measured on one
+    prompt's continuations would be that prompt's, not the model's."""
     from modexp.models.decode import generate
 
     fracs: dict[str, list] = {"vanilla": [], "mod": []}
@@ -101,7 +103,9 @@ def bench_decode(pair: Pair, batch: int, prompt: torch.Tensor, new_tokens: int, 
 
     def run(kind: str) -> Callable[[], float]:
         def once() -> float:
-            g = generate(pair.nets[kind], prompt, new_tokens, temperature, seed=len(fracs[kind]))
+            i = len(fracs[kind])
+            g = generate(pair.nets[kind], prompts[i * batch:(i + 1) * batch], new_tokens,
+                         temperature, seed=i)
             fracs[kind].append(g.routed_frac())
             if kind == "mod" and g.routed is not None:
                 busy.append(g.routed.any(dim=2).float().mean(dim=1).tolist())  # (R,)
@@ -111,7 +115,7 @@ def bench_decode(pair: Pair, batch: int, prompt: torch.Tensor, new_tokens: int, 
     tok_s = time_interleaved({k: run(k) for k in ("vanilla", "mod")}, warmup, repeats)
     v, m = statistics.median(tok_s["vanilla"]), statistics.median(tok_s["mod"])
     frac = [statistics.mean(col) for col in zip(*fracs["mod"])]  # every run, warm-up included
-    analytic = decode_flop_ratio(pair, prompt.size(1), new_tokens - 1, frac)  # the timed steps
+    analytic = decode_flop_ratio(pair, prompts.size(1), new_tokens - 1, frac)  # the timed steps
     paired = [b / a for a, b in zip(tok_s["vanilla"], tok_s["mod"])]  # adjacent runs
     ratio = Ratio(f"decode b{batch}", v, m, "tok/s", statistics.median(paired), analytic, frac,
                   quartiles(paired))
@@ -184,8 +188,9 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
         sample = torch.randint(0, pair.spec.data.vocab, (8, prompt_len + new_tokens),
                                generator=torch.Generator().manual_seed(seed + 1))
         note = calibrate_routing(pair.nets["mod"], sample.to(device))
-    prompts, source = _prompts(pair, max(batch_sizes), prompt_len, seed)
-    prompts = prompts.to(device)
+    # a fresh prompt per run (the rows of one run's batch differ too)
+    prompts, source = _prompts(pair, max(batch_sizes) * (warmup + repeats), prompt_len, seed)
+    prompts, source = prompts.to(device), f"{source}, new ones every run"
     settings = {"prompt_len": prompt_len, "new_tokens": new_tokens, "prompts": source,
                 "temperature": temperature, "warmup": warmup, "repeats": repeats,
                 "train_batch": train_batch or pair.spec.train.batch_size,
@@ -194,7 +199,7 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
                          torch.get_num_threads(), settings,
                          peak_flops=cached_peak(device) if peak else None)
     for b in batch_sizes:
-        report.ratios.append(bench_decode(pair, b, prompts[:b], new_tokens, warmup, repeats,
+        report.ratios.append(bench_decode(pair, b, prompts, new_tokens, warmup, repeats,
                                           temperature))
         check_capacity(pair, report.ratios[-1], prompt_len, new_tokens - 1)
     steppers = None
