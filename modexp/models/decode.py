@@ -2,8 +2,9 @@
 
 MoD decodes with its causal routing (../shared/design/mixture-of-depths.md, "Decoding with a
 KV cache"): at a routed layer a token runs the block iff its decision logit (the predictor's,
-or the router's for causal: aux_loss) passes the layer's threshold buffer (calibrate.py), bound
-once per generation as a host float. A routed token writes its keys and values into
+or the router's for causal: aux_loss) passes the layer's threshold: the calibrated buffer
+(calibrate.py), bound once per generation as a host float, or for `threshold: prefix` the
+threshold of its row's prefix so far (decision.py), the prompt's logits included. A routed token writes its keys and values into
 that layer's cache and attends over what is cached there (its row's earlier routed tokens and
 itself, RoPE at original positions), its update scaled by g(r) as in training. A token that
 skips neither reads nor writes that layer's cache; its residual passes unchanged. So caches

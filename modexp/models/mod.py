@@ -13,10 +13,12 @@ A routed layer l with capacity c on a sequence of T tokens:
 Top-k is not causal: whether token i is routed depends on later tokens' scores. For sampling
 (sec. 3.5) each routed layer learns a per-token decision: `aux_loss` (BCE of the router logit
 against top-k membership, added to the LM loss) or `predictor` (a small MLP on stop-gradient
-inputs, trained with its own BCE). routing="causal" routes token i iff that logit passes the
-layer's `threshold` buffer: 0 (`threshold: zero`), or calibrated (modexp/training/calibrate.py) so that
-the causal routed fraction equals the layer's capacity: a running mean of each training
-batch's (1 - k/T) quantile of the decision logits. A plain BCE classifier on 12.5% positives
+inputs, trained with its own BCE). routing="causal" routes token i iff that logit passes a
+threshold: the layer's `threshold` buffer, 0 (`threshold: zero`) or calibrated
+(modexp/training/calibrate.py) so that the causal routed fraction equals the layer's capacity
+(a running mean of each training batch's (1 - k/T) quantile of the decision logits), or per
+position, that buffer blended with the top-k threshold of the sequence's own prefix
+(`threshold: prefix`, modexp/models/decision.py). A plain BCE classifier on 12.5% positives
 is rewarded for saying "skip", so at logit > 0 it under-routes.
 
 The router and predictor draw their initial weights from generators of their own (seeded from
