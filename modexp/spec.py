@@ -165,7 +165,8 @@ class ModVariant(_Strict):
     tokens (calibrated), or logit > 0 (zero: under-routes)."""
     prefix_prior: int = Field(16, ge=0)
     """threshold: prefix: the calibrated threshold's weight, in tokens, against the prefix's
-    own (at n tokens the prefix weighs n / (n + prefix_prior)); 16 measured best of 8-128."""
+    own (at n tokens the prefix weighs n / (n + prefix_prior)); on the quickstart's checkpoints
+    8 and 16 scored alike, best of 0-128."""
     router: Literal["learned", "random"] = "learned"
     """`learned`: top-k of a learned router. `random`: the paper's stochastic-routing control
     (fig. 3): k tokens per sequence uniformly at random, gate 1, no router or predictor; its
