@@ -207,3 +207,17 @@ def test_intervals_treat_sequences_as_the_units():
     half = 1.96 * v.std().item() / 4
     assert (lo, hi) == pytest.approx((0.95 - half, 0.95 + half))
     assert seq_interval(torch.tensor([0.9])) is None  # one sequence: no interval
+
+
+def test_cpu_runs_keep_freed_memory_in_glibcs_heap(monkeypatch):
+    """setup_context on the CPU sets glibc's mmap/trim thresholds (training/allocator.py)."""
+    import platform
+
+    from modexp.training.allocator import tune_cpu_allocator
+
+    calls = []
+    monkeypatch.setattr(T, "tune_cpu_allocator", lambda: calls.append("cpu") or True)
+    T.setup_context("cpu")
+    assert calls == ["cpu"]
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert tune_cpu_allocator() is glibc  # mallopt accepted both values (or no glibc: untouched)

@@ -24,6 +24,7 @@ from modexp.plan import RunPlan
 from modexp.runs import checkpoint
 from modexp.spec import TrainConfig
 from modexp.training import mfu
+from modexp.training.allocator import tune_cpu_allocator
 from modexp.training.calibrate import calibrate_on_training, fold_thresholds, track_thresholds
 from modexp.training.evaluation import eval_pass
 from modexp.training.optim import make_optimizer, make_predictor_optimizer, split_params
@@ -377,6 +378,8 @@ def setup_context(device: str = "auto", peak_tflops: float | None = None) -> Con
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(dev)
+    if dev.type == "cpu":  # reuse freed activations instead of faulting them in every step
+        tune_cpu_allocator()
     owns = world > 1 and not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
