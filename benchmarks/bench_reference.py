@@ -34,6 +34,7 @@ from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleav
 from modexp.models.model import build_model  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
 from modexp.training import mfu  # noqa: E402
+from modexp.training.allocator import tune_cpu_allocator  # noqa: E402
 from modexp.training.peak import measure_matmul_peak  # noqa: E402
 
 
@@ -100,6 +101,7 @@ def main() -> None:
     """Time reference, vanilla and MoD steps interleaved; print ratios, GFLOP/s and MFU."""
     a = parse_args()
     torch.set_num_threads(a.threads)
+    tune_cpu_allocator()  # as `modexp run` does on the CPU (training/allocator.py)
     cfg = ModelConfig(name="ref", n_layers=a.layers, d_model=a.d, n_heads=a.heads)
     variants = {"vanilla": VanillaVariant(kind="vanilla"),
                 "mod": ModVariant(kind="mod", capacity=a.capacity, causal="predictor")}

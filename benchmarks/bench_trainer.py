@@ -31,6 +31,7 @@ from modexp.data.tokens import TokenData  # noqa: E402
 from modexp.models.model import build_model  # noqa: E402
 from modexp.plan import plan_spec  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
+from modexp.training.allocator import tune_cpu_allocator  # noqa: E402
 from modexp.training.train import Context, Trainer, make_optimizer  # noqa: E402
 
 
@@ -60,6 +61,7 @@ def main() -> None:
     """Alternate Trainer and bare chunks; print the median overhead with quartiles."""
     a = parse_args()
     torch.set_num_threads(a.threads)
+    tune_cpu_allocator()  # as `modexp run` does on the CPU (training/allocator.py)
     spec = load_spec(a.spec)
     model = a.model or spec.models[-1].name
     run = next(r for r in plan_spec(spec).runs if r.model == model and r.variant == a.variant)
