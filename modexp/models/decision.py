@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import math
-
 from typing import Callable
 
 import numpy as np
@@ -47,9 +46,10 @@ def prefix_thresholds(logit: Tensor, frac: float, theta: Tensor, prior: int) -> 
     n = torch.arange(1, T + 1, device=logit.device)  # (T,) tokens seen at each position
     m = prefix_counts(frac, n)  # (T,)
     q = torch.empty(B, T, dtype=torch.float32, device=logit.device)
+    pos = n - 1  # (T,) positions
     for a in range(0, T, ROWS_PER_CHUNK):
         b = min(T, a + ROWS_PER_CHUNK)
-        later = torch.arange(T, device=logit.device) > torch.arange(a, b, device=logit.device).unsqueeze(1)
+        later = pos > pos[a:b].unsqueeze(1)  # (b - a, T): key after the query
         prefix = logit.unsqueeze(1).masked_fill(later, float("-inf"))  # (B, b - a, T)
         top = prefix.topk(int(m[b - 1]), dim=-1).values  # (B, b - a, m) descending
         q[:, a:b] = top.gather(-1, (m[a:b] - 1).view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)
@@ -85,20 +85,18 @@ def decider(layer, cache=None) -> Callable[[Tensor], bool]:
     look-ups and F.linear's fixed cost would take longer than the arithmetic. With
     `threshold: prefix` the prompt's logits (the cache's, from the prefill) start the prefix.
     """
-    thr = float(layer.threshold)  # a host float: the comparison costs no op
     if layer.predictor is None:
         w = layer.router.weight[0]  # (d,)
-        if layer.prefix_prior is not None:
-            return _prefix_decider(layer, lambda x: float(torch.dot(w, x.view(-1))), cache)
-        return lambda x: float(torch.dot(w, x.view(-1))) > thr
-    first, last = layer.predictor[0], layer.predictor[2]
-    w1, b1, w2 = first.weight, first.bias, last.weight[0]  # (h, d), (h,), (h,)
-    b2 = float(last.bias.detach())
+        score, bias = (lambda x: float(torch.dot(w, x.view(-1)))), 0.0
+    else:
+        first, last = layer.predictor[0], layer.predictor[2]
+        w1, b1, w2 = first.weight, first.bias, last.weight[0]  # (h, d), (h,), (h,)
+        score = lambda x: float(torch.dot(w2, F.gelu(torch.addmv(b1, w1, x.view(-1)))))  # noqa: E731
+        bias = float(last.bias.detach())  # added on the host: no op for it
     if layer.prefix_prior is not None:
-        return _prefix_decider(
-            layer, lambda x: float(torch.dot(w2, F.gelu(torch.addmv(b1, w1, x.view(-1))))) + b2, cache)
-    bound = thr - b2  # compared on the host: no op for the bias
-    return lambda x: float(torch.dot(w2, F.gelu(torch.addmv(b1, w1, x.view(-1))))) > bound
+        return _prefix_decider(layer, lambda x: score(x) + bias, cache)
+    bound = float(layer.threshold) - bias  # a host float: the comparison costs no op
+    return lambda x: score(x) > bound
 
 
 def batch_decider(layer, cache=None) -> Callable[[Tensor], Tensor]:

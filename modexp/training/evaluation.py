@@ -27,7 +27,8 @@ def eval_pass(model, batches, routing: str, device: torch.device, autocast) -> d
         row |= predictor_scores(counts)
         acc, routed = (torch.cat(per_seq[k], dim=1) for k in ("pred_correct_seq", "decided_seq"))
         row["predictor_acc_ci"] = seq_interval(acc.mean(0))  # layers pooled, as predictor_acc
-        row["routed_frac_ci"] = [seq_interval(r) for r in routed]  # per routed layer
+        if routing == "causal":  # on a top-k pass the decisions route nothing
+            row["routed_frac_ci"] = [seq_interval(r) for r in routed]  # per routed layer
     return row
 
 

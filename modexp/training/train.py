@@ -246,7 +246,6 @@ class Trainer:
                     "routed_frac_causal": causal["routed_frac"],
                     "routed_frac_causal_ci": causal["routed_frac_ci"],
                     "routed_frac_topk": row.pop("routed_frac")}
-            del row["routed_frac_ci"]  # the top-k pass's decisions route nothing
             # The decision scored both on the top-k pass (the inputs it trains on) and on the
             # causal pass (the inputs it meets when sampling), each against top-k membership.
             row |= {f"{k}_causal": v for k, v in causal.items()
