@@ -72,8 +72,9 @@ def calibrate_on_training(model, data, seed: int, step: int, batch: tuple[int, i
                           autocast=None) -> list[float]:
     """calibrate_thresholds over the training batches of the CALIBRATION_STEPS steps before
     `step`, in micro-batches (batch = (batch_size, micro)): training tokens, a pure function of
-    (seed, step), the same on every rank. Only `threshold: calibrated` layers of a learned
-    router have a threshold to set (RoutedLayer.track); returns the thresholds ([] if none)."""
+    (seed, step), the same on every rank. Only layers of a learned router with a calibrated
+    threshold (`calibrated`, or `prefix`'s prior; RoutedLayer.track) have one to set; returns
+    the thresholds ([] if none)."""
     if not any(getattr(r, "track", False) for _, r in model.layers() if r is not None):
         return []
     B, m = batch
@@ -88,7 +89,8 @@ hold it within about a point; longer would lag the predictor more as it learns."
 
 
 def track_thresholds(model) -> None:
-    """Make every `threshold: calibrated` layer record its batch quantiles in training mode."""
+    """Make every layer with a calibrated threshold (`calibrated`, or `prefix`'s prior) record
+    its batch quantiles in training mode."""
     for _, r in model.layers():
         if r is not None and getattr(r, "track", False):
             r.seen = []
