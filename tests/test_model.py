@@ -420,8 +420,11 @@ def test_decode_deciders_compare_against_the_threshold(causal):
     clear = (logit - layer.threshold).abs() > 1e-4  # away from float rounding at the boundary
     one, batch = decider(layer), batch_decider(layer)
     with torch.no_grad():  # as in generate (inference mode)
-        assert [one(x[i:i + 1]) for i in range(64) if clear[i]] == expected[clear].tolist()
+        got = [one(x[i:i + 1]) for i in range(64)]  # the router logit if routed, else None
+        assert [g is not None for g, c in zip(got, clear) if c] == expected[clear].tolist()
         assert torch.equal(batch(x)[clear], expected[clear])
+        r = layer._router_logits(x)[:, 0]  # the gate's input, handed to step_one
+        assert all(g == pytest.approx(float(r[i]), abs=1e-5) for i, g in enumerate(got) if g is not None)
     assert expected.any() and not expected.all()
 
 
@@ -450,6 +453,7 @@ def test_prefix_thresholds_blend_the_calibrated_one_with_the_prefixs_top_k():
             w = n / (n + prior)
             assert float(got[b, i]) == pytest.approx((1 - w) * 0.7 + w * float(q), abs=1e-6)
             assert row.passes(float(logit[b, i])) == bool(logit[b, i] > got[b, i])  # same rule
+            assert row.tau == float(got[b, i])  # the same float32 threshold, to the bit
     # a small chunk size changes nothing (long sequences are processed in blocks of rows)
     import modexp.models.decision as D
     old, D.ROWS_PER_CHUNK = D.ROWS_PER_CHUNK, 7

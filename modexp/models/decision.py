@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import struct
 from typing import Callable
 
 import numpy as np
@@ -53,50 +54,95 @@ def prefix_thresholds(logit: Tensor, frac: float, theta: Tensor, prior: int) -> 
         prefix = logit.unsqueeze(1).masked_fill(later, float("-inf"))  # (B, b - a, T)
         top = prefix.topk(int(m[b - 1]), dim=-1).values  # (B, b - a, m) descending
         q[:, a:b] = top.gather(-1, (m[a:b] - 1).view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)
-    w = n.float() / (n + prior).float()  # (T,) float32, as PrefixRow computes it
-    return (1 - w) * theta.float() + w * q
+    w, a = prefix_weights(n, theta, prior)  # (T,) each
+    return a + w * q
+
+
+def prefix_weights(n: Tensor, theta: Tensor | float, prior: int) -> tuple[Tensor, Tensor]:
+    """The blend's terms for prefix lengths n, float32: w = n / (n + prior) and (1 - w) theta."""
+    w = n.float() / (n + prior).float()
+    return w, (1 - w) * torch.as_tensor(theta, dtype=torch.float32, device=n.device)
 
 
 class PrefixRow:
-    """One sequence's prefix while decoding: the same thresholds as prefix_thresholds, in the
-    same float32 arithmetic (numpy float32 scalars), one token at a time."""
+    """One sequence's prefix while decoding: the same thresholds as prefix_thresholds, to the
+    bit, one token at a time.
 
-    def __init__(self, theta: float, frac: float, prior: int, logits: list[float]):
-        self.theta, self.frac, self.prior = np.float32(theta), frac, prior
+    The per-length terms m, w and (1 - w) theta come from the same functions (tabled for the
+    whole generation at once), and the blend a + w q is done in Python floats, each result
+    rounded to float32: a double product or sum of two float32 values, rounded once to
+    float32, is the float32 result (double rounding is exact for +, -, * when 53 >= 2 * 24 + 2
+    bits). A token then costs one insertion and a few float operations, where numpy's
+    float32 scalars took ~1 us each: decoding calls this once per routed layer and token.
+    """
+
+    def __init__(self, theta: float, frac: float, prior: int, logits: list[float], n_max: int = 0):
+        self.theta, self.frac, self.prior = theta, frac, prior
         self.seen = sorted(logits)  # ascending; float32 values held exactly as Python floats
+        self.m: list[int] = []  # per prefix length n: ceil(frac n), w and (1 - w) theta
+        self.w: list[float] = []
+        self.a: list[float] = []
+        self._table(max(n_max, len(logits) + 1))
+        self.tau = float("nan")  # the threshold of the last token added
 
     def passes(self, logit: float) -> bool:
         """Add this token's decision logit to the prefix; does it route (logit > tau)?"""
         bisect.insort(self.seen, logit)
         n = len(self.seen)
-        m = max(1, math.ceil(self.frac * n))
-        q = np.float32(self.seen[n - m])  # the m-th largest
-        w = np.float32(n) / np.float32(n + self.prior)
-        tau = (np.float32(1) - w) * self.theta + w * q
-        return logit > float(tau)
+        if n >= len(self.m):
+            self._table(2 * n)
+        q = _f32(self.seen[n - self.m[n]])  # the m-th largest, as float32
+        self.tau = _f32(self.a[n] + _f32(self.w[n] * q))  # (1 - w) theta + w q in float32
+        return logit > self.tau
+
+    def _table(self, n_max: int) -> None:
+        """m, w and (1 - w) theta for prefix lengths 0..n_max, as prefix_thresholds computes them."""
+        n = torch.arange(n_max + 1)
+        w, a = prefix_weights(n, self.theta, self.prior)
+        self.m, self.w, self.a = prefix_counts(self.frac, n).tolist(), w.tolist(), a.tolist()
+
+
+def _f32(v: float, _s=struct.Struct("f")) -> float:
+    """v rounded to the nearest float32 (an exact Python float)."""
+    try:
+        return _s.unpack(_s.pack(v))[0]
+    except OverflowError:  # beyond float32's range: struct refuses, float32 gives +-inf
+        return float(np.float32(v))
 
 
 # ---------------------------------------------------------------- decoding (decode.py)
-def decider(layer, cache=None) -> Callable[[Tensor], bool]:
-    """Batch-1 decode at a routed layer: x (1, 1, d) -> does this token route (logit > threshold)?
+def decider(layer, cache=None) -> Callable[[Tensor], float | None]:
+    """Batch-1 decode at a routed layer: x (1, 1, d) -> the token's router logit r if it routes
+    (the gate's input, so the block need not compute it again), None if it skips.
 
     The weights and the threshold are bound once per generation (they are fixed there),
     and the products are matrix-vector ones: at one token per step, module and parameter
     look-ups and F.linear's fixed cost would take longer than the arithmetic. With
     `threshold: prefix` the prompt's logits (the cache's, from the prefill) start the prefix.
+    The decision logit is the router's own for causal: aux_loss, else the predictor's, and
+    then the router's dot product is taken only for tokens that route.
     """
+    w = layer.router.weight[0]  # (d,)
+    router = lambda x: float(torch.dot(w, x.view(-1)))  # noqa: E731
     if layer.predictor is None:
-        w = layer.router.weight[0]  # (d,)
-        score, bias = (lambda x: float(torch.dot(w, x.view(-1)))), 0.0
+        score, bias = router, 0.0
     else:
         first, last = layer.predictor[0], layer.predictor[2]
         w1, b1, w2 = first.weight, first.bias, last.weight[0]  # (h, d), (h,), (h,)
         score = lambda x: float(torch.dot(w2, F.gelu(torch.addmv(b1, w1, x.view(-1)))))  # noqa: E731
         bias = float(last.bias.detach())  # added on the host: no op for it
     if layer.prefix_prior is not None:
-        return _prefix_decider(layer, lambda x: score(x) + bias, cache)
-    bound = float(layer.threshold) - bias  # a host float: the comparison costs no op
-    return lambda x: score(x) > bound
+        rows = _prefix_rows(layer, cache)
+        passes = lambda s: rows(1)[0].passes(s + bias)  # noqa: E731
+    else:
+        bound = float(layer.threshold) - bias  # a host float: the comparison costs no op
+        passes = lambda s: s > bound  # noqa: E731
+    if layer.predictor is None:  # the decision logit is the router logit: one dot product
+        def decide(x: Tensor) -> float | None:
+            r = router(x)
+            return r if passes(r) else None
+        return decide
+    return lambda x: router(x) if passes(score(x)) else None
 
 
 def batch_decider(layer, cache=None) -> Callable[[Tensor], Tensor]:
@@ -114,25 +160,27 @@ def batch_decider(layer, cache=None) -> Callable[[Tensor], Tensor]:
         w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias  # (h, d), (h,), (1, h), (1,)
         logit = lambda x: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)[:, 0, 0]  # noqa: E731
     if layer.prefix_prior is not None:
-        decide = _prefix_decider(layer, lambda x: logit(x).tolist(), cache)
-        return lambda x: torch.tensor(decide(x), dtype=torch.bool, device=x.device)
+        rows = _prefix_rows(layer, cache)
+
+        def decide(x: Tensor) -> Tensor:
+            go = [row.passes(u) for row, u in zip(rows(x.size(0)), logit(x).tolist())]
+            return torch.tensor(go, dtype=torch.bool, device=x.device)
+        return decide
     return lambda x: logit(x) > thr
 
 
-def _prefix_decider(layer, logit: Callable, cache) -> Callable:
-    """Decide by `threshold: prefix` (a PrefixRow per row of the batch), the rows' prefixes
-    started from the prompt's logits at this layer (left by the prefill in the cache)."""
-    rows: list[PrefixRow] = []
+def _prefix_rows(layer, cache) -> Callable[[int], list[PrefixRow]]:
+    """`threshold: prefix` state for a batch: rows(B) -> a PrefixRow per row, made on the first
+    call (after the prefill) from the prompt's logits at this layer, left in the cache."""
+    made: list[PrefixRow] = []
     args = (float(layer.threshold), layer.capacity, layer.prefix_prior)
+    n_max = cache.max_len if cache is not None else 0  # every length decoding can reach
 
-    def decide(x: Tensor):
-        if not rows:  # first decode step: the prefill has run
+    def rows(batch: int) -> list[PrefixRow]:
+        if not made:
             prompt = getattr(cache, "decision_logits", None)
-            start = prompt.tolist() if prompt is not None else [[] for _ in range(x.size(0))]
-            rows.extend(PrefixRow(*args, p) for p in start)
-        v = logit(x)
-        if isinstance(v, float):
-            return rows[0].passes(v)
-        return [row.passes(u) for row, u in zip(rows, v)]
+            start = prompt.tolist() if prompt is not None else [[] for _ in range(batch)]
+            made.extend(PrefixRow(*args, p, n_max) for p in start)
+        return made
 
-    return decide
+    return rows

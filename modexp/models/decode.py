@@ -170,13 +170,15 @@ def routed_step(router, decide, block, x: Tensor, angles,
                 cache: KVCache) -> tuple[Tensor, Tensor | bool]:
     """One token per row (B, 1, d) through a routed layer by its causal decision; (x, go).
 
-    decide: the layer's decision with its weights bound, decision.decider at batch 1 (a bool),
-    else decision.batch_decider ((B,) bool). Every op costs its fixed overhead at these sizes,
-    so the block runs on the routed rows through the cheapest path their number allows.
+    decide: the layer's decision with its weights bound, decision.decider at batch 1 (the
+    router logit if the token routes, else None), else decision.batch_decider ((B,) bool).
+    Every op costs its fixed overhead at these sizes, so the block runs on the routed rows
+    through the cheapest path their number allows.
     """
-    go = decide(x)
     if x.size(0) == 1:  # batch 1: a skipping token skips the whole block
-        return (router.step_one(x, block, angles, cache) if go else x), go
+        r = decide(x)
+        return (x, False) if r is None else (router.step_one(x, block, angles, cache, r), True)
+    go = decide(x)
     ids = [b for b, g in enumerate(go.tolist()) if g]  # host sync: shapes depend on it
     if not ids:
         return x, go
@@ -193,10 +195,31 @@ def routed_step(router, decide, block, x: Tensor, angles,
     return x.index_add(0, at, upd), go
 
 
-def decode_step(model, layers: list, tok: Tensor, angles: tuple[Tensor, Tensor],
+class Ends:
+    """The embedding, final norm and LM head of a model, their weights bound once per
+    generation: costs every model pays per token, not per layer, weigh more in MoD's smaller
+    step, so they run as the modules compute them without the module calls."""
+
+    def __init__(self, model):
+        self.embed = model.embed.weight  # (V, d)
+        norm = model.norm
+        self.norm = (norm.normalized_shape, norm.weight, norm.eps)
+        self.head_t = model.head.weight.t()  # (d, V), transposed once: each step is one mm
+
+    def embed_tokens(self, tok: Tensor) -> Tensor:
+        """(B, 1) -> (B, 1, d): the rows nn.Embedding copies (its index_select, minus its call)."""
+        return self.embed.index_select(0, tok.view(-1)).unsqueeze(1)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """(B, 1, d) -> (B, V): the final norm, then the mm F.linear folds a (B, 1, d) input to."""
+        x = F.rms_norm(x, *self.norm)
+        return torch.mm(x.view(x.size(0), -1), self.head_t)
+
+
+def decode_step(ends: Ends, layers: list, tok: Tensor, angles: tuple[Tensor, Tensor],
                 caches: list[KVCache], decisions: list[list]) -> Tensor:
     """Logits (B, V) for the next token after tok (B, 1), at the RoPE angles of its position."""
-    x = F.embedding(tok, model.embed.weight)  # (B, 1, d); as nn.Embedding, minus its call
+    x = ends.embed_tokens(tok)  # (B, 1, d)
     r = 0
     for (block, router, decide), cache in zip(layers, caches):
         if router is None:
@@ -205,11 +228,7 @@ def decode_step(model, layers: list, tok: Tensor, angles: tuple[Tensor, Tensor],
             x, go = routed_step(router, decide, block, x, angles, cache)
             decisions[r].append(go)
             r += 1
-    # The final norm and LM head as the modules compute them, without the module calls: costs
-    # every model pays per token, not per layer, weigh more in MoD's smaller step.
-    norm = model.norm
-    x = F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
-    return F.linear(x, model.head.weight)[:, 0]
+    return ends.logits(x)
 
 
 class Sampler:
@@ -297,6 +316,7 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
     n_routed = sum(r is not None for _, r, _ in layers)
     pick = Sampler(temperature, top_k, seed, B, model.vocab, dev, max_new_tokens)
     rope = rope_table(layers[0][0].attn.rotary, P + max_new_tokens, model.head.weight.dtype)
+    ends = Ends(model)
     out = []  # (B, 1) per new token
     decisions: list[list] = [[] for _ in range(n_routed)]
     kept = []
@@ -310,7 +330,7 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
                 kept.append(logits.clone())
             out.append(pick(logits) if feed is None else feed[:, s:s + 1])
             if s + 1 < max_new_tokens:
-                logits = decode_step(model, layers, out[-1], rope[P + s], caches, decisions)
+                logits = decode_step(ends, layers, out[-1], rope[P + s], caches, decisions)
         _sync(dev)
         t2 = time.perf_counter()
     model.train(was_training)

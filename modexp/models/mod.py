@@ -205,15 +205,14 @@ class RoutedLayer(nn.Module):
         r = F.linear(x, self.router.weight).squeeze(-1)  # (n, 1) router logits (decode: fp32)
         return self.gated(r, f).to(x.dtype)
 
-    def step_one(self, x: Tensor, block: Block, angles, cache: KVCache) -> Tensor:
+    def step_one(self, x: Tensor, block: Block, angles, cache: KVCache, r: float) -> Tensor:
         """Batch-1 decode: x + g(r) * f for one routed token x (1, 1, d), the gate on the host.
 
-        One token's router logit is a dot product, and g(r) as a Python float folds into the
-        residual add: one op where step_update takes a linear, a sigmoid, a mul and an add
-        (the same value up to float rounding).
+        r: the token's router logit, from the decision (decision.decider), a float. g(r) as a
+        Python float folds into the residual add: one op where step_update takes a linear, a
+        sigmoid, a mul and an add (the same value up to float rounding).
         """
         f = block.update(x, angles, None, cache)  # (1, 1, d)
-        r = float(torch.dot(self.router.weight[0], x.view(-1)))  # router logit, fp32
         g = 0.5 * (1.0 + math.tanh(0.5 * r)) if self.gate == "sigmoid" else r  # sigmoid(r)
         return torch.add(x, f, alpha=g)
 
