@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from modexp.models.mod import gather_rows
-from modexp.models.model import Rotary, _Rope, _RMSNormCPU, rms_norm, rope
+from modexp.models.model import _RMSNormCPU, rms_norm
+from modexp.models.rope import Rotary, _Rope, rope
 
 
 def textbook_rope(x, pos, rotary):
@@ -77,3 +78,90 @@ def test_gather_rows_gradient_equals_index_select():
     want = torch.autograd.grad(x.index_select(0, rows), x, g)[0]
     assert torch.equal(got, want)
     assert got[[1, 2, 4, 5, 6, 8]].abs().sum() == 0
+
+
+# ---------------------------------------------------------------- RoPE's paired path (rope.py)
+def test_paired_rows_put_each_rotated_pair_side_by_side():
+    from modexp.models.rope import paired_rows
+
+    rows = paired_rows(n_heads=2, head_size=4)  # d 8: q rows 0-7, k rows 8-15, v rows 16-23
+    assert rows.tolist() == [0, 2, 1, 3, 4, 6, 5, 7,  # q: head 0 (x1_0, x2_0, x1_1, x2_1), head 1
+                             8, 10, 9, 11, 12, 14, 13, 15,  # k alike
+                             *range(16, 24)]  # v untouched
+    assert sorted(rows.tolist()) == list(range(24))  # a permutation
+
+
+@pytest.mark.parametrize("hs", [6, 32])
+def test_paired_attention_equals_the_halves_layout(hs, monkeypatch):
+    """The paired path (permuted q/k rows, one complex product) computes the attention the
+    halves formula computes, forward and backward, in training and in evaluation."""
+    import modexp.models.model as M
+    from modexp.spec import ModelConfig
+
+    attn = M.Attention(ModelConfig(name="t", n_layers=1, d_model=2 * hs, n_heads=2))
+    x = torch.randn(3, 9, 2 * hs)
+    pos = torch.tensor([[0, 2, 3, 7, 8, 11, 12, 20, 31]])  # gathered tokens keep their positions
+    g = torch.randn(3, 9, 2 * hs)
+
+    def run(paired: bool):
+        monkeypatch.setattr(M, "pairs_adjacent", lambda t: paired)
+        attn.zero_grad()
+        y = attn(x, pos)
+        y.backward(g)
+        with torch.no_grad():
+            y_eval = attn(x, pos)
+        return y.detach(), attn.qkv.weight.grad.clone(), y_eval
+
+    got, want = run(True), run(False)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(got[0], attn.proj(x).detach())  # the attention did something
+
+
+def test_paired_rope_backward_is_the_inverse_rotation():
+    from modexp.models.rope import _PairedRope
+
+    rotary = Rotary(8, 100.0).double()
+    rotary.reserve(16)
+    cis = rotary.lookup_cis(torch.tensor([[1, 5, 9]]), torch.float64)
+    assert cis.dtype == torch.complex128
+    x = torch.randn(2, 3, 2, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: _PairedRope.apply(x, cis), (x,))
+
+
+def test_permuted_rows_gradient_equals_index_select():
+    from modexp.models.rope import _PermuteRows
+
+    w = torch.randn(6, 3, requires_grad=True)
+    rows = torch.tensor([2, 0, 5, 1, 4, 3])
+    g = torch.randn(6, 3)
+    got = torch.autograd.grad(_PermuteRows.apply(w, rows, torch.argsort(rows)), w, g)[0]
+    want = torch.autograd.grad(w.index_select(0, rows), w, g)[0]
+    assert torch.equal(got, want)
+
+
+def test_paired_weight_follows_every_update_and_decoding_binds_it_once():
+    """No stale permuted weight: evaluation permutes the current weight (fused AdamW writes in
+    place without bumping the version counter, so no cache may key on it); generate() binds
+    one copy for the generation and lets it go."""
+    import modexp.models.model as M
+    from modexp.models.decode import generate
+    from modexp.spec import ModelConfig, VanillaVariant
+
+    net = M.build_model(ModelConfig(name="t", n_layers=1, d_model=16, n_heads=2),
+                        VanillaVariant(kind="vanilla"), 32)
+    attn = net.blocks[0].attn
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)
+    with torch.no_grad():
+        before = attn.paired_weight()
+    net(torch.randint(0, 32, (2, 8)), torch.randint(0, 32, (2, 8))).loss.backward()
+    opt.step()
+    with torch.no_grad():
+        after = attn.paired_weight()
+    assert not torch.equal(after, before)
+    assert torch.equal(after, attn.qkv.weight.detach()[attn._rows[0]])
+    seen = []
+    attn.register_forward_pre_hook(lambda m, args: seen.append(m.bound))
+    generate(net, torch.randint(0, 32, (1, 4)), 3)
+    assert all(b is seen[0] for b in seen) and torch.equal(seen[0], after)
+    assert attn.bound is None

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modexp.models.decision import batch_decider, decider
+from modexp.models.rope import paired_path
 
 
 # ---------------------------------------------------------------- the cache
@@ -320,7 +321,7 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
     out = []  # (B, 1) per new token
     decisions: list[list] = [[] for _ in range(n_routed)]
     kept = []
-    with native_cpu_kernels(dev):
+    with native_cpu_kernels(dev), paired_weights_bound(model, prompt.device):
         t0 = time.perf_counter()
         logits = model(prompt, routing="causal", caches=caches).logits[:, -1]  # (B, V) prefill
         _sync(dev)
@@ -339,14 +340,17 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
                       t2 - t1, caches, kept)
 
 
-def rope_table(rotary, n: int, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
-    """RoPE tables (cos, sin), each (1, 1, 1, hs/2), of positions 0..n-1: looked up once.
+def rope_table(rotary, n: int, dtype: torch.dtype) -> list:
+    """RoPE tables of positions 0..n-1, one entry per position, looked up once: e^{i theta}
+    (1, 1, 1, hs/2) for the paired path, else (cos, sin), each (1, 1, 1, hs/2) (rope.py).
 
     Every layer's Rotary is the same function of position; these are the rows the full
-    forward's Rotary.lookup gathers at each position, so decoding rotates bit-identically.
+    forward's lookups gather at each position, so decoding rotates bit-identically.
     """
     rotary.reserve(n)
     pos = torch.arange(n, device=rotary.inv_freq.device).unsqueeze(0)  # (1, n)
+    if paired_path(dtype, pos.device.type):
+        return list(rotary.lookup_cis(pos, dtype).split(1, dim=1))
     cos, sin = rotary.lookup(pos, dtype)  # (1, n, 1, hs/2)
     return list(zip(cos.split(1, dim=1), sin.split(1, dim=1)))
 
@@ -356,6 +360,20 @@ def stack_decisions(decisions: list[list], batch: int) -> Tensor:
     if batch == 1:
         return torch.tensor(decisions, dtype=torch.bool).unsqueeze(-1)
     return torch.stack([torch.stack(d) for d in decisions]).cpu()
+
+
+@contextmanager
+def paired_weights_bound(model, device: torch.device):
+    """Within: every attention's permuted qkv weight (rope.py's paired path) made once, not per
+    token; the weights must not change meanwhile (a generation runs in inference mode)."""
+    attns = [b.attn for b in model.blocks] if paired_path(model.head.weight.dtype, device.type) else []
+    for attn in attns:
+        attn.bound = attn.paired_weight()
+    try:
+        yield
+    finally:
+        for attn in attns:
+            attn.bound = None
 
 
 @contextmanager

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modexp.models.mod import RoutedLayer, route_losses, route_stats, stream_seed
+from modexp.models.rope import (Rotary, _PairedRope, _PermuteRows, _Rope, paired_rows,
+                                pairs_adjacent, rope, rope_pairs)
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
 
 if TYPE_CHECKING:  # the cache lives with the decoder; the model only passes it through
@@ -38,85 +40,6 @@ class ForwardOutput:
     aux_loss: Tensor | None  # router BCE, mean over routed layers (causal: aux_loss)
     predictor_loss: Tensor | None  # predictor BCE, mean over routed layers (causal: predictor)
     stats: dict[str, Tensor] = field(default_factory=dict)  # detached; no host sync needed
-
-
-# ---------------------------------------------------------------- rotary position embedding
-class Rotary(nn.Module):
-    """RoPE (Su et al. 2021) from explicit integer positions, so gathered tokens keep theirs.
-
-    cos and sin are tables over positions 0..n-1 and the hs/2 frequencies, computed once and
-    grown on demand (buffers outside the state_dict). A lookup is a gather of rows, where
-    recomputing them cost a cos and a sin per layer.
-    """
-
-    def __init__(self, head_size: int, base: float, max_len: int = 1024):
-        super().__init__()
-        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs/2,)
-        self.register_buffer("cos", torch.empty(0, head_size // 2), persistent=False)
-        self.register_buffer("sin", torch.empty(0, head_size // 2), persistent=False)
-        self.reserve(max_len)
-
-    def reserve(self, n: int) -> None:
-        """Tables for positions 0..n-1 at least (a Python check: no op when they exist)."""
-        if n <= self.cos.size(0):
-            return
-        pos = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
-        theta = pos.unsqueeze(-1) * self.inv_freq  # (n, hs/2)
-        self.cos, self.sin = theta.cos(), theta.sin()
-
-    def lookup(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Tables (b, t, 1, hs/2) for positions pos (b, t): broadcast over heads."""
-        b, t = pos.shape
-        rows = pos.reshape(-1)  # index_select: a row copy, where advanced indexing is ~10x slower
-        cos = self.cos.index_select(0, rows).view(b, t, 1, -1)
-        sin = self.sin.index_select(0, rows).view(b, t, 1, -1)
-        return cos.to(dtype), sin.to(dtype)
-
-
-def rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None,
-         sign: float = 1.0) -> Tensor:
-    """Rotate the pairs (x1_i, x2_i) of x's last dim (halves x1, x2) by each token's angle.
-
-    (x1 cos - x2 sin, x2 cos + x1 sin) for sign 1, the rotation back for -1 (RoPE's backward:
-    a rotation's transpose is its inverse). cos, sin (..., hs/2) broadcast against the halves.
-    Written as two products and two fused multiply-adds (addcmul) over the halves: the textbook
-    x * [cos, cos] + rotate_half(x) * [-sin, sin] makes four full passes and a concatenated
-    copy. The fused multiply-add rounds once: values may differ from it in the last bit.
-    out: where to write (e.g. a transposed view, so attention gets contiguous heads).
-    """
-    h = x.size(-1) // 2
-    x1, x2 = x[..., :h], x[..., h:]
-    if torch.compiler.is_compiling():  # no strided out= in a traced graph; Inductor fuses this
-        return torch.cat((x1 * cos - sign * x2 * sin, x2 * cos + sign * x1 * sin), dim=-1)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out
-    if h < 8:  # halves narrower than one AVX2 vector: strided loops lose; whole rows, a copy
-        cos2, sin2 = torch.cat((cos, cos), dim=-1), torch.cat((-sign * sin, sign * sin), dim=-1)
-        return torch.mul(x, cos2, out=out).addcmul_(torch.cat((x2, x1), dim=-1), sin2)
-    o1, o2 = out[..., :h], out[..., h:]
-    torch.mul(x1, cos, out=o1)
-    o1.addcmul_(x2, sin, value=-sign)
-    torch.mul(x2, cos, out=o2)
-    o2.addcmul_(x1, sin, value=sign)
-    return out
-
-
-class _Rope(torch.autograd.Function):
-    """rope of one of q or k (B, t, nh, hs) into a (B, nh, t, hs)-contiguous buffer, returned
-    as its (B, t, nh, hs) view: attention transposes it back into contiguous heads (measured
-    faster in SDPA's forward and backward). Backward: the rotation back."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        ctx.save_for_backward(cos, sin)
-        B, t, nh, hs = x.shape
-        out = torch.empty(B, nh, t, hs, dtype=x.dtype, device=x.device).transpose(1, 2)
-        return rope(x, cos, sin, out)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        cos, sin = ctx.saved_tensors
-        return rope(g, cos, sin, sign=-1.0), None, None
 
 
 # ---------------------------------------------------------------- RMSNorm
@@ -167,27 +90,58 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.rotary = Rotary(self.head_size, cfg.rope_base)
+        self._rows: tuple[Tensor, Tensor] | None = None  # paired_rows and their inverse
+        # decode.py binds the permuted weight for a whole generation (its weights are fixed);
+        # no cache keyed on the weight's version: fused AdamW updates in place without a bump
+        self.bound: Tensor | None = None
 
     def project(self, x: Tensor) -> Tensor:
-        """Fused q, k, v projection of x (B, t, d): (B, t, 3, nh, hs)."""
+        """Fused q, k, v projection of x (B, t, d): (B, t, 3, nh, hs).
+
+        On the paired RoPE path (rope.py) the q and k rows of the weight come permuted, each
+        rotated pair adjacent; the parameter itself keeps the halves layout.
+        """
         B, t, _ = x.shape
-        return self.qkv(x).view(B, t, 3, self.n_heads, self.head_size)
+        w = self.paired_weight() if pairs_adjacent(x) else self.qkv.weight
+        return F.linear(x, w).view(B, t, 3, self.n_heads, self.head_size)  # as self.qkv(x)
+
+    def paired_weight(self) -> Tensor:
+        """The qkv weight with its q and k rows permuted for the paired path: a differentiable
+        copy while training, a plain one otherwise, or the copy `bound` holds (decoding)."""
+        if self.bound is not None:
+            return self.bound
+        w = self.qkv.weight
+        if self._rows is None or self._rows[0].device != w.device:
+            rows = paired_rows(self.n_heads, self.head_size, w.device)
+            self._rows = (rows, torch.argsort(rows))  # the order and its inverse
+        if torch.is_grad_enabled() and w.requires_grad:
+            return _PermuteRows.apply(w, *self._rows)
+        return w.index_select(0, self._rows[0])
 
     def rotate(self, qkv: Tensor, pos: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
         """RoPE on q and k at positions pos (B, t) (or (1, t)); q, k, v each (B, nh, t, hs).
 
-        pos may also be tables (cos, sin) from Rotary.lookup: a decode step looks them up once
-        for all layers (every layer's Rotary is the same function of position).
+        pos may also be the tables of rope_table (decode.py): a decode step looks them up once
+        for all layers (every layer's Rotary is the same function of position): e^{i theta}
+        (complex) on the paired path, (cos, sin) on the halves path.
         """
+        train = torch.is_grad_enabled() and qkv.requires_grad
+        if pairs_adjacent(qkv):  # q and k rows arrive paired (project)
+            cis = pos if pos.is_complex() else self.rotary.lookup_cis(pos, qkv.dtype)
+            if train:  # unbind: its backward stacks the three grads (slices would zero-fill)
+                q, k, v = qkv.unbind(2)  # (B, t, nh, hs)
+                q, k = _PairedRope.apply(q, cis), _PairedRope.apply(k, cis)
+            else:  # no gradient (eval, decode): q and k in one product, fewer ops per token
+                q, k = rope_pairs(qkv[:, :, :2], cis.unsqueeze(2)).unbind(2)
+                v = qkv[:, :, 2]
+            return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
         cos, sin = pos if isinstance(pos, tuple) else self.rotary.lookup(pos, qkv.dtype)
         # cos, sin: (b, t, 1, hs/2)
-        if torch.is_grad_enabled() and qkv.requires_grad:
-            # unbind's backward stacks the three grads; slicing q|k apart from v would
-            # zero-fill and copy the whole (B, t, 3, nh, hs) gradient twice
+        if train:
             q, k, v = qkv.unbind(2)  # (B, t, nh, hs)
             rot = rope if torch.compiler.is_compiling() else _Rope.apply  # compiled: autograd's
             q, k = rot(q, cos, sin), rot(k, cos, sin)
-        else:  # no gradient (eval, decode): q and k in one pass, fewer ops per token
+        else:
             q, k = rope(qkv[:, :, :2], cos.unsqueeze(2), sin.unsqueeze(2)).unbind(2)
             v = qkv[:, :, 2]
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
