@@ -14,6 +14,7 @@ Targets (issue 15): vanilla and MoD ratios <= 1.05; vanilla >= 65% of the measur
 
     python benchmarks/bench_reference.py                      # d 256, 8 layers, T 256, batch 8
     python benchmarks/bench_reference.py --d 192 --layers 6 --heads 6 --seq-len 128 --batch 32
+    python benchmarks/bench_reference.py --causal aux_loss      # MoD deciding by its router logit
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--capacity", type=float, default=0.125)
+    p.add_argument("--causal", choices=["predictor", "aux_loss"], default="predictor",
+                   help="MoD's causal decision: the paper's predictor MLP (trained beside the "
+                        "LM, its FLOPs counted) or the router's own logit (the CPU specs')")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
@@ -104,7 +108,7 @@ def main() -> None:
     tune_cpu_allocator()  # as `modexp run` does on the CPU (training/allocator.py)
     cfg = ModelConfig(name="ref", n_layers=a.layers, d_model=a.d, n_heads=a.heads)
     variants = {"vanilla": VanillaVariant(kind="vanilla"),
-                "mod": ModVariant(kind="mod", capacity=a.capacity, causal="predictor")}
+                "mod": ModVariant(kind="mod", capacity=a.capacity, causal=a.causal)}
     step_flops = {k: a.batch * flops.train_flops(flops.arch_from_config(cfg, v, a.vocab), a.seq_len)
                   for k, v in variants.items()}
     step_flops["reference"] = step_flops["vanilla"]  # same matmuls by construction
@@ -120,7 +124,8 @@ def main() -> None:
     peak = max(peaks.values())
     print(f"$ python {' '.join(sys.argv)}")
     print(f"d {a.d}, {a.layers} layers, {a.heads} heads, T {a.seq_len}, batch {a.batch}, vocab "
-          f"{a.vocab}, MoD capacity {a.capacity} every other block; {torch.get_num_threads()} "
+          f"{a.vocab}, MoD capacity {a.capacity} every other block, causal: {a.causal}; "
+          f"{torch.get_num_threads()} "
           f"threads, torch {torch.__version__}; median of {a.repeats} after {a.warmup} warm-up")
     for shape, p in peaks.items():
         print(f"matmul peak fp32 {shape}: {p / 1e9:,.1f} GFLOP/s")
