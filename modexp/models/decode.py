@@ -19,9 +19,11 @@ with caches), so cached decoding computes exactly what a full causal forward com
 
 Batch-1 decoding on a CPU is bound by each op's fixed cost (microseconds, as long as the
 arithmetic of a 192-wide layer), so the decode loop keeps ops and allocations out of it:
-inference_mode, caches allocated up front, RoPE tables looked up once per generation, routing
-decisions as matrix-vector products with the weights bound once (RoutedLayer.decider),
-Gumbel-max sampling, and oneDNN off (its exact GELU costs ~9 us a call, ATen's ~1 us).
+inference_mode, caches allocated up front, RoPE tables and the permuted qkv weights of RoPE's
+paired path (rope.py) made once per generation, routing decisions as matrix-vector products
+with the weights bound once (decision.decider, which also hands the routed token's router
+logit to the gate), the LM head as one mm (Ends), Gumbel-max sampling, and oneDNN off (its
+exact GELU costs ~9 us a call, ATen's ~1 us).
 """
 
 from __future__ import annotations
