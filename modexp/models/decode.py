@@ -323,7 +323,7 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
     out = []  # (B, 1) per new token
     decisions: list[list] = [[] for _ in range(n_routed)]
     kept = []
-    with native_cpu_kernels(dev), paired_weights_bound(model, prompt.device):
+    with native_cpu_kernels(dev), paired_weights_bound(model, dev):
         t0 = time.perf_counter()
         logits = model(prompt, routing="causal", caches=caches).logits[:, -1]  # (B, V) prefill
         _sync(dev)

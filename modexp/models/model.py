@@ -125,24 +125,22 @@ class Attention(nn.Module):
         for all layers (every layer's Rotary is the same function of position): e^{i theta}
         (complex) on the paired path, (cos, sin) on the halves path.
         """
-        train = torch.is_grad_enabled() and qkv.requires_grad
         if pairs_adjacent(qkv):  # q and k rows arrive paired (project)
             cis = pos if pos.is_complex() else self.rotary.lookup_cis(pos, qkv.dtype)
-            if train:  # unbind: its backward stacks the three grads (slices would zero-fill)
-                q, k, v = qkv.unbind(2)  # (B, t, nh, hs)
-                q, k = _PairedRope.apply(q, cis), _PairedRope.apply(k, cis)
-            else:  # no gradient (eval, decode): q and k in one product, fewer ops per token
-                q, k = rope_pairs(qkv[:, :, :2], cis.unsqueeze(2)).unbind(2)
-                v = qkv[:, :, 2]
-            return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
-        cos, sin = pos if isinstance(pos, tuple) else self.rotary.lookup(pos, qkv.dtype)
-        # cos, sin: (b, t, 1, hs/2)
-        if train:
-            q, k, v = qkv.unbind(2)  # (B, t, nh, hs)
-            rot = rope if torch.compiler.is_compiling() else _Rope.apply  # compiled: autograd's
-            q, k = rot(q, cos, sin), rot(k, cos, sin)
+            one = lambda t: _PairedRope.apply(t, cis)  # noqa: E731  (q or k, with a gradient)
+            both = lambda qk: rope_pairs(qk, cis.unsqueeze(2))  # noqa: E731  (q and k together)
         else:
-            q, k = rope(qkv[:, :, :2], cos.unsqueeze(2), sin.unsqueeze(2)).unbind(2)
+            cos, sin = pos if isinstance(pos, tuple) else self.rotary.lookup(pos, qkv.dtype)
+            # cos, sin: (b, t, 1, hs/2)
+            rot = rope if torch.compiler.is_compiling() else _Rope.apply  # compiled: autograd's
+            one = lambda t: rot(t, cos, sin)  # noqa: E731
+            both = lambda qk: rope(qk, cos.unsqueeze(2), sin.unsqueeze(2))  # noqa: E731
+        if torch.is_grad_enabled() and qkv.requires_grad:
+            # unbind's backward stacks the three grads (slices would zero-fill and copy them)
+            q, k, v = qkv.unbind(2)  # (B, t, nh, hs)
+            q, k = one(q), one(k)
+        else:  # no gradient (eval, decode): q and k in one pass, fewer ops per token
+            q, k = both(qkv[:, :, :2]).unbind(2)
             v = qkv[:, :, 2]
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
 
