@@ -268,3 +268,20 @@ def test_routing_check_flags_a_layer_off_capacity():
     low = check_routing(model, variant, 256, 32, [0.05], 8, 16)
     assert at.off == [] and low.off == [1] and "OFF CAPACITY" in low.summary()
     assert low.flop_ratio > at.flop_ratio > 1  # routing less costs fewer FLOPs
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("B", [1, 2])
+def test_float64_model_trains_and_decodes_as_its_full_forward(name, B):
+    """A float64 model runs in float64 throughout (router and predictor too, where fp32 would
+    clash with their weights), so cached decoding meets the full forward to ~1e-12."""
+    net, idx = rigged(VARIANTS[name]).double(), tokens(B, 20, seed=2)
+    out = net.train()(idx, idx)
+    assert out.loss.dtype == torch.float64
+    out.loss.backward()
+    net.eval().zero_grad()
+    full, _ = causal_decisions(net, idx[:, :-1])
+    g = generate(net, idx[:, :5], 15, feed=idx[:, 5:], keep_logits=True)
+    cached = torch.stack(g.logits, dim=1)
+    assert cached.dtype == torch.float64
+    torch.testing.assert_close(cached, full[:, 4:], atol=1e-10, rtol=1e-10)

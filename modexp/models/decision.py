@@ -153,8 +153,8 @@ def batch_decider(layer, cache=None) -> Callable[[Tensor], Tensor]:
     """
     thr = float(layer.threshold)
     if layer.predictor is None:
-        w = layer.router.weight  # (1, d); fp32 like _router_logits
-        logit = lambda x: F.linear(x.float(), w)[:, 0, 0]  # noqa: E731
+        w = layer.router.weight  # (1, d); in the weight's precision, as _router_logits
+        logit = lambda x: F.linear(x.to(w.dtype), w)[:, 0, 0]  # noqa: E731
     else:
         first, last = layer.predictor[0], layer.predictor[2]
         w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias  # (h, d), (h,), (1, h), (1,)

@@ -219,7 +219,7 @@ class RoutedLayer(nn.Module):
     def _router_logits(self, x: Tensor) -> Tensor:
         """Router logits (B, T) in fp32 even under autocast: bf16 would tie scores at top-k."""
         with torch.autocast(x.device.type, enabled=False):
-            return self.router(x.float()).squeeze(-1)
+            return self.router(at_least_fp32(x)).squeeze(-1)
 
     def gated(self, r: Tensor, f: Tensor) -> Tensor:
         """g(r) * f for r (B, k), f (B, k, d): the router weight on the gradient path."""
@@ -237,7 +237,7 @@ class RoutedLayer(nn.Module):
         if self.predictor is None:
             return None
         with torch.autocast(x.device.type, enabled=False):
-            return self.predictor(x.detach().float()).squeeze(-1)
+            return self.predictor(at_least_fp32(x.detach())).squeeze(-1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Checkpoints from before the threshold buffer existed load with threshold 0."""
@@ -295,6 +295,11 @@ def topk_positions(r: Tensor, k: int) -> Tensor:
     return torch.sort(idx, dim=1).values  # position order keeps the routed tokens causal
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """x in float32, or as it is when wider (a float64 model's router runs in float64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def membership(idx: Tensor, like: Tensor) -> Tensor:
     """(B, T) float 1.0 where a row's position is in its top-k set; row by row (dim 1)."""
     return torch.zeros_like(like, dtype=torch.float32).scatter_(1, idx, 1.0)
@@ -322,6 +327,8 @@ def quantile_threshold(logit: Tensor, frac: float) -> Tensor:
     if n == flat.numel():
         return top[-1] - 1.0  # everything routes
     return (top[n - 1] + top[n]) / 2
+
+
 class _GatherRows(torch.autograd.Function):
     """x.index_select(0, rows) for DISTINCT rows; backward writes the grads into zeros.
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modexp.models.mod import RoutedLayer, route_losses, route_stats, stream_seed
+from modexp.models.mod import RoutedLayer, at_least_fp32, route_losses, route_stats, stream_seed
 from modexp.models.rope import (Rotary, _PairedRope, _PermuteRows, _Rope, paired_rows,
                                 pairs_adjacent, rope, rope_pairs)
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
@@ -298,7 +298,7 @@ class Transformer(nn.Module):
         stats = route_stats(infos, n_tokens, logits.device) if infos else {}
         if targets is None:
             return ForwardOutput(logits, None, None, aux, pred, stats)
-        lm = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        lm = F.cross_entropy(at_least_fp32(logits.reshape(-1, logits.size(-1))), targets.reshape(-1))
         loss = lm
         if aux is not None:
             loss = loss + self.variant.aux_loss_weight * aux
