@@ -11,6 +11,9 @@ peak, at the step's largest matmul shape and at n = 1024, best of repeats, and e
 GFLOP/s and share of that peak.
 
 Targets (issue 15): vanilla and MoD ratios <= 1.05; vanilla >= 65% of the measured peak.
+Beside them, a plain MoD written here the way public implementations write it (torch.gather
+and scatter around a reference block on every other layer, the same router and predictor):
+what routing costs in eager PyTorch before any of modexp's code, and modexp's MoD against it.
 
     python benchmarks/bench_reference.py                      # d 256, 8 layers, T 256, batch 8
     python benchmarks/bench_reference.py --d 192 --layers 6 --heads 6 --seq-len 128 --batch 32
@@ -58,21 +61,57 @@ class RefBlock(nn.Module):
         return x + self.out(F.gelu(self.fc(self.ln2(x))))
 
 
+class RefRouted(nn.Module):
+    """A MoD layer as plain PyTorch writes it: a linear router, top-k of each sequence sorted by
+    position, torch.gather of the k tokens, the block on them, x~ + sigmoid(r) (block(x~) - x~)
+    scattered back; the predictor MLP (d -> h -> 1) on stop-gradient x, or the router logit
+    itself (aux_loss), with a BCE on top-k membership."""
+
+    def __init__(self, d: int, n_heads: int, capacity: float, causal: str, hidden: int):
+        super().__init__()
+        self.block, self.capacity = RefBlock(d, n_heads), capacity
+        self.router = nn.Linear(d, 1, bias=False)
+        self.predictor = (nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, 1))
+                          if causal == "predictor" else None)  # aux_loss: BCE on r itself
+
+    def forward(self, x):
+        B, T, d = x.shape
+        r = self.router(x).squeeze(-1)  # (B, T)
+        idx = torch.topk(r, flops.routed_k(self.capacity, T), dim=1).indices.sort(dim=1).values
+        ix = idx.unsqueeze(-1).expand(-1, -1, d)  # (B, k, d)
+        xs = x.gather(1, ix)  # sorted positions: is_causal masks by original order
+        g = torch.sigmoid(r.gather(1, idx)).unsqueeze(-1)  # (B, k, 1)
+        out = x.scatter(1, ix, xs + g * (self.block(xs) - xs))
+        member = torch.zeros_like(r).scatter_(1, idx, 1.0)
+        logit = r if self.predictor is None else self.predictor(x.detach()).squeeze(-1)
+        return out, F.binary_cross_entropy_with_logits(logit, member)
+
+
 class RefGPT(nn.Module):
     """nanoGPT's GPT without biases or weight tying: wte + wpe, blocks, LayerNorm, LM head."""
 
-    def __init__(self, vocab: int, T: int, d: int, n_layers: int, n_heads: int):
+    def __init__(self, vocab: int, T: int, d: int, n_layers: int, n_heads: int,
+                 capacity: float | None = None, causal: str = "predictor", hidden: int = 64):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(T, d)
-        self.blocks = nn.ModuleList(RefBlock(d, n_heads) for _ in range(n_layers))
+        # capacity: every other block routed (as ModVariant's route_every 2), else all dense
+        self.blocks = nn.ModuleList(RefRouted(d, n_heads, capacity, causal, hidden)
+                                    if capacity is not None and i % 2 == 1
+                                    else RefBlock(d, n_heads) for i in range(n_layers))
         self.ln_f, self.head = nn.LayerNorm(d, bias=False), nn.Linear(d, vocab, bias=False)
 
     def forward(self, idx, targets):
         x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
+        bce = []
         for block in self.blocks:
-            x = block(x)
+            if isinstance(block, RefRouted):
+                x, loss = block(x)
+                bce.append(loss)
+            else:
+                x = block(x)
         logits = self.head(self.ln_f(x))
-        return _Out(F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1)))
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return _Out(loss + torch.stack(bce).mean() if bce else loss)  # modexp's, weights aside
 
 
 class _Out:
@@ -112,9 +151,11 @@ def main() -> None:
     step_flops = {k: a.batch * flops.train_flops(flops.arch_from_config(cfg, v, a.vocab), a.seq_len)
                   for k, v in variants.items()}
     step_flops["reference"] = step_flops["vanilla"]  # same matmuls by construction
+    step_flops["plain MoD"] = step_flops["mod"]  # the same router, predictor and top-k blocks
     batch, train = random_batch(a.vocab, a.batch, a.seq_len), TrainConfig()
     torch.manual_seed(0)
-    nets = {"reference": RefGPT(a.vocab, a.seq_len, a.d, a.layers, a.heads)}
+    nets = {"reference": RefGPT(a.vocab, a.seq_len, a.d, a.layers, a.heads),
+            "plain MoD": RefGPT(a.vocab, a.seq_len, a.d, a.layers, a.heads, a.capacity, a.causal)}
     nets |= {k: build_model(cfg, v, a.vocab) for k, v in variants.items()}
     steppers = {k: Stepper(n, train, batch, "cpu") for k, n in nets.items()}
     secs = time_interleaved({k: s.step for k, s in steppers.items()}, a.warmup, a.repeats)
@@ -132,7 +173,7 @@ def main() -> None:
     print(f"{'step':<10}{'ms':>9}{'GFLOP':>8}{'GFLOP/s':>9}{'MFU':>6}  "
           f"{'vs reference, FLOP-scaled (quartiles)':>38}")
     ratios = {}
-    for k in ("reference", "vanilla", "mod"):
+    for k in ("reference", "plain MoD", "vanilla", "mod"):
         ms = 1e3 * statistics.median(secs[k])
         rate = step_flops[k] / statistics.median(secs[k])
         scale = step_flops[k] / step_flops["reference"]
@@ -147,6 +188,12 @@ def main() -> None:
               "FLOP-scaled step time (target <= 1.05)")
     print(f"{'PASS' if van >= 0.65 * peak else 'MISS'}  vanilla at {van / peak:.0%} of the measured "
           "matmul peak (target >= 65%)")
+    # Not the issue's target, its context: what routing itself costs in eager PyTorch (a plain
+    # MoD against its own vanilla), and modexp's MoD against the plain one at equal FLOPs.
+    per = [m / p for m, p in zip(secs["mod"], secs["plain MoD"])]
+    q = quartiles(per)
+    print(f"context: plain MoD at {ratios['plain MoD']:.3f} of the reference's FLOP-scaled step; "
+          f"modexp's MoD at {statistics.median(per):.3f} ({q[0]:.3f}-{q[1]:.3f}) of the plain MoD's")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from modexp import flops  # noqa: E402
 from modexp.models.model import build_model  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
 from modexp.training import mfu  # noqa: E402
-from modexp.training.train import make_optimizer  # noqa: E402  (the trainer's AdamW, as trained)
+from modexp.training.optim import make_optimizer, make_predictor_optimizer  # noqa: E402
 
 VARIANTS = {"vanilla": VanillaVariant(kind="vanilla"),
             "mod": ModVariant(kind="mod", capacity=0.125, route_every=2, causal="predictor")}
@@ -77,7 +77,10 @@ class Stepper:
     def __init__(self, variant, args, device: torch.device, compile_: bool, ddp: bool = False):
         torch.manual_seed(0)
         self.raw = build_model(args.model, variant, args.vocab).to(device)
-        self.opt = make_optimizer(self.raw, TrainConfig(), device)
+        # the trainer's optimisers, as trained: the LM's AdamW and the predictors' own
+        opts = (make_optimizer(self.raw, TrainConfig(), device),
+                make_predictor_optimizer(self.raw, TrainConfig(), device))
+        self.opts = [o for o in opts if o is not None]
         net = self.raw
         if ddp:  # wrapped as the trainer does: compile outside DDP
             net = torch.nn.parallel.DistributedDataParallel(
@@ -96,8 +99,9 @@ class Stepper:
         with self.autocast:
             out = self.net(self.x, self.y)
         out.loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        for opt in self.opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         sync()
         secs = time.perf_counter() - t0
         self.finite &= bool(torch.isfinite(out.loss.detach()))  # after timing: a host sync

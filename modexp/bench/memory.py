@@ -47,10 +47,10 @@ def peak_bytes(fn: Callable[[], object], device: str, resident: int) -> tuple[in
     return resident + peak, "CPU: params (+ optimiser state) + torch's peak allocations (profiler)"
 
 
-def _state_bytes(net, opt=None) -> int:
-    """Bytes of parameters and buffers (and optimiser state) held before a workload starts."""
+def _state_bytes(net, *opts) -> int:
+    """Bytes of parameters and buffers (and optimisers' state) held before a workload starts."""
     tensors = list(net.parameters()) + list(net.buffers())
-    if opt is not None:
+    for opt in opts:
         tensors += [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -69,7 +69,7 @@ def bench_memory(pair: Pair, prompt: torch.Tensor, new_tokens: int, device: str,
                   peaks["mod"][1]),
            Memory("  of which KV cache", cache["vanilla"], cache["mod"], "cache buffers, exact")]
     if steppers:
-        peaks = {k: peak_bytes(s.step, device, _state_bytes(s.net, s.opt))
+        peaks = {k: peak_bytes(s.step, device, _state_bytes(s.net, *s.opts))
                  for k, s in steppers.items()}
         out.append(Memory("train step", peaks["vanilla"][0], peaks["mod"][0], peaks["mod"][1]))
     return out

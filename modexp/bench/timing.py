@@ -38,10 +38,13 @@ class Stepper:
 
     def __init__(self, net: torch.nn.Module, train_cfg, batch: tuple[torch.Tensor, torch.Tensor],
                  device: str, bf16: bool = False, compile: bool = False):
-        from modexp.training.train import make_optimizer  # the trainer's AdamW, as trained
+        from modexp.training.optim import make_optimizer, make_predictor_optimizer
 
         self.net = net.to(device).train()
-        self.opt = make_optimizer(self.net, train_cfg, torch.device(device))
+        # the trainer's optimisers, as trained: the LM's AdamW, and the predictors' own (MoD)
+        opts = (make_optimizer(self.net, train_cfg, torch.device(device)),
+                make_predictor_optimizer(self.net, train_cfg, torch.device(device)))
+        self.opts = [o for o in opts if o is not None]
         self.fwd = torch.compile(self.net) if compile else self.net
         self.idx, self.targets = (t.to(device) for t in batch)
         self.device, self.bf16 = device, bf16
@@ -53,8 +56,9 @@ class Stepper:
         with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.bf16):
             out = self.fwd(self.idx, self.targets)
         out.loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        for opt in self.opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         sync(self.device)
         return time.perf_counter() - t0
 
