@@ -2,7 +2,8 @@
 
 model._Rope, model._RMSNormCPU and mod._GatherRows replace autograd's generic derivatives for
 speed; gradcheck (float64, finite differences) and a comparison with the textbook expressions
-catch a wrong transpose, a missing term or a dropped gradient.
+catch a wrong transpose, a missing term or a dropped gradient. Narrow heads train through
+model.matmul_attention instead of SDPA: checked against SDPA's values and gradients.
 """
 
 from __future__ import annotations
@@ -165,3 +166,48 @@ def test_paired_weight_follows_every_update_and_decoding_binds_it_once():
     generate(net, torch.randint(0, 32, (1, 4)), 3)
     assert all(b is seen[0] for b in seen) and torch.equal(seen[0], after)
     assert attn.bound is None
+
+
+# ---------------------------------------------------------------- narrow heads: matmul attention
+@pytest.mark.parametrize("t", [1, 2, 17])
+def test_matmul_attention_equals_sdpa_values_and_gradients(t):
+    from modexp.models.model import matmul_attention
+
+    q, k, v = (torch.randn(3, 2, t, 6, requires_grad=True) for _ in range(3))
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    got = matmul_attention(q, k, v)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(want)
+    grads_want = torch.autograd.grad(want, (q, k, v), g)
+    grads_got = torch.autograd.grad(got, (q, k, v), g)
+    for a, b in zip(grads_got, grads_want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # causal: the first query sees only the first key, so its output is v's first row
+    torch.testing.assert_close(got[:, :, 0], v[:, :, 0], rtol=0, atol=1e-6)
+
+
+def test_small_heads_train_through_matmul_attention_and_evaluate_through_sdpa():
+    from modexp.models import model as M
+    from modexp.spec import ModelConfig, VanillaVariant
+
+    seen = []
+    real = M.matmul_attention
+    M.matmul_attention = lambda *a: seen.append(a[0].shape) or real(*a)
+    try:
+        for d, narrow in ((16, True), (24, False)):  # hs 8 and 12: SMALL_HEAD is 8
+            torch.manual_seed(0)
+            net = M.build_model(ModelConfig(name="t", n_layers=1, d_model=d, n_heads=2),
+                                VanillaVariant(kind="vanilla"), 32)
+            idx = torch.randint(0, 32, (2, 12))
+            seen.clear()
+            train = net(idx, idx).loss
+            assert bool(seen) == narrow
+            seen.clear()
+            with torch.no_grad():
+                evaluated = net(idx, idx).loss
+            assert not seen  # no gradient: SDPA, as decoding
+            torch.testing.assert_close(train, evaluated, rtol=1e-6, atol=1e-6)
+    finally:
+        M.matmul_attention = real
+    q = torch.randn(64, 2, 1024, 8, requires_grad=True)  # 2^27 scores: too many to keep
+    assert not M.small_head_path(q) and M.small_head_path(q[:1, :, :128])

@@ -1,0 +1,90 @@
+"""Narrow heads: the training step with causal attention through SDPA or through batched matmuls.
+
+For each model size of a spec (default: experiments/quickstart.yaml) and each variant, two
+copies of the same model (same init) take full training steps (forward, backward, the
+trainer's AdamW) on the same batch, interleaved in one process: one with every causal
+attention of the step through `F.scaled_dot_product_attention` (the CPU flash kernel), one
+through `model.matmul_attention` (baddbmm with a causal bias, softmax, bmm). The ratio
+matmul / SDPA is the median of per-pair ratios, quartiles beside it: below 1 the matmuls
+win. `model.SMALL_HEAD` (the widest head that takes the matmul path in training) comes from
+this table; the last column says which path modexp takes at that size.
+
+    python benchmarks/bench_attention.py [--spec experiments/quickstart.yaml] [--repeats 41]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: E402
+from modexp.models import model as M  # noqa: E402
+from modexp.spec import load_spec  # noqa: E402
+from modexp.training.allocator import tune_cpu_allocator  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options; shapes come from the spec."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--spec", default="experiments/quickstart.yaml")
+    p.add_argument("--models", nargs="*", help="model names to run (default: all)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=41, help="timed step pairs")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return p.parse_args()
+
+
+class Forced:
+    """A Stepper whose steps take one attention path (model.small_head_path patched)."""
+
+    def __init__(self, stepper: Stepper, matmul: bool):
+        self.stepper, self.matmul = stepper, matmul
+
+    def step(self) -> float:
+        real = M.small_head_path
+        M.small_head_path = lambda q: self.matmul and q.requires_grad  # training passes only
+        try:
+            return self.stepper.step()
+        finally:
+            M.small_head_path = real
+
+
+def main() -> None:
+    """One row per size and variant: SDPA and matmul step ms, ratio, modexp's choice."""
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    tune_cpu_allocator()  # as `modexp run` does on the CPU
+    spec = load_spec(args.spec)
+    B, T, vocab = spec.train.batch_size, spec.data.seq_len, spec.data.vocab
+    batch = random_batch(vocab, B, T)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {B}, T {T}; "
+          f"median of {args.repeats} interleaved pairs after {args.warmup} warm-up")
+    print(f"{'size':<7}{'hs':>4} {'variant':<9}{'SDPA ms':>9}{'matmul ms':>11}{'ratio':>8}"
+          f"{'quartiles':>14}  modexp trains with")
+    for m in spec.models:
+        if args.models and m.name not in args.models:
+            continue
+        hs = m.d_model // m.n_heads
+        for vname, variant in spec.variants.items():
+            steppers = {}
+            for name, matmul in (("sdpa", False), ("matmul", True)):
+                torch.manual_seed(0)
+                net = M.build_model(m, variant, vocab)
+                steppers[name] = Forced(Stepper(net, spec.train, batch, "cpu"), matmul).step
+            secs = time_interleaved(steppers, args.warmup, args.repeats)
+            ratios = [a / b for a, b in zip(secs["matmul"], secs["sdpa"])]
+            lo, hi = quartiles(ratios)
+            path = "matmul" if hs <= M.SMALL_HEAD else "SDPA"
+            print(f"{m.name:<7}{hs:>4} {vname:<9}{1e3 * statistics.median(secs['sdpa']):>9.2f}"
+                  f"{1e3 * statistics.median(secs['matmul']):>11.2f}"
+                  f"{statistics.median(ratios):>8.3f}{f'{lo:.3f}-{hi:.3f}':>14}  {path}")
+
+
+if __name__ == "__main__":
+    main()
