@@ -1,6 +1,6 @@
 """The Trainer's per-step overhead: its loop against a bare loop over the same model and batches.
 
-Both train the same model (same seed, same AdamW from make_optimizer) on the same batches in
+Both train the same model (same seed, the same AdamWs: make_optimizers) on the same batches in
 one process, in alternating chunks of --chunk steps (interleaved, so load drift hits both):
 - Trainer: Trainer.fit over the chunk, i.e. data loading, forward, backward, grad clipping,
   AdamW, the LR schedule, the finite-loss check, and a logged train row every log_every
@@ -32,7 +32,8 @@ from modexp.models.model import build_model  # noqa: E402
 from modexp.plan import plan_spec  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
 from modexp.training.allocator import tune_cpu_allocator  # noqa: E402
-from modexp.training.train import Context, Trainer, make_optimizer  # noqa: E402
+from modexp.training.optim import make_optimizers  # noqa: E402
+from modexp.training.train import Context, Trainer  # noqa: E402
 
 
 class _Rows:
@@ -80,7 +81,7 @@ def main() -> None:
                           Context(torch.device("cpu")))
         trainer.save = lambda wall: None  # checkpoints are not part of the step
         bare = net().train()
-        opt = make_optimizer(bare, cfg, torch.device("cpu"))
+        opts = make_optimizers(bare, cfg, torch.device("cpu"))  # the predictors' too, as trained
         batches = [data.train_batch(run.seed, s, run.batch_size) for s in range(n)]
 
         def trainer_chunk() -> float:
@@ -93,8 +94,9 @@ def main() -> None:
             t0 = time.perf_counter()
             for x, y in batches[start:start + a.chunk]:
                 bare(x, y).loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                for opt in opts:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
             return time.perf_counter() - t0
 
         trainer_chunk(), bare_chunk(0)  # warm-up

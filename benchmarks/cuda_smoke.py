@@ -39,7 +39,7 @@ from modexp import flops  # noqa: E402
 from modexp.models.model import build_model  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
 from modexp.training import mfu  # noqa: E402
-from modexp.training.optim import make_optimizer, make_predictor_optimizer  # noqa: E402
+from modexp.training.optim import make_optimizers  # noqa: E402  (the trainer's, as trained)
 
 VARIANTS = {"vanilla": VanillaVariant(kind="vanilla"),
             "mod": ModVariant(kind="mod", capacity=0.125, route_every=2, causal="predictor")}
@@ -77,10 +77,7 @@ class Stepper:
     def __init__(self, variant, args, device: torch.device, compile_: bool, ddp: bool = False):
         torch.manual_seed(0)
         self.raw = build_model(args.model, variant, args.vocab).to(device)
-        # the trainer's optimisers, as trained: the LM's AdamW and the predictors' own
-        opts = (make_optimizer(self.raw, TrainConfig(), device),
-                make_predictor_optimizer(self.raw, TrainConfig(), device))
-        self.opts = [o for o in opts if o is not None]
+        self.opts = make_optimizers(self.raw, TrainConfig(), device)  # LM's, predictors' own
         net = self.raw
         if ddp:  # wrapped as the trainer does: compile outside DDP
             net = torch.nn.parallel.DistributedDataParallel(

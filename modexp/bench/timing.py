@@ -38,13 +38,10 @@ class Stepper:
 
     def __init__(self, net: torch.nn.Module, train_cfg, batch: tuple[torch.Tensor, torch.Tensor],
                  device: str, bf16: bool = False, compile: bool = False):
-        from modexp.training.optim import make_optimizer, make_predictor_optimizer
+        from modexp.training.optim import make_optimizers  # the trainer's, as trained
 
         self.net = net.to(device).train()
-        # the trainer's optimisers, as trained: the LM's AdamW, and the predictors' own (MoD)
-        opts = (make_optimizer(self.net, train_cfg, torch.device(device)),
-                make_predictor_optimizer(self.net, train_cfg, torch.device(device)))
-        self.opts = [o for o in opts if o is not None]
+        self.opts = make_optimizers(self.net, train_cfg, torch.device(device))
         self.fwd = torch.compile(self.net) if compile else self.net
         self.idx, self.targets = (t.to(device) for t in batch)
         self.device, self.bf16 = device, bf16

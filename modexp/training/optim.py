@@ -47,3 +47,10 @@ def make_predictor_optimizer(model: torch.nn.Module, cfg: TrainConfig,
         return None
     lr = getattr(getattr(model, "variant", None), "predictor_lr", None) or cfg.lr
     return _adamw(pred, cfg, lr, device)
+
+
+def make_optimizers(model: torch.nn.Module, cfg: TrainConfig,
+                    device: torch.device) -> list[torch.optim.AdamW]:
+    """Every optimiser a training step steps: the LM's, then the predictors' own if any."""
+    pred = make_predictor_optimizer(model, cfg, device)
+    return [make_optimizer(model, cfg, device)] + ([pred] if pred is not None else [])
