@@ -23,7 +23,6 @@ global threshold agrees with top-k on 0.949-0.957 of tokens, this rule (prior 16
 from __future__ import annotations
 
 import bisect
-import math
 import struct
 from typing import Callable
 
