@@ -91,13 +91,14 @@ class RefGPT(nn.Module):
     """nanoGPT's GPT without biases or weight tying: wte + wpe, blocks, LayerNorm, LM head."""
 
     def __init__(self, vocab: int, T: int, d: int, n_layers: int, n_heads: int,
-                 capacity: float | None = None, causal: str = "predictor", hidden: int = 64):
+                 capacities: list[float | None] | None = None, causal: str = "predictor",
+                 hidden: int = 64):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(T, d)
-        # capacity: every other block routed (as ModVariant's route_every 2), else all dense
-        self.blocks = nn.ModuleList(RefRouted(d, n_heads, capacity, causal, hidden)
-                                    if capacity is not None and i % 2 == 1
-                                    else RefBlock(d, n_heads) for i in range(n_layers))
+        # capacities: per layer, a routed layer's capacity or None (ModVariant.capacities)
+        caps = capacities or [None] * n_layers
+        self.blocks = nn.ModuleList(RefBlock(d, n_heads) if c is None
+                                    else RefRouted(d, n_heads, c, causal, hidden) for c in caps)
         self.ln_f, self.head = nn.LayerNorm(d, bias=False), nn.Linear(d, vocab, bias=False)
 
     def forward(self, idx, targets):
@@ -155,7 +156,8 @@ def main() -> None:
     batch, train = random_batch(a.vocab, a.batch, a.seq_len), TrainConfig()
     torch.manual_seed(0)
     nets = {"reference": RefGPT(a.vocab, a.seq_len, a.d, a.layers, a.heads),
-            "plain MoD": RefGPT(a.vocab, a.seq_len, a.d, a.layers, a.heads, a.capacity, a.causal)}
+            "plain MoD": RefGPT(a.vocab, a.seq_len, a.d, a.layers, a.heads,
+                                variants["mod"].capacities(a.layers), a.causal)}
     nets |= {k: build_model(cfg, v, a.vocab) for k, v in variants.items()}
     steppers = {k: Stepper(n, train, batch, "cpu") for k, n in nets.items()}
     secs = time_interleaved({k: s.step for k, s in steppers.items()}, a.warmup, a.repeats)
