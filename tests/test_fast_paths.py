@@ -186,28 +186,25 @@ def test_matmul_attention_equals_sdpa_values_and_gradients(t):
     torch.testing.assert_close(got[:, :, 0], v[:, :, 0], rtol=0, atol=1e-6)
 
 
-def test_small_heads_train_through_matmul_attention_and_evaluate_through_sdpa():
+def test_small_heads_train_through_matmul_attention_and_evaluate_through_sdpa(monkeypatch):
     from modexp.models import model as M
     from modexp.spec import ModelConfig, VanillaVariant
 
     seen = []
     real = M.matmul_attention
-    M.matmul_attention = lambda *a: seen.append(a[0].shape) or real(*a)
-    try:
-        for d, narrow in ((16, True), (24, False)):  # hs 8 and 12: SMALL_HEAD is 8
-            torch.manual_seed(0)
-            net = M.build_model(ModelConfig(name="t", n_layers=1, d_model=d, n_heads=2),
-                                VanillaVariant(kind="vanilla"), 32)
-            idx = torch.randint(0, 32, (2, 12))
-            seen.clear()
-            train = net(idx, idx).loss
-            assert bool(seen) == narrow
-            seen.clear()
-            with torch.no_grad():
-                evaluated = net(idx, idx).loss
-            assert not seen  # no gradient: SDPA, as decoding
-            torch.testing.assert_close(train, evaluated, rtol=1e-6, atol=1e-6)
-    finally:
-        M.matmul_attention = real
+    monkeypatch.setattr(M, "matmul_attention", lambda *a: seen.append(a[0].shape) or real(*a))
+    for d, narrow in ((16, True), (24, False)):  # hs 8 and 12: SMALL_HEAD is 8
+        torch.manual_seed(0)
+        net = M.build_model(ModelConfig(name="t", n_layers=1, d_model=d, n_heads=2),
+                            VanillaVariant(kind="vanilla"), 32)
+        idx = torch.randint(0, 32, (2, 12))
+        seen.clear()
+        train = net(idx, idx).loss
+        assert bool(seen) == narrow
+        seen.clear()
+        with torch.no_grad():
+            evaluated = net(idx, idx).loss
+        assert not seen  # no gradient: SDPA, as decoding
+        torch.testing.assert_close(train, evaluated, rtol=1e-6, atol=1e-6)
     q = torch.randn(64, 2, 1024, 8, requires_grad=True)  # 2^27 scores: too many to keep
     assert not M.small_head_path(q) and M.small_head_path(q[:1, :, :128])
