@@ -1,13 +1,14 @@
-"""Narrow heads: the training step with causal attention through SDPA or through batched matmuls.
+"""The training step with causal attention through SDPA or through batched matmuls.
 
 For each model size of a spec (default: experiments/quickstart.yaml) and each variant, two
 copies of the same model (same init) take full training steps (forward, backward, the
 trainer's AdamW) on the same batch, interleaved in one process: one with every causal
 attention of the step through `F.scaled_dot_product_attention` (the CPU flash kernel), one
-through `model.matmul_attention` (baddbmm with a causal bias, softmax, bmm). The ratio
-matmul / SDPA is the median of per-pair ratios, quartiles beside it: below 1 the matmuls
-win. `model.SMALL_HEAD` (the widest head that takes the matmul path in training) comes from
-this table; the last column says which path modexp takes at that size.
+through `attention.matmul_attention` (baddbmm with a causal bias, softmax, bmm; two causal
+query blocks above 64 positions). The ratio matmul / SDPA is the median of per-pair ratios,
+quartiles beside it: below 1 the matmuls win. `attention.matmul_path`'s limits (heads up to
+64 wide, sequences up to 128) come from tables like this one; the last column says which path
+modexp takes at that size.
 
     python benchmarks/bench_attention.py [--spec experiments/quickstart.yaml] [--repeats 41]
 """
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: E402
+from modexp.models import attention as A  # noqa: E402
 from modexp.models import model as M  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
 from modexp.training.allocator import tune_cpu_allocator  # noqa: E402
@@ -41,18 +43,18 @@ def parse_args() -> argparse.Namespace:
 
 
 class Forced:
-    """A Stepper whose steps take one attention path (model.small_head_path patched)."""
+    """A Stepper whose steps take one attention path (attention.matmul_path patched)."""
 
     def __init__(self, stepper: Stepper, matmul: bool):
         self.stepper, self.matmul = stepper, matmul
 
     def step(self) -> float:
-        real = M.small_head_path
-        M.small_head_path = lambda q: self.matmul and q.requires_grad  # training passes only
+        real = A.matmul_path
+        A.matmul_path = lambda q: self.matmul and q.requires_grad  # training passes only
         try:
             return self.stepper.step()
         finally:
-            M.small_head_path = real
+            A.matmul_path = real
 
 
 def main() -> None:
@@ -80,7 +82,7 @@ def main() -> None:
             secs = time_interleaved(steppers, args.warmup, args.repeats)
             ratios = [a / b for a, b in zip(secs["matmul"], secs["sdpa"])]
             lo, hi = quartiles(ratios)
-            path = "matmul" if hs <= M.SMALL_HEAD else "SDPA"
+            path = "matmul" if hs <= A.MAX_HEAD and T <= A.MAX_T else "SDPA"
             print(f"{m.name:<7}{hs:>4} {vname:<9}{1e3 * statistics.median(secs['sdpa']):>9.2f}"
                   f"{1e3 * statistics.median(secs['matmul']):>11.2f}"
                   f"{statistics.median(ratios):>8.3f}{f'{lo:.3f}-{hi:.3f}':>14}  {path}")

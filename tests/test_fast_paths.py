@@ -2,8 +2,8 @@
 
 model._Rope, model._RMSNormCPU and mod._GatherRows replace autograd's generic derivatives for
 speed; gradcheck (float64, finite differences) and a comparison with the textbook expressions
-catch a wrong transpose, a missing term or a dropped gradient. Narrow heads train through
-model.matmul_attention instead of SDPA: checked against SDPA's values and gradients.
+catch a wrong transpose, a missing term or a dropped gradient. Short sequences train through
+attention.matmul_attention instead of SDPA: checked against SDPA's values and gradients.
 """
 
 from __future__ import annotations
@@ -168,43 +168,55 @@ def test_paired_weight_follows_every_update_and_decoding_binds_it_once():
     assert attn.bound is None
 
 
-# ---------------------------------------------------------------- narrow heads: matmul attention
-@pytest.mark.parametrize("t", [1, 2, 17])
-def test_matmul_attention_equals_sdpa_values_and_gradients(t):
-    from modexp.models.model import matmul_attention
+# ---------------------------------------------------------------- matmul attention (attention.py)
+@pytest.mark.parametrize("t,hs", [(1, 6), (2, 6), (17, 6), (64, 8), (65, 24), (128, 64)])
+def test_matmul_attention_equals_sdpa_values_and_gradients(t, hs):
+    """One block up to t 64, two causal query blocks above: SDPA's values and gradients."""
+    from modexp.models.attention import matmul_attention, query_blocks
 
-    q, k, v = (torch.randn(3, 2, t, 6, requires_grad=True) for _ in range(3))
+    assert len(query_blocks(t)) == (1 if t <= 64 else 2)
+    q, k, v = (torch.randn(3, 2, t, hs, requires_grad=True) for _ in range(3))
     want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     got = matmul_attention(q, k, v)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(want)
     grads_want = torch.autograd.grad(want, (q, k, v), g)
     grads_got = torch.autograd.grad(got, (q, k, v), g)
     for a, b in zip(grads_got, grads_want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # causal: the first query sees only the first key, so its output is v's first row
     torch.testing.assert_close(got[:, :, 0], v[:, :, 0], rtol=0, atol=1e-6)
 
 
-def test_small_heads_train_through_matmul_attention_and_evaluate_through_sdpa(monkeypatch):
+def test_query_blocks_cover_every_query_once_and_see_only_earlier_keys():
+    from modexp.models.attention import query_blocks
+
+    for t in (1, 64, 65, 100, 128):
+        blocks = query_blocks(t)
+        assert [a for a, _ in blocks] == [0] + [e for _, e in blocks[:-1]] and blocks[-1][1] == t
+
+
+def test_training_takes_matmul_attention_and_evaluation_sdpa(monkeypatch):
+    from modexp.models import attention as A
     from modexp.models import model as M
     from modexp.spec import ModelConfig, VanillaVariant
 
     seen = []
-    real = M.matmul_attention
-    monkeypatch.setattr(M, "matmul_attention", lambda *a: seen.append(a[0].shape) or real(*a))
-    for d, narrow in ((16, True), (24, False)):  # hs 8 and 12: SMALL_HEAD is 8
+    real = A.matmul_attention
+    monkeypatch.setattr(A, "matmul_attention", lambda *a: seen.append(a[0].shape) or real(*a))
+    # hs 8 and 64 train through matmuls; hs 128 and sequences over 128 keep SDPA
+    for d, T, matmul in ((16, 12, True), (128, 12, True), (256, 12, False), (16, 129, False)):
         torch.manual_seed(0)
         net = M.build_model(ModelConfig(name="t", n_layers=1, d_model=d, n_heads=2),
                             VanillaVariant(kind="vanilla"), 32)
-        idx = torch.randint(0, 32, (2, 12))
+        idx = torch.randint(0, 32, (2, T))
         seen.clear()
         train = net(idx, idx).loss
-        assert bool(seen) == narrow
+        assert bool(seen) == matmul, (d, T)
         seen.clear()
         with torch.no_grad():
             evaluated = net(idx, idx).loss
         assert not seen  # no gradient: SDPA, as decoding
         torch.testing.assert_close(train, evaluated, rtol=1e-6, atol=1e-6)
-    q = torch.randn(64, 2, 1024, 8, requires_grad=True)  # 2^27 scores: too many to keep
-    assert not M.small_head_path(q) and M.small_head_path(q[:1, :, :128])
+    q = torch.randn(1024, 2, 128, 8, requires_grad=True)  # 2^25 scores: too many to keep
+    assert not A.matmul_path(q) and A.matmul_path(q[:64])

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modexp.models import attention
 from modexp.models.mod import RoutedLayer, at_least_fp32, route_losses, route_stats, stream_seed
 from modexp.models.rope import (Rotary, _PairedRope, _PermuteRows, _Rope, paired_rows,
                                 pairs_adjacent, rope, rope_pairs)
@@ -81,43 +82,6 @@ def rms_norm(norm: nn.RMSNorm, x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- attention
-# Heads this narrow train faster through batched matmuls than through SDPA's CPU flash kernel,
-# whose blocked loops suit wide heads: whole training steps of the quickstart's sizes (T 128,
-# batch 32; benchmarks/bench_attention.py, two runs) take 0.88-0.92x the time at hs 6 and 8,
-# and 0.96-1.01x at hs 12 to 24 (no clear win; and at hs 64, T 256 the matmuls lose).
-SMALL_HEAD = 8
-SMALL_SCORES = 2 ** 23  # B * nh * t * t at most: the scores and probabilities it keeps, 32 MiB each
-
-
-def small_head_path(q: Tensor) -> bool:
-    """Whether a training step's causal attention over q (B, nh, t, hs) takes `matmul_attention`:
-    CPU, float32/64, eager, with a gradient, narrow heads and a bounded score matrix."""
-    B, nh, t, hs = q.shape
-    return (q.device.type == "cpu" and hs <= SMALL_HEAD and B * nh * t * t <= SMALL_SCORES
-            and q.dtype in (torch.float32, torch.float64) and torch.is_grad_enabled()
-            and q.requires_grad and not torch.compiler.is_compiling())
-
-
-def matmul_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal softmax(q k^T / sqrt(hs)) v by batched matmuls; q, k, v (B, nh, t, hs)."""
-    B, nh, t, hs = q.shape
-    s = torch.baddbmm(causal_bias(t, q.dtype, q.device), q.reshape(B * nh, t, hs),
-                      k.reshape(B * nh, t, hs).transpose(1, 2), alpha=hs ** -0.5)  # (B nh, t, t)
-    return torch.bmm(s.softmax(-1), v.reshape(B * nh, t, hs)).view(B, nh, t, hs)
-
-
-_BIAS: dict[tuple, Tensor] = {}
-
-
-def causal_bias(t: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(t, t): 0 on and below the diagonal, -inf above it; made once per shape."""
-    key = (t, dtype, device)
-    if key not in _BIAS:
-        above = torch.ones(t, t, dtype=torch.bool, device=device).triu(1)
-        _BIAS[key] = torch.zeros(t, t, dtype=dtype, device=device).masked_fill(above, float("-inf"))
-    return _BIAS[key]
-
-
 class Attention(nn.Module):
     """Multi-head causal self-attention, factored so a KV cache can slot in between steps."""
 
@@ -188,8 +152,8 @@ class Attention(nn.Module):
         is_causal would align it with the first key instead (top-left), so it is not used.
         """
         causal = mask is None and q.size(2) > 1
-        if causal and small_head_path(q):  # training only: evaluation and decoding keep SDPA
-            y = matmul_attention(q, k, v)
+        if causal and attention.matmul_path(q):  # training only: eval and decoding keep SDPA
+            y = attention.matmul_attention(q, k, v)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         # y: (B, nh, t, hs)
