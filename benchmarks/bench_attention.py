@@ -11,6 +11,12 @@ quartiles beside it: below 1 the matmuls win. `attention.matmul_path`'s limits (
 modexp takes at that size.
 
     python benchmarks/bench_attention.py [--spec experiments/quickstart.yaml] [--repeats 41]
+
+`--alone B,nh,T,hs ...` times attention by itself instead (forward and backward of one layer's
+causal attention on random q, k, v): SDPA, the matmul path as one (T, T) block, and the matmul
+path in modexp's causal query blocks (`attention.query_blocks`), interleaved; ratios to SDPA.
+
+    python benchmarks/bench_attention.py --alone 32,2,128,6 32,2,128,24 8,4,256,64 --repeats 31
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
@@ -39,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=41, help="timed step pairs")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--alone", nargs="+", metavar="B,nh,T,hs",
+                   help="time attention alone at these shapes instead of whole training steps")
     return p.parse_args()
 
 
@@ -57,11 +67,50 @@ class Forced:
             A.matmul_path = real
 
 
+def attention_alone(shape: str, args) -> None:
+    """One row: forward + backward of causal attention alone, SDPA vs one block vs modexp's."""
+    B, nh, T, hs = (int(x) for x in shape.split(","))
+    q, k, v = (torch.randn(B, nh, T, hs, requires_grad=True) for _ in range(3))
+    g = torch.randn(B, nh, T, hs)
+    blocks = A.query_blocks
+
+    def timed(attend, split=blocks):
+        def run() -> float:
+            A.query_blocks = split
+            try:
+                t0 = time.perf_counter()
+                attend(q, k, v).backward(g)
+                return time.perf_counter() - t0
+            finally:
+                A.query_blocks = blocks
+        return run
+
+    secs = time_interleaved({
+        "sdpa": timed(lambda *x: F.scaled_dot_product_attention(*x, is_causal=True)),
+        "one": timed(A.matmul_attention, lambda t: [(0, t)]),
+        "blocks": timed(A.matmul_attention)}, args.warmup, args.repeats)
+    row = f"{shape:<16}{len(blocks(T)):>7}{1e3 * statistics.median(secs['sdpa']):>9.2f}"
+    for name in ("one", "blocks"):
+        ratios = [a / b for a, b in zip(secs[name], secs["sdpa"])]
+        lo, hi = quartiles(ratios)
+        row += f"{statistics.median(ratios):>8.3f} ({lo:.3f}-{hi:.3f})"
+    path = "matmul" if hs <= A.MAX_HEAD and T <= A.MAX_T else "SDPA"
+    print(f"{row}  {path}")
+
+
 def main() -> None:
     """One row per size and variant: SDPA and matmul step ms, ratio, modexp's choice."""
     args = parse_args()
     torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # as `modexp run` does on the CPU
+    if args.alone:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; attention alone, "
+              f"forward + backward; median of {args.repeats} after {args.warmup} warm-up")
+        print(f"{'B,nh,T,hs':<16}{'blocks':>7}{'SDPA ms':>9}{'one block / SDPA':>24}"
+              f"{'query blocks / SDPA':>24}  modexp trains with")
+        for shape in args.alone:
+            attention_alone(shape, args)
+        return
     spec = load_spec(args.spec)
     B, T, vocab = spec.train.batch_size, spec.data.seq_len, spec.data.vocab
     batch = random_batch(vocab, B, T)
