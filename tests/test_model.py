@@ -87,7 +87,9 @@ FLOP_CASES = [
     (cfg(n_layers=4), mod(capacity=0.5, route_every=1, causal="aux_loss"), 40),
     (cfg(n_layers=3, mlp="swiglu"), mod(capacity=1.0, route_every=3, causal="none"), 16),
     (cfg(n_layers=3), mod(layers={0: 0.3, 2: 0.05}, causal="predictor"), 37),
-    # heads of 8: training attention through model.matmul_attention (counted matmuls too)
+    # heads of 8: training attention through attention.matmul_attention (counted matmuls too).
+    # Every T here is <= 64, one query block: the full square flops.py charges; above 64 the
+    # matmul path skips the masked quarter and would be counted below the convention.
     (cfg(d_model=16), VANILLA, 24),
     (cfg(n_layers=4, d_model=16), mod(capacity=0.25, causal="aux_loss"), 32),
 ]
