@@ -94,8 +94,7 @@ def attention_alone(shape: str, args) -> None:
         ratios = [a / b for a, b in zip(secs[name], secs["sdpa"])]
         lo, hi = quartiles(ratios)
         row += f"{statistics.median(ratios):>8.3f} ({lo:.3f}-{hi:.3f})"
-    path = "matmul" if hs <= A.MAX_HEAD and T <= A.MAX_T else "SDPA"
-    print(f"{row}  {path}")
+    print(f"{row}  {'matmul' if A.matmul_path(q) else 'SDPA'}")
 
 
 def main() -> None:
@@ -131,7 +130,8 @@ def main() -> None:
             secs = time_interleaved(steppers, args.warmup, args.repeats)
             ratios = [a / b for a, b in zip(secs["matmul"], secs["sdpa"])]
             lo, hi = quartiles(ratios)
-            path = "matmul" if hs <= A.MAX_HEAD and T <= A.MAX_T else "SDPA"
+            q = torch.empty(B, m.n_heads, T, hs, requires_grad=True)  # a dense layer's queries
+            path = "matmul" if A.matmul_path(q) else "SDPA"
             print(f"{m.name:<7}{hs:>4} {vname:<9}{1e3 * statistics.median(secs['sdpa']):>9.2f}"
                   f"{1e3 * statistics.median(secs['matmul']):>11.2f}"
                   f"{statistics.median(ratios):>8.3f}{f'{lo:.3f}-{hi:.3f}':>14}  {path}")
