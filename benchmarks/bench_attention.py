@@ -121,6 +121,8 @@ def main() -> None:
         if args.models and m.name not in args.models:
             continue
         hs = m.d_model // m.n_heads
+        q = torch.empty(B, m.n_heads, T, hs, requires_grad=True)  # a dense layer's queries
+        path = "matmul" if A.matmul_path(q) else "SDPA"
         for vname, variant in spec.variants.items():
             steppers = {}
             for name, matmul in (("sdpa", False), ("matmul", True)):
@@ -130,8 +132,6 @@ def main() -> None:
             secs = time_interleaved(steppers, args.warmup, args.repeats)
             ratios = [a / b for a, b in zip(secs["matmul"], secs["sdpa"])]
             lo, hi = quartiles(ratios)
-            q = torch.empty(B, m.n_heads, T, hs, requires_grad=True)  # a dense layer's queries
-            path = "matmul" if A.matmul_path(q) else "SDPA"
             print(f"{m.name:<7}{hs:>4} {vname:<9}{1e3 * statistics.median(secs['sdpa']):>9.2f}"
                   f"{1e3 * statistics.median(secs['matmul']):>11.2f}"
                   f"{statistics.median(ratios):>8.3f}{f'{lo:.3f}-{hi:.3f}':>14}  {path}")
