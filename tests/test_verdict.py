@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modexp.analysis import isoflop as I
-from modexp.analysis.bootstrap import bootstrap_optimum, interval
+from modexp.analysis.bootstrap import bootstrap_optimum, fit_rng, interval
 from modexp.analysis.verdict import verdict_json
 from modexp.cli import app
 from modexp.plan import build_plan
@@ -33,7 +33,7 @@ def test_fit_recovers_known_optimum_from_noisy_seeds():
     fit = I.fit_parabola(P, [v.mean() for v in losses])
     assert fit.status == "ok"
     assert fit.opt_params == pytest.approx(6e4, rel=0.15) and fit.opt_loss == pytest.approx(2.0, abs=0.02)
-    d = bootstrap_optimum(P, losses)
+    d = bootstrap_optimum(P, losses, np.random.default_rng(0))
     lo, hi = interval(d.params)
     assert d.method == "seeds" and lo < 6e4 < hi and hi / lo < 2.5
 
@@ -47,7 +47,7 @@ def test_bootstrap_interval_covers_truth_near_nominal_rate(seeds, method):
     trials, hits = 150, 0
     for t in range(trials):
         losses = noisy(6e4, 2.0, 0.02, seeds, rng)
-        d = bootstrap_optimum(P, losses, n_boot=400, seed=t)
+        d = bootstrap_optimum(P, losses, np.random.default_rng(t), n_boot=400)
         ci = interval(d.params)
         assert d.method == method
         hits += ci is not None and ci[0] <= 6e4 <= ci[1]

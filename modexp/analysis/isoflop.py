@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modexp.analysis.bootstrap import bootstrap_optimum, interval
+from modexp.analysis.bootstrap import N_BOOT, bootstrap_optimum, fit_rng, interval
 from modexp.analysis.results import Results, load_results
 from modexp.plan import budget_tag
 
@@ -111,7 +111,8 @@ def seed_means(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[cols]
 
 
-def fit_isoflop(means: pd.DataFrame, variants: list[str], planned: pd.DataFrame | None = None) -> pd.DataFrame:
+def fit_isoflop(means: pd.DataFrame, variants: list[str], planned: pd.DataFrame | None = None,
+                n_boot: int = N_BOOT) -> pd.DataFrame:
     """One parabola per budget, variant and metric (topk; causal for MoD), with bootstrap
     95% intervals of its optimum. `planned` (every planned run): a variant is fitted only at
     the budgets it is planned at (a control run at one budget is not "no verdict" at others)."""
@@ -125,11 +126,11 @@ def fit_isoflop(means: pd.DataFrame, variants: list[str], planned: pd.DataFrame 
                 if metric == "causal" and (sel.empty or sel["kind"].iloc[0] != "mod"
                                            or not sel[col].notna().all()):
                     continue
-                recs.append(_fit_record(budget, v, metric, sel, col, seeds))
+                recs.append(_fit_record(budget, v, metric, sel, col, seeds, n_boot))
     return pd.DataFrame.from_records(recs, columns=FIT_COLUMNS)
 
 
-def _fit_record(budget, variant, metric, sel, col, seeds) -> dict:
+def _fit_record(budget, variant, metric, sel, col, seeds, n_boot: int = N_BOOT) -> dict:
     f = fit_parabola(sel["params"], sel[col])
     rec = {"budget": budget, "variant": variant, "metric": metric, "n_sizes": f.n_sizes,
            "status": f.status, "reason": f.reason, "opt_params": f.opt_params,
@@ -138,7 +139,8 @@ def _fit_record(budget, variant, metric, sel, col, seeds) -> dict:
            "coeffs": f.coeffs, "params_min": sel["params"].min(),
            "params_max": sel["params"].max(), "draws": None}
     if f.status == "ok":
-        d = bootstrap_optimum(sel["params"], [np.asarray(v, float) for v in sel[seeds]])
+        d = bootstrap_optimum(sel["params"], [np.asarray(v, float) for v in sel[seeds]],
+                              fit_rng(float(budget), variant, metric), n_boot)
         if d is not None:
             rec |= {"opt_params_ci": interval(d.params), "opt_loss_ci": interval(d.loss),
                     "boot_method": d.method, "boot_interior": d.interior, "draws": d}
