@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from modexp import flops as F
-from modexp.plan import budget_tag
+from modexp.naming import budget_tag
 from modexp.spec import ExperimentSpec, ModelConfig, VanillaVariant, load_spec
 
 TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022, table 3)

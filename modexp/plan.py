@@ -14,6 +14,7 @@ from pathlib import Path
 
 from modexp import flops as F
 from modexp.data.corpus import SourceError, resolve_source
+from modexp.naming import run_id
 from modexp.spec import ExperimentSpec, SpecError, load_spec
 
 
@@ -60,17 +61,6 @@ class Plan:
 
     runs: list[RunPlan]
     warnings: list[str] = field(default_factory=list)
-
-
-def budget_tag(budget: float) -> str:
-    """Readable, stable budget label for run ids: 3e12, 1.5e12, 6e18."""
-    mant, exp = f"{budget:.6e}".split("e")
-    return f"{float(mant):g}e{int(exp)}"
-
-
-def run_id(budget: float, model: str, variant: str, seed: int) -> str:
-    """Stable run id: <budget>-<model>-<variant>-s<seed>."""
-    return f"{budget_tag(budget)}-{model}-{variant}-s{seed}"
 
 
 def eval_steps(steps: int, points: int) -> list[int]:

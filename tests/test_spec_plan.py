@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from modexp.cli import app
-from modexp.plan import budget_tag, build_plan, eval_steps, plan_file
+from modexp.naming import budget_tag
+from modexp.plan import build_plan, eval_steps, plan_file
 from modexp.spec import SpecError, load_spec, parse_spec
 
 from conftest import TINY

@@ -17,7 +17,7 @@ import pandas as pd
 
 from modexp.analysis.bootstrap import N_BOOT, bootstrap_optimum, fit_rng, interval
 from modexp.analysis.results import Results, load_results
-from modexp.plan import budget_tag
+from modexp.naming import budget_tag
 
 FIT_COLUMNS = ["budget", "variant", "metric", "n_sizes", "status", "reason", "opt_params",
                "opt_params_ci", "opt_loss", "opt_loss_ci", "boot_method", "boot_interior",

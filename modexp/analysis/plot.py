@@ -27,7 +27,7 @@ from modexp.analysis.plot_style import figure as _figure
 from modexp.analysis.plot_style import header as _header
 from modexp.analysis.plot_style import log_x as _log_x
 from modexp.analysis.plot_style import sci as _sci
-from modexp.plan import budget_tag
+from modexp.naming import budget_tag
 from modexp.spec import SpecError
 
 if TYPE_CHECKING:

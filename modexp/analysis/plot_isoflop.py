@@ -13,7 +13,7 @@ from matplotlib.lines import Line2D
 from modexp.analysis import results as A
 from modexp.analysis import isoflop as I
 from modexp.analysis.plot_style import Style, figure, header, log_x, sci
-from modexp.plan import budget_tag
+from modexp.naming import budget_tag
 
 
 def fig_isoflop(res: A.Results, means: pd.DataFrame, fits: pd.DataFrame, style: Style) -> Figure:

@@ -14,7 +14,7 @@ from matplotlib.ticker import FuncFormatter
 
 from modexp.analysis import results as A
 from modexp.analysis import isoflop as I
-from modexp.plan import budget_tag
+from modexp.naming import budget_tag
 
 CMAPS = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")  # one hue per variant
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from modexp.plan import Plan, budget_tag
+from modexp.naming import budget_tag
+from modexp.plan import Plan
 
 
 def _si(x: float) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from modexp.analysis.bootstrap import interval
 from modexp.analysis.isoflop import Analysis, analyze, compact
-from modexp.plan import budget_tag
+from modexp.naming import budget_tag
 
 NO_VERDICT = "no verdict"
 
