@@ -106,6 +106,8 @@ def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         sys.stdout.write(json.dumps([r.to_dict() for r in p.runs], indent=2) + "\n")
     else:
         print_plan(p, out)
+        for note in p.notes:  # e.g. the data source as resolved against the spec's folder
+            out.print(note, markup=False, highlight=False, soft_wrap=True)
     _warn(p.warnings)
 
 

@@ -14,7 +14,7 @@ from modexp.cli import app
 from modexp.data.corpus import SourceError, is_token_source, max_token, resolve_source
 from modexp.data.tokens import Shards, TokenData
 from modexp.plan import plan_file
-from modexp.spec import SpecError, load_spec
+from modexp.spec import SpecError
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def _prepared(folder, vocab=500, n=4000, n_val=600, dtype=np.uint16):
 
 def test_prepared_folder_gives_vocab_and_validation(tmp_path, write_spec):
     folder = _prepared(tmp_path / "tok")
-    spec = load_spec(write_spec(data={"source": str(folder), "seq_len": 16}))
+    spec, _ = plan_file(write_spec(data={"source": str(folder), "seq_len": 16}))  # the data stage reads meta.json
     assert spec.data.vocab == 500
     data = TokenData(str(folder), 16, 0.05, spec.data.vocab)
     assert np.array_equal(data.val, np.fromfile(folder / "val.bin", dtype=np.uint16))
@@ -42,7 +42,7 @@ def test_prepared_folder_gives_vocab_and_validation(tmp_path, write_spec):
     _, plan = plan_file(write_spec(data={"source": str(folder), "seq_len": 16}))
     assert plan.runs[0].vocab == 500 and plan.runs[0].epochs == pytest.approx(plan.runs[0].tokens / 4000)
     with pytest.raises(SpecError, match=r"data.vocab_size: 512 disagrees with .*meta.json \(vocab_size 500\)"):
-        load_spec(write_spec(data={"source": str(folder), "vocab_size": 512}))
+        plan_file(write_spec(data={"source": str(folder), "vocab_size": 512}))
 
 
 def test_shard_folder_is_tokens_not_text(tmp_path, write_spec):
@@ -55,7 +55,7 @@ def test_shard_folder_is_tokens_not_text(tmp_path, write_spec):
     (folder / "README.txt").write_text("not tokens")
     assert is_token_source(str(folder))
     with pytest.raises(SpecError, match="vocab_size: required for .bin token files"):
-        load_spec(write_spec(data={"source": str(folder)}))
+        plan_file(write_spec(data={"source": str(folder)}))
     data = TokenData(str(folder), 8, 0.05, vocab=300)
     assert len(data.train) == 300 and len(data.val) == 50
     idx = np.array([[0, 99, 100, 101], [199, 200, 250, 299]])  # across shard boundaries

@@ -62,11 +62,13 @@ class Source:
         if self.val_files:
             return sum(len(token_map(f, self.token_bytes)) for f in self.train_files)
         n = self.n_tokens
-        return n - int(n * val_fraction)
+        return n - val_tokens(n, val_fraction)
 
-    def read_bytes(self) -> bytes:
-        """The whole source, files concatenated in order."""
-        return b"".join(f.read_bytes() for f in self.files)
+
+def val_tokens(n_tokens: int, val_fraction: float) -> int:
+    """Held-out tokens at the end of a source without validation files (data/tokens.py splits
+    there)."""
+    return int(n_tokens * val_fraction)
 
 
 def stdlib_files() -> list[Path]:
@@ -110,10 +112,9 @@ def read_meta(folder: Path) -> dict:
     return meta
 
 
-def prepared_vocab(source: str) -> int | None:
-    """The vocabulary of a prepared token folder (meta.json), or None for other sources."""
-    folder = Path(source)
-    return read_meta(folder)["vocab_size"] if (folder / META_FILE).is_file() else None
+def is_prepared(source: str) -> bool:
+    """Whether a source is a token folder with a meta.json (vocabulary from there)."""
+    return (Path(source) / META_FILE).is_file()
 
 
 def is_token_source(source: str) -> bool:
