@@ -90,14 +90,17 @@ def test_token_id_beyond_vocab_exits_2_before_writing(tmp_path, write_spec):
     assert not (tmp_path / "res").exists()
 
 
-def test_max_token_is_cached_by_fingerprint(tmp_path):
+def test_max_token_is_cached_by_fingerprint(tmp_path, monkeypatch):
     f = tmp_path / "t.bin"
     np.array([1, 9, 3], dtype=np.uint16).tofile(f)
     assert max_token(f, 2) == 9
+    with monkeypatch.context() as m:  # unchanged: a cache hit, the file is not mapped again
+        m.setattr("modexp.data.corpus.token_map", None)
+        assert max_token(f, 2) == 9
     st = os.stat(f)
-    np.array([1, 2, 3], dtype=np.uint16).tofile(f)  # same size; restore the mtime: a cache hit
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert max_token(f, 2) == 9
+    np.array([1, 2, 3], dtype=np.uint16).tofile(f)  # same size; restore the mtime: still seen
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # (the ctime moved: issue 27.4)
+    assert max_token(f, 2) == 3
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: read again
     assert max_token(f, 2) == 3
 
@@ -107,3 +110,50 @@ def test_odd_sized_token_file(tmp_path):
     with pytest.raises(SourceError, match="not a whole number of uint16 tokens"):
         resolve_source(str(tmp_path / "x.bin"), 300)
     assert len(Shards([np.zeros(0, np.uint16), np.ones(3, np.uint16)])) == 3
+
+
+def _real_folder(tmp_path):
+    """A token folder written by `modexp prepare` (its meta.json records sizes and sha256s)."""
+    from modexp.data.prepare import prepare
+
+    (tmp_path / "txt").mkdir()
+    for k in range(10):
+        (tmp_path / "txt" / f"t{k}.txt").write_text("".join(f"line {i} of text {k}\n" for i in range(300)))
+    prepare([str(tmp_path / "txt")], tmp_path / "tok", "bytes", val_fraction=0.2)
+    return tmp_path / "tok"
+
+
+def test_token_folder_is_checked_against_its_meta(tmp_path, monkeypatch):
+    """Sizes and token counts at resolve time; sha256s by data_fingerprint, which a cached,
+    unchanged folder answers without reading a data file, while an edit that restores size and
+    mtime is read again and refused."""
+    from modexp.runs.fingerprint import data_fingerprint
+
+    tok = _real_folder(tmp_path)
+    first = data_fingerprint(resolve_source(str(tok)))
+    with monkeypatch.context() as m:
+        m.setattr("modexp.data.verify.open", None, raising=False)  # a cache hit hashes no file
+        assert data_fingerprint(resolve_source(str(tok))) == first
+    ids = np.fromfile(tok / "val.bin", dtype=np.uint16)
+    st = os.stat(tok / "val.bin")
+    ids[:5] = ids[5:10]
+    ids.tofile(tok / "val.bin")
+    os.utime(tok / "val.bin", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(SourceError, match=r"val.bin: sha256 \w+\.\.\. differs from the \w+\.\.\. meta.json records"):
+        data_fingerprint(resolve_source(str(tok)))
+    (tok / "val.bin").write_bytes(ids.tobytes()[:-2])
+    with pytest.raises(SourceError, match="val.bin: meta.json records"):
+        resolve_source(str(tok))
+
+
+def test_llmc_header_count_must_match_the_file(tmp_path):
+    header = np.zeros(256, np.int32)
+    header[:3] = [20240520, 1, 30]
+    for n, ok in ((30, True), (29, False), (31, False)):
+        with open(tmp_path / "s.bin", "wb") as f:
+            f.write(header.tobytes() + np.arange(n, dtype=np.uint16).tobytes())
+        if ok:
+            assert resolve_source(str(tmp_path / "s.bin"), 50).n_tokens == 30
+        else:
+            with pytest.raises(SourceError, match=f"llm.c header says 30 tokens, the file holds {n}"):
+                resolve_source(str(tmp_path / "s.bin"), 50)
