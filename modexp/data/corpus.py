@@ -107,14 +107,19 @@ def token_map(path: Path, token_bytes: int) -> np.ndarray:
         held = (size - offset) / token_bytes
         if size < offset or held != int(head[2]):
             raise SourceError(f"{path}: its llm.c header says {int(head[2]):,} tokens, the file "
-                              f"holds {max(held, 0):,.1f} ({size:,} bytes): a shard cut short or "
-                              "altered; copy it again")
+                              f"holds {_count(max(held, 0))} ({size:,} bytes): a shard cut short "
+                              "or altered; copy it again")
     dtype = np.uint16 if token_bytes == 2 else np.uint32
     if (size - offset) % token_bytes:
         raise SourceError(f"{path}: size is not a whole number of {dtype.__name__} tokens")
     if size == offset:
         return np.zeros(0, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset)
+
+
+def _count(tokens: float) -> str:
+    """A token count as held by a file: whole, or with the fraction a cut-off file leaves."""
+    return f"{tokens:,.0f}" if tokens == int(tokens) else f"{tokens:,.1f}"
 
 
 def read_meta(folder: Path) -> dict:
@@ -194,7 +199,7 @@ def _check_sizes(folder: Path, meta: dict, files: tuple[Path, ...], width: int) 
         for n in sorted(claims):
             if held != n:
                 raise SourceError(f"{f}: meta.json records {n:,} tokens ({n * width:,} bytes), "
-                                  f"the file holds {held:,.1f} ({f.stat().st_size:,} bytes): "
+                                  f"the file holds {_count(held)} ({f.stat().st_size:,} bytes): "
                                   f"a partial copy or an edit; copy {folder} again or prepare it anew")
 
 

@@ -250,7 +250,8 @@ def _jsonl_texts(path: Path, raw, field: str) -> Iterator[tuple[str, int]]:
         try:
             line = lines.readline()
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-            raise InputError(f"{path}: {_gzip_problem(e)} after line {i}") from None
+            where = f"after line {i}" if i else "at its start"
+            raise InputError(f"{path}: {_gzip_problem(e)} {where}") from None
         if not line:
             return
         i += 1
