@@ -106,6 +106,8 @@ def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         sys.stdout.write(json.dumps([r.to_dict() for r in p.runs], indent=2) + "\n")
     else:
         print_plan(p, out)
+        for note in p.notes:  # e.g. the data source as resolved against the spec's folder
+            out.print(note, markup=False, highlight=False, soft_wrap=True)
     _warn(p.warnings)
 
 
@@ -251,6 +253,7 @@ def prepare(inputs: list[str] = typer.Argument(..., help="Text files or folders,
             tokenizer: str = typer.Option("bytes", help="bytes, bpe:VOCAB (train byte-level BPE here) or PATH/tokenizer.json."),
             text_field: str = typer.Option("text", help="The text field of JSONL/Parquet/Hub rows."),
             val_fraction: float = typer.Option(0.01, help="Share of documents held out for validation."),
+            encoder: str = typer.Option("auto", help="auto (tiktoken where it gives the tokenizers library's ids, else tokenizers), tokenizers or tiktoken."),
             quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress, no summary line.")) -> None:
     """Tokenise a corpus into a token folder (train.bin, val.bin, tokenizer.json, meta.json)."""
     from modexp.data.prepare import prepare as run_prepare
@@ -258,9 +261,11 @@ def prepare(inputs: list[str] = typer.Argument(..., help="Text files or folders,
 
     try:
         rep = run_prepare(inputs, out_dir, tokenizer, text_field, val_fraction,
-                          None if quiet else PrepareProgress(err))
+                          None if quiet else PrepareProgress(err), encoder)
     except SpecError as e:
         _fail(e)
+    for note in rep.notes:  # skipped files, stale temp folders removed, the encoder's fallback
+        err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if quiet:
         return
     m = rep.meta

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from modexp import flops as F
-from modexp.data.corpus import SourceError, resolve_source
+from modexp.data.facts import resolved_spec
 from modexp.naming import run_id
 from modexp.spec import ExperimentSpec, SpecError, load_spec
 
@@ -57,10 +57,12 @@ class RunPlan:
 
 @dataclass
 class Plan:
-    """All runs of a spec, in stable order (budget, model, variant, seed), plus warnings."""
+    """All runs of a spec, in stable order (budget, model, variant, seed), plus warnings and
+    notes (facts worth a line, e.g. the data source as resolved)."""
 
     runs: list[RunPlan]
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def eval_steps(steps: int, points: int) -> list[int]:
@@ -125,31 +127,34 @@ def _with_epochs(plan: Plan, train_tokens: int) -> Plan:
     warnings = [f"{r.run_id}: {r.tokens:,} training tokens is {r.epochs:.2f} epochs of the "
                 f"{train_tokens:,}-token training split (data will repeat)"
                 for r in runs if r.epochs > 1]
-    return Plan(runs, plan.warnings + warnings)
+    return Plan(runs, plan.warnings + warnings, plan.notes)
 
 
 def plan_spec(spec: ExperimentSpec, source: str = "<spec>") -> Plan:
-    """Plan a spec; the data source sets epochs. A missing source is only a warning here:
-    planning is accounting, done before data exists (a cluster's corpus, say); `run` refuses it."""
-    try:
-        train_tokens = resolve_source(spec.data.source, spec.data.vocab).train_tokens(spec.data.val_fraction)
-    except SourceError as e:
-        plan = build_plan(spec, source)
-        plan.warnings.append(f"data.source: {e} (epochs not computed; `modexp run` needs it)")
-        return plan
-    return build_plan(spec, source, train_tokens=train_tokens)
+    """Plan a spec with its data source's vocabulary and training tokens (epochs); see
+    plan_resolved."""
+    return plan_resolved(spec, source)[1]
 
 
-def val_tokens(n_tokens: int, val_fraction: float) -> int:
-    """Held-out tokens at the end of the corpus (data/tokens.py splits there too)."""
-    return int(n_tokens * val_fraction)
+def plan_resolved(spec: ExperimentSpec, source: str = "<spec>") -> tuple[ExperimentSpec, Plan]:
+    """The spec as planned (a prepared folder's vocabulary filled in) and its plan. A missing
+    data source is an error naming data.source unless the spec gives vocab_size: then planning
+    is accounting done before the data exists (a cluster's corpus, say), with one warning;
+    `modexp run` refuses it."""
+    spec, facts = resolved_spec(spec, source)
+    plan = build_plan(spec, source, train_tokens=facts.train_tokens)
+    plan.notes.append(facts.note())
+    if facts.missing:
+        plan.warnings.append(f"data.source: {facts.missing}: planned without the data (vocab_size "
+                             f"{facts.vocab} from the spec, epochs not computed); `modexp run` "
+                             "needs it")
+    return spec, plan
 
 
 def plan_file(path, results=None) -> tuple[ExperimentSpec, Plan]:
     """Load, validate and plan a spec file (what `modexp plan` calls); with a results root,
     warn where a budget's grid does not bracket its estimated optimum (modexp/grid.py)."""
-    spec = load_spec(path)
-    plan = plan_spec(spec, str(path))
+    spec, plan = plan_resolved(load_spec(path), str(path))
     if results is not None:
         from modexp.grid import bracket_warnings  # grid -> plan: imported here, no cycle
 

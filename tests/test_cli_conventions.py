@@ -53,5 +53,5 @@ def test_batch_log_lines_and_json_summary(write_spec, tmp_path):
 
 
 def test_plan_warnings_on_stderr(write_spec, tmp_path):
-    r = invoke("plan", write_spec(data={"source": str(tmp_path / "nowhere.txt")}))
+    r = invoke("plan", write_spec(data={"source": str(tmp_path / "nowhere.txt"), "vocab_size": 256}))
     assert r.exit_code == 0 and "warning:" in r.stderr and "warning:" not in r.stdout

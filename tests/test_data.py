@@ -1,5 +1,7 @@
 """Data sources: the embedded stdlib corpus, text folders, uint16 .bin files, batches."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +94,93 @@ def test_batch_seeds_never_collide_across_seeds_and_steps():
         batch_seed(0, 2**32)
     with pytest.raises(ValueError, match="seed"):
         batch_seed(-1, 0)
+
+
+def _imports(path):
+    """Every module a file imports, at module level or inside functions."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_spec_and_data_import_only_downward():
+    """modexp/spec reads no data (issue 25.6), and the data stage imports nothing above it:
+    not the planner, models, training, runs, analysis or the CLI (function-level imports too)."""
+    pkg = Path(__file__).resolve().parent.parent / "modexp"
+    above = ("modexp.plan", "modexp.grid", "modexp.models", "modexp.training", "modexp.runs",
+             "modexp.analysis", "modexp.bench", "modexp.cli")
+    for f in sorted((pkg / "spec").glob("*.py")):
+        assert not [m for m in _imports(f) if m.startswith("modexp.data")], f
+    for f in sorted((pkg / "data").glob("*.py")):
+        bad = [m for m in _imports(f) if m.startswith(above)]
+        assert not bad, f"{f.name} imports {bad}"
+
+
+def test_spec_paths_resolve_against_the_spec_folder(tmp_path, monkeypatch):
+    """A relative data.source is the spec file's folder's (absolute afterwards); an absolute
+    one, a builtin, or a spec parsed without a file stay as written; parsing reads no file."""
+    import yaml
+
+    from modexp.spec import load_spec, parse_spec
+    from tests.conftest import TINY
+
+    (tmp_path / "exp").mkdir()
+    for source, want in (("corpus", tmp_path / "exp" / "corpus"), ("../data/tok/", tmp_path / "data" / "tok"),
+                         ("/abs/x.bin", "/abs/x.bin"), ("builtin:pystdlib", "builtin:pystdlib"),
+                         ("~/tok", Path.home() / "tok")):
+        (tmp_path / "exp" / "s.yaml").write_text(yaml.safe_dump({**TINY, "data": {"source": source}}))
+        monkeypatch.chdir("/")
+        assert load_spec(tmp_path / "exp" / "s.yaml").data.source == str(want)
+    assert parse_spec({**TINY, "data": {"source": "corpus"}}).data.source == "corpus"
+    monkeypatch.setattr("pathlib.Path.exists", None)  # validation does not look at the disk
+    monkeypatch.setattr("pathlib.Path.is_file", None)
+    assert parse_spec({**TINY, "data": {"source": "tok", "vocab_size": 512}}).data.vocab == 512
+
+
+def test_plan_reads_the_data_and_names_the_field(tmp_path, write_spec):
+    """The planner asks the data stage: byte sources are 256, a missing source is an error naming
+    data.source unless vocab_size is given (then one warning, and the note says where)."""
+    from modexp.plan import plan_file
+    from modexp.spec import SpecError
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world " * 500)
+    with pytest.raises(SpecError, match="data.vocab_size: must be 256"):
+        plan_file(write_spec(data={"source": str(corpus), "vocab_size": 300}))
+    with pytest.raises(SpecError, match=r"data.source: .*nowhere: no such file or folder .*give "
+                                        "data.vocab_size to plan without the data"):
+        plan_file(write_spec(data={"source": "nowhere"}))
+    with pytest.raises(SpecError, match="data.source: unknown builtin source 'builtin:x'"):
+        plan_file(write_spec(data={"source": "builtin:x"}))
+    spec, plan = plan_file(write_spec(data={"source": "nowhere", "vocab_size": 300}))
+    assert plan.runs[0].vocab == 300 and plan.runs[0].epochs is None
+    assert [w for w in plan.warnings if "planned without the data" in w] and plan.notes
+    _, plan = plan_file(write_spec(data={"source": str(corpus)}))
+    assert plan.notes == [f"data.source: {corpus} (text, byte tokens; vocab 256; "
+                          f"{6000 - int(6000 * 0.05):,} training tokens)"]
+
+
+def test_fingerprint_keeps_the_content_not_the_path(tmp_path):
+    """The data's place and spelling are not part of a run's identity; its bytes and its
+    tokenizer are."""
+    from modexp.runs import fingerprint as fp
+
+    spec = {"models": [{"name": "m"}], "variants": {"v": {}}, "train": {}, "flops": {}}
+    plan = {"model": "m", "variant": "v", "seed": 0}
+    data = {"sha256": "s", "tokenizer_sha256": "t"}
+
+    def fields(source, **d):
+        return fp.fingerprint({**spec, "data": {"source": source, "seq_len": 8}}, plan, {**data, **d})["fields"]
+
+    base = fields("/data/tok")
+    for same in ("/data/tok/", "tok", "/elsewhere/copy"):
+        assert fp.differences(base, fields(same)) == []
+    assert fp.differences(base, fields("/data/tok", sha256="x")) == ["data.sha256"]
+    assert fp.differences(base, fields("/data/tok", tokenizer_sha256="u")) == ["data.tokenizer_sha256"]
+    assert fp.differences(fields("builtin:pystdlib"), base) == ["data.source"]

@@ -14,7 +14,7 @@ from modexp.cli import app
 from modexp.data.corpus import SourceError, is_token_source, max_token, resolve_source
 from modexp.data.tokens import Shards, TokenData
 from modexp.plan import plan_file
-from modexp.spec import SpecError, load_spec
+from modexp.spec import SpecError
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def _prepared(folder, vocab=500, n=4000, n_val=600, dtype=np.uint16):
 
 def test_prepared_folder_gives_vocab_and_validation(tmp_path, write_spec):
     folder = _prepared(tmp_path / "tok")
-    spec = load_spec(write_spec(data={"source": str(folder), "seq_len": 16}))
+    spec, _ = plan_file(write_spec(data={"source": str(folder), "seq_len": 16}))  # the data stage reads meta.json
     assert spec.data.vocab == 500
     data = TokenData(str(folder), 16, 0.05, spec.data.vocab)
     assert np.array_equal(data.val, np.fromfile(folder / "val.bin", dtype=np.uint16))
@@ -42,7 +42,7 @@ def test_prepared_folder_gives_vocab_and_validation(tmp_path, write_spec):
     _, plan = plan_file(write_spec(data={"source": str(folder), "seq_len": 16}))
     assert plan.runs[0].vocab == 500 and plan.runs[0].epochs == pytest.approx(plan.runs[0].tokens / 4000)
     with pytest.raises(SpecError, match=r"data.vocab_size: 512 disagrees with .*meta.json \(vocab_size 500\)"):
-        load_spec(write_spec(data={"source": str(folder), "vocab_size": 512}))
+        plan_file(write_spec(data={"source": str(folder), "vocab_size": 512}))
 
 
 def test_shard_folder_is_tokens_not_text(tmp_path, write_spec):
@@ -55,7 +55,7 @@ def test_shard_folder_is_tokens_not_text(tmp_path, write_spec):
     (folder / "README.txt").write_text("not tokens")
     assert is_token_source(str(folder))
     with pytest.raises(SpecError, match="vocab_size: required for .bin token files"):
-        load_spec(write_spec(data={"source": str(folder)}))
+        plan_file(write_spec(data={"source": str(folder)}))
     data = TokenData(str(folder), 8, 0.05, vocab=300)
     assert len(data.train) == 300 and len(data.val) == 50
     idx = np.array([[0, 99, 100, 101], [199, 200, 250, 299]])  # across shard boundaries
@@ -90,14 +90,17 @@ def test_token_id_beyond_vocab_exits_2_before_writing(tmp_path, write_spec):
     assert not (tmp_path / "res").exists()
 
 
-def test_max_token_is_cached_by_fingerprint(tmp_path):
+def test_max_token_is_cached_by_fingerprint(tmp_path, monkeypatch):
     f = tmp_path / "t.bin"
     np.array([1, 9, 3], dtype=np.uint16).tofile(f)
     assert max_token(f, 2) == 9
+    with monkeypatch.context() as m:  # unchanged: a cache hit, the file is not mapped again
+        m.setattr("modexp.data.corpus.token_map", None)
+        assert max_token(f, 2) == 9
     st = os.stat(f)
-    np.array([1, 2, 3], dtype=np.uint16).tofile(f)  # same size; restore the mtime: a cache hit
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert max_token(f, 2) == 9
+    np.array([1, 2, 3], dtype=np.uint16).tofile(f)  # same size; restore the mtime: still seen
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # (the ctime moved: issue 27.4)
+    assert max_token(f, 2) == 3
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: read again
     assert max_token(f, 2) == 3
 
@@ -107,3 +110,50 @@ def test_odd_sized_token_file(tmp_path):
     with pytest.raises(SourceError, match="not a whole number of uint16 tokens"):
         resolve_source(str(tmp_path / "x.bin"), 300)
     assert len(Shards([np.zeros(0, np.uint16), np.ones(3, np.uint16)])) == 3
+
+
+def _real_folder(tmp_path):
+    """A token folder written by `modexp prepare` (its meta.json records sizes and sha256s)."""
+    from modexp.data.prepare import prepare
+
+    (tmp_path / "txt").mkdir()
+    for k in range(10):
+        (tmp_path / "txt" / f"t{k}.txt").write_text("".join(f"line {i} of text {k}\n" for i in range(300)))
+    prepare([str(tmp_path / "txt")], tmp_path / "tok", "bytes", val_fraction=0.2)
+    return tmp_path / "tok"
+
+
+def test_token_folder_is_checked_against_its_meta(tmp_path, monkeypatch):
+    """Sizes and token counts at resolve time; sha256s by data_fingerprint, which a cached,
+    unchanged folder answers without reading a data file, while an edit that restores size and
+    mtime is read again and refused."""
+    from modexp.runs.fingerprint import data_fingerprint
+
+    tok = _real_folder(tmp_path)
+    first = data_fingerprint(resolve_source(str(tok)))
+    with monkeypatch.context() as m:
+        m.setattr("modexp.data.verify.open", None, raising=False)  # a cache hit hashes no file
+        assert data_fingerprint(resolve_source(str(tok))) == first
+    ids = np.fromfile(tok / "val.bin", dtype=np.uint16)
+    st = os.stat(tok / "val.bin")
+    ids[:5] = ids[5:10]
+    ids.tofile(tok / "val.bin")
+    os.utime(tok / "val.bin", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(SourceError, match=r"val.bin: sha256 \w+\.\.\. differs from the \w+\.\.\. meta.json records"):
+        data_fingerprint(resolve_source(str(tok)))
+    (tok / "val.bin").write_bytes(ids.tobytes()[:-2])
+    with pytest.raises(SourceError, match="val.bin: meta.json records"):
+        resolve_source(str(tok))
+
+
+def test_llmc_header_count_must_match_the_file(tmp_path):
+    header = np.zeros(256, np.int32)
+    header[:3] = [20240520, 1, 30]
+    for n, ok in ((30, True), (29, False), (31, False)):
+        with open(tmp_path / "s.bin", "wb") as f:
+            f.write(header.tobytes() + np.arange(n, dtype=np.uint16).tobytes())
+        if ok:
+            assert resolve_source(str(tmp_path / "s.bin"), 50).n_tokens == 30
+        else:
+            with pytest.raises(SourceError, match=f"llm.c header says 30 tokens, the file holds {n}"):
+                resolve_source(str(tmp_path / "s.bin"), 50)

@@ -55,4 +55,16 @@ def run_codec(run: dict) -> Codec:
     except ImportError:
         raise SpecError(str(tok), ["decoding this run's tokens needs the `data` extra "
                                    "(pip install 'modexp[data]')"]) from None
-    return Codec("tokenizer", Tokenizer.from_file(tok))
+    return Codec("tokenizer", read_tokenizer(tok, "restore the one the run's data was made with"))
+
+
+def read_tokenizer(path, hint: str = ""):
+    """A tokenizer.json read by the tokenizers library (installed: the caller checks); SpecError
+    naming the file, one line, if the library cannot read it (it raises a bare Exception)."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise SpecError(str(path), [f"not a tokenizer.json the tokenizers library can read "
+                                    f"({e})" + (f"; {hint}" if hint else "")]) from None

@@ -3,12 +3,16 @@
 - builtin:pystdlib: the running Python's standard library source (*.py), sorted by path,
   test folders and site-packages excluded; byte-level tokens, so tokens = bytes.
 - a prepared token folder (`modexp prepare`: meta.json, train.bin, val.bin, tokenizer.json):
-  vocabulary and dtype from meta.json, validation from val.bin.
+  vocabulary and dtype from meta.json, validation from val.bin. The files must agree with the
+  sizes and token counts meta.json records (checked here, by their sizes: a partly copied
+  train.bin is refused); their sha256 is checked before a run starts (modexp/data/verify.py).
 - a .bin file, or a folder of .bin shards (nanoGPT's train.bin/val.bin, or llm.c/modded-nanogpt
   shards with their 256-int32 header): tokens of uint16, or uint32 when vocab_size > 65536
-  (a header's version says which); shards named *val* are the validation split.
+  (a header's version says which, and its token count must match the file's size); shards
+  named *val* are the validation split.
 - any other file or folder: text, byte-level tokens (sorted, recursive).
-Relative paths are resolved against the current folder, like results/.
+A spec's relative paths are resolved against the spec's folder when the spec is read
+(modexp/spec/config.py, DataConfig.source); here a path is taken as given.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from modexp.cache import read_cache, write_cache
 
 BUILTIN = "builtin:pystdlib"
 META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 _LLMC_MAGIC, _LLMC_HEADER = 20240520, 256  # llm.c shard header: 256 int32, tokens follow
+_LLMC_WIDTH = {1: 2, 2: 4}  # header version -> bytes per token
 
 
 class SourceError(Exception):
@@ -62,11 +68,13 @@ class Source:
         if self.val_files:
             return sum(len(token_map(f, self.token_bytes)) for f in self.train_files)
         n = self.n_tokens
-        return n - int(n * val_fraction)
+        return n - val_tokens(n, val_fraction)
 
-    def read_bytes(self) -> bytes:
-        """The whole source, files concatenated in order."""
-        return b"".join(f.read_bytes() for f in self.files)
+
+def val_tokens(n_tokens: int, val_fraction: float) -> int:
+    """Held-out tokens at the end of a source without validation files (data/tokens.py splits
+    there)."""
+    return int(n_tokens * val_fraction)
 
 
 def stdlib_files() -> list[Path]:
@@ -85,18 +93,33 @@ def token_width(vocab: int | None) -> int:
 
 
 def token_map(path: Path, token_bytes: int) -> np.ndarray:
-    """A read-only memory map of a token file's ids (after an llm.c header, whose version sets
-    the width: 1 -> uint16, 2 -> uint32)."""
+    """A read-only memory map of a token file's ids. After an llm.c header (magic 20240520)
+    its version sets the width (1 -> uint16, 2 -> uint32) and its third int32 the token count,
+    which must match the file's size: a shard cut short (or grown) is a SourceError."""
+    size = path.stat().st_size
     head = np.fromfile(path, dtype=np.int32, count=3)
     offset = 0
     if len(head) == 3 and head[0] == _LLMC_MAGIC:
-        token_bytes, offset = {1: 2, 2: 4}.get(int(head[1]), token_bytes), _LLMC_HEADER * 4
+        if int(head[1]) not in _LLMC_WIDTH:
+            raise SourceError(f"{path}: llm.c header version {int(head[1])} is unknown "
+                              "(allowed: 1 for uint16 tokens, 2 for uint32)")
+        token_bytes, offset = _LLMC_WIDTH[int(head[1])], _LLMC_HEADER * 4
+        held = (size - offset) / token_bytes
+        if size < offset or held != int(head[2]):
+            raise SourceError(f"{path}: its llm.c header says {int(head[2]):,} tokens, the file "
+                              f"holds {_count(max(held, 0))} ({size:,} bytes): a shard cut short "
+                              "or altered; copy it again")
     dtype = np.uint16 if token_bytes == 2 else np.uint32
-    if (path.stat().st_size - offset) % token_bytes:
+    if (size - offset) % token_bytes:
         raise SourceError(f"{path}: size is not a whole number of {dtype.__name__} tokens")
-    if path.stat().st_size == offset:
+    if size == offset:
         return np.zeros(0, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset)
+
+
+def _count(tokens: float) -> str:
+    """A token count as held by a file: whole, or with the fraction a cut-off file leaves."""
+    return f"{tokens:,.0f}" if tokens == int(tokens) else f"{tokens:,.1f}"
 
 
 def read_meta(folder: Path) -> dict:
@@ -110,10 +133,9 @@ def read_meta(folder: Path) -> dict:
     return meta
 
 
-def prepared_vocab(source: str) -> int | None:
-    """The vocabulary of a prepared token folder (meta.json), or None for other sources."""
-    folder = Path(source)
-    return read_meta(folder)["vocab_size"] if (folder / META_FILE).is_file() else None
+def is_prepared(source: str) -> bool:
+    """Whether a source is a token folder with a meta.json (vocabulary from there)."""
+    return (Path(source) / META_FILE).is_file()
 
 
 def is_token_source(source: str) -> bool:
@@ -126,7 +148,7 @@ def is_token_source(source: str) -> bool:
 
 def resolve_source(source: str, vocab: int | None = None) -> Source:
     """Resolve a spec's data.source to files (vocab: the spec's, sets a bare .bin's width);
-    raise SourceError if missing or empty."""
+    raise SourceError if missing, empty or disagreeing with its own records."""
     path = Path(source)
     if source == BUILTIN:
         src = Source(source, tuple(stdlib_files()), 1, tokenizer="bytes")
@@ -139,7 +161,7 @@ def resolve_source(source: str, vocab: int | None = None) -> Source:
     elif is_token_source(source):
         shards = sorted(path.glob("*.bin")) if path.is_dir() else [path]
         val = tuple(f for f in shards if "val" in f.name) if path.is_dir() else ()
-        tok = path / "tokenizer.json"
+        tok = path / TOKENIZER_FILE
         src = Source(source, tuple(f for f in shards if f not in val) + val, token_width(vocab),
                      val, tokenizer=str(tok) if tok.is_file() else None)
     else:
@@ -158,26 +180,52 @@ def _prepared(source: str, folder: Path) -> Source:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise SourceError(f"{source}: prepared folder without {', '.join(missing)}")
-    tok = folder / "tokenizer.json"
-    return Source(source, files, 2 if meta["dtype"] == "uint16" else 4, files[1:],
-                  meta["vocab_size"], str(tok) if tok.is_file() else meta.get("tokenizer"), meta)
+    width = 2 if meta["dtype"] == "uint16" else 4
+    _check_sizes(folder, meta, files, width)
+    tok = folder / TOKENIZER_FILE
+    byte_level = meta.get("tokenizer") == "bytes"
+    return Source(source, files, width, files[1:], meta["vocab_size"],
+                  str(tok) if tok.is_file() else ("bytes" if byte_level else None), meta)
 
 
-TOKEN_MAX_FILE = "token-max.json"  # modexp.cache: file fingerprint -> largest token id
+def _check_sizes(folder: Path, meta: dict, files: tuple[Path, ...], width: int) -> None:
+    """Each .bin's size against the token counts meta.json records for it (files.<name>.tokens,
+    and train_tokens / val_tokens): a file cut short by a copy, or grown, is refused."""
+    records = meta.get("files") if isinstance(meta.get("files"), dict) else {}
+    for f in files:
+        claims = {n for n in ((records.get(f.name) or {}).get("tokens"),
+                              meta.get(f"{f.stem}_tokens")) if isinstance(n, int)}
+        held = f.stat().st_size / width
+        for n in sorted(claims):
+            if held != n:
+                raise SourceError(f"{f}: meta.json records {n:,} tokens ({n * width:,} bytes), "
+                                  f"the file holds {_count(held)} ({f.stat().st_size:,} bytes): "
+                                  f"a partial copy or an edit; copy {folder} again or prepare it anew")
+
+
+def stat_key(path: Path) -> list:
+    """What identifies a file's content for modexp's caches without reading it: its resolved
+    path, size, mtime, ctime, inode and device. An edit that restores the size and mtime
+    (os.utime) still moves the ctime, which no user call can set back, and a replacement has
+    a new inode, so a cached value is never served for changed content."""
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+TOKEN_MAX_FILE = "token-max.json"  # modexp.cache: file stat key -> largest token id
 
 
 def max_token(path: Path, token_bytes: int, chunk: int = 1 << 24) -> int:
     """The largest id in a token file: a chunked max over its memory map, cached on disk by
-    (path, size, mtime) so a sweep's later runs and reruns do not read the file again."""
-    st = path.stat()
-    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    the file's stat_key so a sweep's later runs and reruns do not read the file again."""
+    key = json.dumps(stat_key(path))
     cache = read_cache(TOKEN_MAX_FILE)
     if key in cache:
         return cache[key]
     ids = token_map(path, token_bytes)
     m = max((int(ids[i:i + chunk].max()) for i in range(0, len(ids), chunk)), default=-1)
     try:  # a cache, not a record: losing a race or a read-only home only costs a re-read
-        write_cache(TOKEN_MAX_FILE, {**cache, key: m})
+        write_cache(TOKEN_MAX_FILE, dict(list({**cache, key: m}.items())[-256:]))
     except OSError:
         pass
     return m

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modexp.data.corpus import Source, check_token_ids, resolve_source, token_map
-from modexp.plan import val_tokens
+from modexp.data.corpus import Source, check_token_ids, resolve_source, token_map, val_tokens
 
 
 class Shards:

@@ -3,7 +3,14 @@
 A fingerprint covers what a run computes: its resolved model and variant, the train settings
 that shape the optimisation (lr, schedule, batch_size, betas, weight decay, clipping) and the
 evaluation (eval_points, eval_batches), the data settings and the data's content hash (plus
-the Python version for builtin:pystdlib), the FLOP convention, the seed and the plan entry.
+the Python version for builtin:pystdlib, and the sha256 of the tokenizer.json the tokens were
+made with), the FLOP convention, the seed and the plan entry.
+
+The data is identified by its content, not by where it lives: a file source's path is left
+out (`source_identity`), so a trailing slash, the absolute spelling of the same folder, or a
+copy of the corpus elsewhere is the same data, while any change of its bytes (or of its
+tokenizer) is a change of data. A builtin source keeps its name (its content is the running
+Python's, recorded beside it).
 It leaves out how the run is executed or shown, which may change on resume without changing
 the numbers it is meant to produce: log_every, checkpoint_every, micro_batch_size (gradient
 accumulation over the same global batch), compile, the device and the process count.
@@ -16,9 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from pathlib import Path
 
-from modexp.cache import read_cache, write_cache
+from modexp.data.verify import verified_hashes
 from modexp.spec import ROUTER_ONLY
 
 EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile")
@@ -40,8 +46,16 @@ def fingerprint_fields(spec: dict, plan: dict, data: dict) -> dict:
     if variant.get("router") == "random":  # no router: its settings change nothing it computes
         variant = {k: v for k, v in variant.items() if k not in ROUTER_ONLY}
     return {"model": model, "variant": variant, "train": train,
-            "data": {**spec["data"], "sha256": data.get("sha256"), "python": data.get("python")},
+            "data": {**spec["data"], "source": source_identity(spec["data"].get("source")),
+                     "sha256": data.get("sha256"), "python": data.get("python"),
+                     "tokenizer_sha256": data.get("tokenizer_sha256")},
             "flops": spec["flops"], "seed": plan["seed"], "plan": entry}
+
+
+def source_identity(source: str | None) -> str | None:
+    """data.source as the fingerprint compares it: a builtin's name, else nothing (a file
+    source is identified by its content hash, wherever and however its path is written)."""
+    return source if isinstance(source, str) and source.startswith("builtin:") else None
 
 
 def digest(fields: dict, skip: tuple[str, ...] = ()) -> str:
@@ -96,42 +110,18 @@ def same_settings(a: dict, b: dict) -> bool:
 # ---------------------------------------------------------------- the data's content hash
 
 
-HASH_FILE = "data-sha256.json"  # modexp.cache: files (path, size, mtime) -> content sha256
-
-
 def data_fingerprint(source) -> dict:
-    """Size and content sha256 of a resolved data Source, cached by each file's path, size and
-    mtime (rehashing the stdlib or a big .bin on every run start would cost seconds).
+    """What run.json records about a resolved data Source: its size, its content sha256 and its
+    tokenizer's, checked against a prepared folder's meta.json first (SourceError on a
+    difference; modexp/data/verify.py, which caches the hashes by each file's stat key, so a
+    cached source costs a few stat calls).
 
     builtin:pystdlib also records the Python version: another interpreter has another stdlib.
     """
-    stats = [(str(f.resolve()), *_stat(f)) for f in source.files]
-    key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
-    known = read_cache(HASH_FILE)
-    sha = known.get(key)
-    if sha is None:
-        h = hashlib.sha256()
-        for f in source.files:
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-        sha = h.hexdigest()
-        _write_cache({**known, key: sha})
-    out = {"source": source.name, "files": len(source.files), "tokens": source.n_tokens, "sha256": sha,
-           "tokenizer": getattr(source, "tokenizer", None)}  # sample decodes with it
+    hashes = verified_hashes(source)
+    out = {"source": source.name, "files": len(source.files), "tokens": source.n_tokens,
+           "sha256": hashes["sha256"], "tokenizer": getattr(source, "tokenizer", None),  # sample decodes with it
+           "tokenizer_sha256": hashes["tokenizer_sha256"]}
     if source.name.startswith("builtin:"):
         out["python"] = ".".join(map(str, sys.version_info[:2]))
     return out
-
-
-def _stat(f: Path) -> tuple[int, int]:
-    st = f.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def _write_cache(obj: dict) -> None:
-    """Best effort: a read-only home only costs a rehash next time."""
-    try:
-        write_cache(HASH_FILE, dict(list(obj.items())[-64:]))  # the 64 newest sources
-    except OSError:
-        pass

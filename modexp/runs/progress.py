@@ -88,6 +88,10 @@ class SweepProgress:
         self.bars.stop()
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f}" if n >= 1e6 else f"{n / 1e6:.3f}"
+
+
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -105,27 +109,53 @@ def sweep_json(report) -> dict:
 
 
 class PrepareProgress:
-    """`modexp prepare`'s progress: one rich bar per pass, in MB of input read."""
+    """`modexp prepare`'s progress (modexp/data/prepare.py calls phase, advance, done): one rich
+    bar per pass on a terminal, in MB of input encoded (or read, while training BPE), so the
+    ETA is the encoder's pace; else (a batch log) one plain line per pass and every `every`
+    seconds. A pass with no total (learning BPE merges) shows no estimate."""
 
-    def __init__(self, console: Console):
-        self.console = console
+    def __init__(self, console: Console, every: float = 10.0):
+        self.console, self.every = console, every
+        self.live = console.is_terminal
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(),
-                             TextColumn("{task.completed:,.0f}/{task.total:,.0f} MB"),
-                             TimeRemainingColumn(), console=console, transient=True,
-                             disable=not console.is_terminal)
+                             TextColumn("{task.fields[mb]}"), TimeRemainingColumn(),
+                             console=console, transient=True, disable=not self.live)
         self.task = None
 
-    def phase(self, name: str, total: int) -> None:
-        """Start a pass over `total` bytes of input."""
+    def phase(self, name: str, total: int | None) -> None:
+        """Start a pass over `total` bytes of input (None: unknown)."""
         if self.task is None:
             self.bars.start()
         else:
             self.bars.remove_task(self.task)
-        self.task = self.bars.add_task(name, total=max(total / 1e6, 1e-6))
+        self.name, self.total, self.done_bytes = name, total, 0
+        self.t0 = self.last = time.time()
+        self.task = self.bars.add_task(name, total=None if total is None else max(total / 1e6, 1e-6),
+                                       mb=self._mb())
+        self._line()
 
     def advance(self, n: int) -> None:
-        """n more bytes of input read."""
-        self.bars.advance(self.task, n / 1e6)
+        """n more bytes of input through this pass."""
+        self.done_bytes += n
+        self.bars.update(self.task, advance=n / 1e6, mb=self._mb())
+        if not self.live and time.time() - self.last >= self.every:
+            self._line()
+
+    def _mb(self) -> str:
+        if self.total is None:
+            return "(no estimate)"
+        return f"{_mb(self.done_bytes)}/{_mb(self.total)} MB"
+
+    def _line(self) -> None:
+        if self.live:
+            return
+        now = self.last = time.time()
+        rate = self.done_bytes / 1e6 / max(now - self.t0, 1e-9)
+        text = f"prepare: {self.name} {self._mb()}"
+        if self.total and self.done_bytes:
+            eta = (self.total - self.done_bytes) / 1e6 / max(rate, 1e-9)
+            text += f" ({100 * self.done_bytes / self.total:.0f}%), {rate:,.2f} MB/s, ETA {_hms(eta)}"
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def done(self) -> None:
         """Close the bars."""

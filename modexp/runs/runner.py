@@ -173,11 +173,11 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
         raise SpecError("--results", [f"{exp_dir} is a file, where the experiment's folder goes"])
     from modexp.data.tokens import TokenData
 
-    try:
+    try:  # the data, checked against its own records (sizes, token ids, sha256s) first
         data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction, spec.data.vocab)
+        data_print = fingerprint.data_fingerprint(data.source)
     except (SourceError, ValueError) as e:
         raise SpecError(str(spec_path), [f"data.source: {e}"]) from None
-    data_print = fingerprint.data_fingerprint(data.source)
     prints = rundirs.new_fingerprints(spec_to_dict(spec), [r.to_dict() for r in plan.runs], data_print)
     aside = rundirs.mismatches(exp_dir, prints, spec_to_dict(spec), data_print)
     if aside and not move_aside:

@@ -6,11 +6,15 @@ rejected (`extra="forbid"`). No torch import: `modexp plan` must stay fast.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import os
 from typing import Annotated, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo,
+                      field_validator, model_validator)
+
+
+SPEC_DIR = "spec_dir"
+"""Validation context key: the folder of the spec file, against which data.source resolves."""
 
 
 class SpecError(Exception):
@@ -26,55 +30,38 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Where tokens come from and how they are windowed."""
+    """Where tokens come from and how they are windowed. Declarations only: what the source
+    holds (its vocabulary, its token counts) is read by the data stage (modexp/data/facts.py)
+    when the spec is planned, never while it is parsed."""
 
     source: str = "builtin:pystdlib"
     """`builtin:pystdlib` (the Python stdlib's own source, byte tokens), a text file or folder of
     text files (byte tokens), a token folder from `modexp prepare` (vocabulary from its
     meta.json), or a `.bin` file or folder of `.bin` shards (uint16 tokens, uint32 when
-    vocab_size > 65536; needs vocab_size). See modexp/data/corpus.py."""
+    vocab_size > 65536; needs vocab_size). See modexp/data/corpus.py. A relative path is read
+    from the spec file's folder, not the current one (`~` is the home folder), and is stored
+    absolute in run.json; `modexp plan` prints the path it resolved to."""
     seq_len: int = Field(128, ge=2)
     """Tokens per training sequence (T)."""
     vocab_size: int | None = Field(None, ge=2, le=1 << 32)
     """Vocabulary size; required for `.bin` sources, read from meta.json for a prepared folder
-    (given, it must agree), fixed at 256 for byte-level sources."""
+    (given, it must agree), fixed at 256 for byte-level sources. Given, `modexp plan` can plan
+    without the data (a corpus not yet copied); `modexp run` needs the data."""
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     """Share of the corpus held out (the tail, deterministic) for evaluation."""
 
-    @model_validator(mode="before")
+    @field_validator("source")
     @classmethod
-    def _vocab_from_prepared_folder(cls, raw):
-        if not isinstance(raw, dict) or not isinstance(raw.get("source"), str):
-            return raw
-        from modexp.data.corpus import SourceError, prepared_vocab
-
-        try:
-            meta_vocab = prepared_vocab(raw["source"])
-        except SourceError as e:
-            raise ValueError(f"source: {e}") from None
-        if meta_vocab is None:
-            return raw
-        if raw.get("vocab_size") not in (None, meta_vocab):
-            raise ValueError(f"vocab_size: {raw['vocab_size']} disagrees with {raw['source']}/meta.json "
-                             f"(vocab_size {meta_vocab}); leave it out or make them agree")
-        return {**raw, "vocab_size": meta_vocab}
-
-    @model_validator(mode="after")
-    def _vocab_matches_source(self):
-        from modexp.data.corpus import BUILTIN, is_token_source
-
-        tokens = is_token_source(self.source)
-        if tokens and self.vocab_size is None:
-            raise ValueError("vocab_size: required for .bin token files (a prepared folder's "
-                             "meta.json gives it)")
-        text = self.source == BUILTIN or (Path(self.source).exists() and not tokens)
-        if text and self.vocab_size not in (None, 256):
-            raise ValueError("vocab_size: must be 256 (or absent) for byte-level sources")
-        return self
+    def _relative_to_the_spec(cls, v: str, info: ValidationInfo) -> str:
+        folder = (info.context or {}).get(SPEC_DIR)
+        if folder is None or v.startswith("builtin:"):
+            return v
+        return os.path.abspath(os.path.join(folder, os.path.expanduser(v)))
 
     @property
     def vocab(self) -> int:
-        """The vocabulary size the model is built with."""
+        """The vocabulary size the model is built with (a planned spec carries a prepared
+        folder's in vocab_size; modexp/data/facts.py)."""
         return self.vocab_size or 256
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from modexp.spec.config import (BudgetGrid, DataConfig, ExperimentSpec, FlopsConfig, ModelConfig,
-                                ModVariant, SpecError, TrainConfig, VanillaVariant)
+from modexp.spec.config import (SPEC_DIR, BudgetGrid, DataConfig, ExperimentSpec, FlopsConfig,
+                                ModelConfig, ModVariant, SpecError, TrainConfig, VanillaVariant)
 
 
 def _loc(loc: tuple) -> str:
@@ -50,12 +50,13 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return sorted(cls.model_fields)
 
 
-def parse_spec(raw: object, source: str = "<spec>") -> ExperimentSpec:
-    """Validate a loaded YAML mapping; raise SpecError listing every bad field."""
+def parse_spec(raw: object, source: str = "<spec>", spec_dir: str | Path | None = None) -> ExperimentSpec:
+    """Validate a loaded YAML mapping; raise SpecError listing every bad field. `spec_dir`: the
+    folder relative data paths resolve against (the spec file's; None: taken as given)."""
     if not isinstance(raw, dict):
         raise SpecError(source, ["(top level): the spec must be a YAML mapping of keys"])
     try:
-        return ExperimentSpec.model_validate(raw)
+        return ExperimentSpec.model_validate(raw, context={SPEC_DIR: spec_dir})
     except ValidationError as e:
         problems = []
         for err in e.errors():  # cross-field checks arrive as one top-level error; split them
@@ -78,7 +79,7 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise SpecError(str(path), [f"{where}YAML syntax error: {getattr(e, 'problem', e)}"]) from None
-    return parse_spec(raw, str(path))
+    return parse_spec(raw, str(path), path.parent)
 
 
 def spec_to_dict(spec: ExperimentSpec) -> dict:
