@@ -49,6 +49,8 @@ class RunPlan:
     epochs: float | None = None  # training tokens / training-split tokens
     lr: float | None = None  # peak lr of this run (the model's own, else train.lr)
     router: str | None = None  # MoD: learned | random (the stochastic-routing control)
+    family: str | None = None  # shape family the analysis fits it in (ModelConfig.family_name)
+    n_layers: int | None = None  # the model's depth (the analysis needs no spec to group runs)
 
     def to_dict(self) -> dict:
         """Plain data for JSON."""
@@ -87,7 +89,8 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
         warmup_steps=round(spec.train.warmup * steps),
         eval_steps=eval_steps(steps, spec.train.eval_points),
         capacities=list(arch.capacities) or [None] * model.n_layers, lr=spec.lr(model),
-        router=getattr(variant, "router", None))
+        router=getattr(variant, "router", None), family=model.family_name,
+        n_layers=model.n_layers)
 
 
 def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
@@ -97,12 +100,24 @@ def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
             if r.model in vanilla else r for r in runs]
 
 
+def routes_no_layer(spec: ExperimentSpec, model, vname: str) -> bool:
+    """True for a MoD variant whose routing pattern routes no layer of this model (e.g. one
+    layer with route_every 2): that run would be a vanilla model under a MoD name."""
+    v = spec.variants[vname]
+    return v.kind == "mod" and all(c is None for c in v.capacities(model.n_layers))
+
+
 def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int | None = None) -> Plan:
-    """Plan every run; raise SpecError for a budget below one step. `train_tokens` sets epochs."""
-    runs, problems = [], []
+    """Plan every run; raise SpecError for a budget below one step, or for a variant left with
+    no run. A MoD variant is not planned on a model it routes no layer of (one warning line
+    per variant and model). `train_tokens` sets epochs."""
+    runs, problems, skipped = [], [], {}
     for i, (budget, models) in enumerate(spec.grids()):
         for model in models:
             for vname in spec.variants_at(i):
+                if routes_no_layer(spec, model, vname):
+                    skipped.setdefault((vname, model.name), model)
+                    continue
                 for seed in spec.seeds:
                     r = _entry(spec, budget, model, vname, seed)
                     if r.steps < 1 or budget < r.flops_per_step:
@@ -112,9 +127,17 @@ def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int |
                             f"allowed: >= {r.flops_per_step:.3g}")
                         break
                     runs.append(r)
+    planned = {r.variant for r in runs}
+    problems += [f"variants.{v}: routes no layer of any model it is planned on "
+                 f"({', '.join(m for w, m in skipped if w == v)}); nothing to plan for it "
+                 "(give it deeper models, or layers / route_every that route one)"
+                 for v in dict.fromkeys(v for v, _ in skipped) if v not in planned]
     if problems:
         raise SpecError(source, sorted(set(problems), key=problems.index))
-    plan = Plan(_with_ratios(runs))
+    warnings = [f"variant {v} is not planned on model {m.name}: its routing pattern routes none "
+                f"of its {m.n_layers} layer(s) (it would be a vanilla model)"
+                for (v, _), m in skipped.items() if v in planned]
+    plan = Plan(_with_ratios(runs), warnings)
     if train_tokens:
         plan = _with_epochs(plan, train_tokens)
     return plan
