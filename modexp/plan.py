@@ -10,7 +10,6 @@ are fractions of these steps, hence fractions of the FLOP budget.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 from modexp import flops as F
 from modexp.data.corpus import SourceError, resolve_source
@@ -168,13 +167,8 @@ def val_tokens(n_tokens: int, val_fraction: float) -> int:
     return int(n_tokens * val_fraction)
 
 
-def plan_file(path, results=None) -> tuple[ExperimentSpec, Plan]:
-    """Load, validate and plan a spec file (what `modexp plan` calls); with a results root,
-    warn where a budget's grid does not bracket its estimated optimum (modexp/grid.py)."""
+def plan_file(path) -> tuple[ExperimentSpec, Plan]:
+    """Load, validate and plan a spec file (`modexp plan` adds the bracket warnings of
+    modexp/grid.py, which sits above the planner and plans candidate sizes with it)."""
     spec = load_spec(path)
-    plan = plan_spec(spec, str(path))
-    if results is not None:
-        from modexp.grid import bracket_warnings  # grid -> plan: imported here, no cycle
-
-        plan.warnings += bracket_warnings(spec, Path(results) / spec.name)
-    return spec, plan
+    return spec, plan_spec(spec, str(path))
