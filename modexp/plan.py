@@ -109,7 +109,7 @@ def routes_no_layer(spec: ExperimentSpec, model, vname: str) -> bool:
 def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int | None = None) -> Plan:
     """Plan every run; raise SpecError for a budget below one step, or for a variant left with
     no run. A MoD variant is not planned on a model it routes no layer of (one warning line
-    per variant and model). `train_tokens` sets epochs."""
+    per variant, naming the models). `train_tokens` sets epochs."""
     runs, problems, skipped = [], [], {}
     for i, (budget, models) in enumerate(spec.grids()):
         for model in models:
@@ -133,9 +133,12 @@ def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int |
                  for v in dict.fromkeys(v for v, _ in skipped) if v not in planned]
     if problems:
         raise SpecError(source, sorted(set(problems), key=problems.index))
-    warnings = [f"variant {v} is not planned on model {m.name}: its routing pattern routes none "
-                f"of its {m.n_layers} layer(s) (it would be a vanilla model)"
-                for (v, _), m in skipped.items() if v in planned]
+    warnings = []
+    for v in dict.fromkeys(v for v, _ in skipped):
+        models = [m for (w, _), m in skipped.items() if w == v]
+        if v in planned:
+            warnings.append(f"variant {v} is not planned on model(s) {', '.join(m.name for m in models)}: "
+                            "its routing pattern routes none of their layers (each would be a vanilla model)")
     plan = Plan(_with_ratios(runs), warnings)
     if train_tokens:
         plan = _with_epochs(plan, train_tokens)

@@ -165,3 +165,39 @@ def test_roles_are_decided_in_one_place():
     assert role("vanilla", None) == BASELINE
     assert role("mod", "learned") == TREATMENT and role("mod", None) == TREATMENT
     assert role("mod", "random") == CONTROL
+
+
+def test_no_reading_rests_on_an_optimum_whose_refits_leave_the_grid():
+    """Under 90% interior refits on either side: the reading is "no verdict", with the share."""
+    from modexp.analysis.bootstrap import Draws
+    from modexp.analysis.verdict import _delta
+
+    rng = np.random.default_rng(0)
+    loss = rng.normal(2.3, 0.01, 1000)
+    out = np.arange(1000) < 150  # 15% of refits without an interior minimum
+    edgy = Draws(np.where(out, np.nan, 1.0), np.where(out, np.nan, loss - 0.2), "seeds")
+    a = {"variant": "mod", "opt_loss": 2.1, "draws": edgy, "boot_interior": edgy.interior}
+    b = {"variant": "vanilla", "opt_loss": 2.3, "draws": Draws(np.ones(1000), loss, "seeds"), "boot_interior": 1.0}
+    d = _delta(a, b)
+    assert d["delta_loss_ci"][1] < 0  # an interval that alone would read "lower"
+    assert d["reading"] == "no verdict" and "only 85% of mod's refits have an interior optimum" in d["reason"]
+    assert _delta(b | {"variant": "other"}, b)["reading"] == "level within the interval"
+
+
+def test_plot_draws_families_and_equal_size_differences(tmp_path):
+    from modexp.analysis.plot import plot_results
+
+    from test_plot import is_png
+
+    depth_sweep(tmp_path, {("vanilla", 1): (2.5e4, 2.40), ("vanilla", 2): (2.5e4, 2.45),
+                           ("mod", 1): (2.5e4, 2.47), ("mod", 2): (3.5e4, 2.38)})
+    rep = plot_results(tmp_path)
+    names = {p.name for p in rep.figures}
+    assert {"isoflop.png", "equal_size.png", "loss_vs_flops.png"} <= names
+    assert all(is_png(p) for p in rep.figures)
+    md = rep.markdown.read_text()
+    assert "### 1e9 training FLOPs" in md and "| vanilla | eval | L1 | 5 |" in md and "| mod | causal | L2 | 5 |" in md
+    assert "optimum over families: L1" in md and "beside it, on top-k:" in md
+    t = rep.table
+    assert list(t.columns[:3]) == ["budget", "model", "family"]
+    assert t[t.model == "isoFLOP optimum"].family.iloc[0] == "vanilla L1; mod L2"

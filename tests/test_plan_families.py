@@ -35,8 +35,8 @@ def test_mod_is_not_planned_where_it_routes_no_layer():
     plan = build_plan(parse_spec(spec))
     assert {(r.variant, r.model) for r in plan.runs} == {("vanilla", "one"), ("vanilla", "two"), ("mod", "two")}
     skipped = [w for w in plan.warnings if "not planned" in w]
-    assert skipped == ["variant mod is not planned on model one: its routing pattern routes none of "
-                       "its 1 layer(s) (it would be a vanilla model)"]  # once, for 2 budgets x 2 seeds
+    assert skipped == ["variant mod is not planned on model(s) one: its routing pattern routes none "
+                       "of their layers (each would be a vanilla model)"]  # once, for 2 budgets x 2 seeds
 
 
 def test_a_variant_left_with_nothing_is_refused(write_spec):

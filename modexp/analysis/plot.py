@@ -93,8 +93,9 @@ def _check_formats(formats: Sequence[str]) -> list[str]:
 
 def _markdown(res: A.Results, table: pd.DataFrame, warnings: list[str]) -> str:
     text = (f"# {res.experiment}: final eval loss\n\nMean over seeds (n = seeds); 'isoFLOP optimum' "
-            "rows: parabola fit in log10(params) (n = sizes fitted). 'X vs Y %' < 0: X has the lower "
-            "loss. 'X/Y fwd FLOPs': forward FLOPs per token of X over Y, same size.\n\n")
+            "rows: the lowest parabola minimum over shape families (family: the one chosen; n = its "
+            "sizes). 'X vs Y %' < 0: X has the lower top-k loss (the verdict below scores MoD's "
+            "causal loss). 'X/Y fwd FLOPs': forward FLOPs per token of X over Y, same size.\n\n")
     text += T.to_markdown(table)
     if warnings:
         text += "\n## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings)
