@@ -102,7 +102,7 @@ def envelope(members: list[dict], span: tuple[float, float] = (math.inf, -math.i
             "left_out": left_out, "n_sizes": best.get("n_sizes", 0)}
     if blockers:
         return out | {"reason": "; ".join(blockers)}
-    draws = _min_draws([m.get("draws") for m in contenders])
+    draws = min_draws([m.get("draws") for m in contenders])
     methods = {m.get("boot_method") for m in contenders}
     out |= {"status": OK, "reason": None, "opt_params": best["opt_params"],
             "opt_loss": best["opt_loss"], "draws": draws,
@@ -114,7 +114,7 @@ def envelope(members: list[dict], span: tuple[float, float] = (math.inf, -math.i
     return out
 
 
-def _min_draws(draws: list[Draws | None]) -> Draws | None:
+def min_draws(draws: list[Draws | None]) -> Draws | None:
     """Per draw, the lowest member's (loss, params); NaN where any member's draw is NaN."""
     if not draws or any(d is None for d in draws):
         return None

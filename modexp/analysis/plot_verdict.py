@@ -103,7 +103,7 @@ def _draw_gains(ax, verdict: dict, style: Style) -> None:
 def fig_equal_size(res: A.Results, verdict: dict, style: Style) -> Figure:
     """Per budget: each variant minus the baseline at the same model, with 95% intervals."""
     budgets = [b for b in verdict["budgets"] if any(r["delta_loss"] is not None for r in b["equal_size"])]
-    fig, axes = figure(1, max(len(budgets), 1), 5.4 * max(len(budgets), 1) + 2, 4.6)
+    fig, axes = figure(1, max(len(budgets), 1), max(5.4 * len(budgets), 7.5) + 2, 4.6)
     fams = family_styles(res.runs)
     for ax, b in zip(axes[0], budgets):
         rows = [r for r in b["equal_size"] if r["delta_loss"] is not None]
@@ -127,9 +127,10 @@ def fig_equal_size(res: A.Results, verdict: dict, style: Style) -> Figure:
     drawn = {r["family"] for b in budgets for r in b["equal_size"] if r["delta_loss"] is not None}
     handles += [Line2D([], [], color="0.3", marker=m, ls=ls, label=f"family {f}")
                 for f, (m, ls) in fams.items() if f in drawn]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8,
-               title="bars: 95% CI (>= 2 seeds)", title_fontsize=8)
-    header(fig, res, "at EQUAL size, not the verdict: each size took its own step count; the verdict compares optima")
+    axes[0][0].legend(handles=handles, loc="best", fontsize=8, title="bars: 95% CI (>= 2 seeds)",
+                      title_fontsize=8, framealpha=0.85)
+    header(fig, res, "variant - vanilla at EQUAL size\n(not the verdict: each size took its own step "
+                     "count at this budget; the verdict compares optima)")
     return fig
 
 

@@ -22,8 +22,7 @@ import pandas as pd
 
 from modexp.analysis.bootstrap import LEVEL, N_BOOT, basic_interval, bootstrap_paired, fit_rng
 from modexp.analysis.diagnostics import ALPHA
-from modexp.analysis.envelope import NO_VERDICT, envelope
-from modexp.analysis.envelope import _min_draws as min_draws
+from modexp.analysis.envelope import NO_VERDICT, envelope, min_draws
 from modexp.analysis.equal_size import equal_size
 from modexp.analysis.frontier import frontier
 from modexp.analysis.gain import gain_at
@@ -171,7 +170,7 @@ def _gains(sides: dict[float, dict]) -> dict[str, dict[float, dict]]:
     for c, s in sides.items():
         for name, side in [("mod", s["mod"])] + [(v, s["score"][v]) for v in s["treatments"] + s["controls"]]:
             if side is not None:
-                out.setdefault(name, {})[c] = gain_at(c, side, frontier_, _name(side), base)
+                out.setdefault(name, {})[c] = gain_at(c, side, frontier_, "MoD" if name == "mod" else name, base)
     return out
 
 
