@@ -92,8 +92,7 @@ def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
                                       "spec there refine the optimum estimate.")) -> None:
     """Budgets, FLOPs per step and FLOP-matched step counts of every run (no training)."""
     from modexp.analysis.tables import print_plan
-    from modexp.grid import suggest_grid_file
-    from modexp.plan import plan_file
+    from modexp.grid import plan_file, suggest_grid_file
 
     try:
         if suggest_grid:

@@ -1,47 +1,51 @@
-"""Grid suggestion: model sizes that bracket each budget's estimated compute-optimal size.
+"""Grid suggestion: per shape family, model sizes that bracket each budget's estimated
+compute-optimal size; and the warning when a family's grid does not.
 
-The estimate (no torch, no training):
-- from the results folder when its fits have interior optima at >= 2 budgets: the fitted
-  frontier N_opt(C) = A C^a of the vanilla variant (verdict.frontier, Hoffmann approach 2);
+A family is a depth (or a named shape rule: ModelConfig.family), as the analysis fits it.
+Each family the spec uses gets its own ladder: widths about 1.5x apart at the family's depth,
+with its other settings (mlp, tied embeddings, RoPE base); a family whose models mix depths
+follows no rule this module can extend, so its ladder is its own models. The estimate (no
+torch, no training):
+- from the results folder, the baseline's own optima in that family at >= 2 budgets
+  (N_opt = A C^a fitted to them), else the baseline's frontier over families
+  (verdict.frontier, Hoffmann approach 2), mapped to the family's sizes by total params;
 - else Chinchilla's rule of about 20 training tokens per parameter (Hoffmann et al. 2022),
   with parameters counted the way the FLOP convention counts them: N_f = training FLOPs per
   token / 6, so that C = 6 N_f D and D = 20 N_f give N_f = sqrt(C / 120). At tiny scale the
   embedding table is most of the parameters but costs no FLOPs, so total parameters would
   put the estimate far off.
-Sizes come from a ladder of shapes about 1.5-2x apart in N_f; the suggestion is the ladder
-size nearest the estimate and two on each side, printed as YAML to paste into a spec.
+Only sizes `plan` accepts at that budget are proposed: each candidate is planned on its own
+(modexp.plan.build_plan) with the budget's variants, so a size whose single step exceeds the
+budget, or any other size the planner or the spec's checks refuse, is never printed. The
+suggestion is the accepted ladder size nearest the estimate and two on each side, printed as
+YAML to paste into a spec.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from modexp import flops as F
 from modexp.naming import budget_tag
-from modexp.spec import ExperimentSpec, ModelConfig, VanillaVariant, load_spec
+from modexp.plan import Plan, build_plan, routes_no_layer
+from modexp.plan import plan_file as plan_spec_file
+from modexp.spec import ExperimentSpec, ModelConfig, SpecError, VanillaVariant, parse_spec, spec_to_dict
 
 TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022, table 3)
 SIDE = 2  # ladder sizes suggested on each side of the estimate
-
-
-def ladder() -> list[ModelConfig]:
-    """Shapes from 2 layers at width 16 up to 24 layers at width 2048: depth grows with width."""
-    out = []
-    for d in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048):
-        for layers in sorted({2, max(2, min(24, d // 32)), max(2, min(24, 3 * d // 64))}):
-            heads = max(2, d // 64)
-            out.append(ModelConfig(name=f"d{d}L{layers}", n_layers=layers, d_model=d, n_heads=heads))
-    return out
+WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+KEEP = ("mlp", "tie_embeddings", "rope_base", "family")  # a family's settings its ladder copies
 
 
 def flop_params(model: ModelConfig, spec: ExperimentSpec) -> float:
     """Parameters as the FLOP convention counts them: vanilla training FLOPs per token / 6."""
-    arch = F.arch_from_config(model, VanillaVariant(kind="vanilla"), spec.data.vocab)
     T = spec.data.seq_len
-    return F.train_flops(arch, T, spec.flops.convention) / T / 6
+    return F.train_flops(_arch(model, spec), T, spec.flops.convention) / T / 6
 
 
 def chinchilla_nopt(budget: float) -> float:
@@ -49,60 +53,155 @@ def chinchilla_nopt(budget: float) -> float:
     return math.sqrt(budget / (6 * TOKENS_PER_PARAM))
 
 
-def estimator(spec: ExperimentSpec, results: Path | None):
-    """(budget -> estimated optimal N_f, a description of the method)."""
-    front = _frontier(results) if results is not None else None
-    if front is None:
-        return chinchilla_nopt, f"Chinchilla, {TOKENS_PER_PARAM} tokens per FLOP-counted parameter"
-    A, a, n, name = front
-    # the frontier is in total params; map it to N_f through the ladder's params <-> N_f
-    sizes = sorted(((F.param_counts(_arch(m, spec))["total"], flop_params(m, spec)) for m in ladder()))
-
-    def est(budget: float) -> float:
-        target = A * budget ** a
-        return min(sizes, key=lambda s: abs(math.log(s[0] / target)))[1]
-    return est, f"frontier of {name} fitted from {n} budgets in {results}"
-
-
 def _arch(model: ModelConfig, spec: ExperimentSpec):
     return F.arch_from_config(model, VanillaVariant(kind="vanilla"), spec.data.vocab)
 
 
-def _frontier(results: Path):
-    """(A, a, n_budgets, variant) of the first vanilla frontier with status ok, else None."""
-    if not results.is_dir():
+def families(spec: ExperimentSpec) -> dict[str, list[ModelConfig]]:
+    """Family -> the spec's models in it, families by depth (as the analysis orders them)."""
+    out: dict[str, list[ModelConfig]] = {}
+    for m in sorted(spec.models, key=lambda m: m.n_layers):
+        out.setdefault(m.family_name, []).append(m)
+    return out
+
+
+def ladder(models: list[ModelConfig]) -> list[ModelConfig]:
+    """One family's candidate sizes: WIDTHS at its depth with its settings (heads of 64, at
+    least 2), or its own models when they mix depths."""
+    depths = {m.n_layers for m in models}
+    if len(depths) > 1:
+        return list(models)
+    base, (L,) = models[0], depths
+    keep = {k: getattr(base, k) for k in KEEP if k in base.model_fields_set}
+    prefix = re.sub(r"[^A-Za-z0-9_.]", "_", base.family_name)
+    out = []
+    for d in WIDTHS:
+        try:
+            out.append(ModelConfig(name=f"{prefix}d{d}", n_layers=L, d_model=d, n_heads=max(2, d // 64), **keep))
+        except ValueError:  # a shape the spec's checks refuse is no candidate
+            continue
+    return out
+
+
+# ---------------------------------------------------------------- the estimate
+
+
+def _power_law(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(A, a) of N = A C^a through (C, N) points, or None with fewer than 2 budgets."""
+    if len({c for c, _ in points}) < 2:
         return None
-    from modexp.analysis.verdict import verdict_json
-    from modexp.spec import SpecError
+    a, log_a = np.polyfit(np.log10([c for c, _ in points]), np.log10([n for _, n in points]), 1)
+    return float(10 ** log_a), float(a)
+
+
+def _results_laws(results: Path | None) -> tuple[dict, tuple | None]:
+    """From a results folder: (family -> (A, a, n, variant) of the baseline's optima in that
+    family, the baseline's frontier over families as (A, a, n, variant) or None)."""
+    if results is None or not results.is_dir():
+        return {}, None
+    from modexp.analysis.verdict import verdict_json  # grid -> analysis, only with results
 
     try:
         v = verdict_json(results)
     except SpecError:
-        return None
-    kinds = {name: f["kind"] for b in v["budgets"] for name, f in b["fits"].items()}
-    for name, f in v["frontier"].items():
-        if f["status"] == "ok" and kinds.get(name) == "vanilla":
-            return f["params"]["coef"], f["params"]["exponent"], f["n_budgets"], name
-    return None
+        return {}, None
+    per: dict[tuple[str, str], list] = {}
+    for b in v["budgets"]:
+        for name, f in b["fits"].items():
+            if f["role"] != "baseline":
+                continue
+            for fam, g in f["families"].items():
+                if g["status"] == "ok":
+                    per.setdefault((name, fam), []).append((b["budget"], g["opt_params"]))
+    laws = {}
+    for (name, fam), pts in per.items():
+        law = _power_law(pts)
+        if law is not None and fam not in laws:
+            laws[fam] = (*law, len(pts), name)
+    kinds = {name: f["role"] for b in v["budgets"] for name, f in b["fits"].items()}
+    front = next(((f["params"]["coef"], f["params"]["exponent"], f["n_budgets"], name)
+                  for name, f in v["frontier"].items() if f["status"] == "ok" and kinds.get(name) == "baseline"),
+                 None)
+    return laws, front
+
+
+def estimator(spec: ExperimentSpec, results: Path | None, fam: str, candidates: list[ModelConfig]):
+    """(budget -> estimated optimal N_f of this family, a description of the method)."""
+    laws, front = _results_laws(results)
+    law = laws.get(fam)
+    if law is None and front is None:
+        return chinchilla_nopt, f"Chinchilla, {TOKENS_PER_PARAM} tokens per FLOP-counted parameter"
+    A, a, n, name = law or front
+    method = (f"optima of {name}'s family {fam} at {n} budgets in {results}" if law else
+              f"frontier of {name} fitted from {n} budgets in {results}")
+    # the fits are in total params; map them to N_f through this family's own sizes
+    sizes = sorted((F.param_counts(_arch(m, spec))["total"], flop_params(m, spec)) for m in candidates)
+
+    def est(budget: float) -> float:
+        target = A * budget ** a
+        return min(sizes, key=lambda s: abs(math.log(s[0] / target)))[1]
+    return est, method
+
+
+# ---------------------------------------------------------------- what plan accepts
+
+
+def plannable(spec: ExperimentSpec, model: ModelConfig, budget: float, variants: list[str]) -> bool:
+    """Whether `plan` plans this size at this budget with these variants (the ones that route
+    a layer of it; the planner skips the others), by planning it alone."""
+    keep = [v for v in variants if not routes_no_layer(spec, model, v)]
+    if not keep:
+        return False
+    raw = spec_to_dict(spec)
+    raw |= {"models": [model.model_dump(mode="json")], "budgets": [budget],
+            "variants": {v: raw["variants"][v] for v in keep}}
+    try:
+        build_plan(parse_spec(raw))
+    except SpecError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- suggestion and warnings
 
 
 def suggest_grid(spec: ExperimentSpec, results: Path | None = None) -> tuple[str, str]:
     """(YAML with `models` and per-budget `budgets` to paste, the estimation method)."""
-    est, method = estimator(spec, results)
-    sizes = sorted(ladder(), key=lambda m: flop_params(m, spec))
-    nf = [flop_params(m, spec) for m in sizes]
-    budgets, used = [], {}
-    for budget, _ in spec.grids():
-        i = min(range(len(sizes)), key=lambda j: abs(math.log(nf[j] / est(budget))))
-        lo = max(0, min(i - SIDE, len(sizes) - 2 * SIDE - 1))  # 5 sizes, also at the ladder's ends
-        chosen = sizes[lo:lo + 2 * SIDE + 1]
-        used.update({m.name: m for m in chosen})
-        budgets.append({"flops": float(budget), "models": [m.name for m in chosen]})
-    models = [{"name": m.name, "n_layers": m.n_layers, "d_model": m.d_model, "n_heads": m.n_heads}
-              for m in sorted(used.values(), key=lambda m: flop_params(m, spec))]
+    chosen: dict[float, list[ModelConfig]] = {b: [] for b, _ in spec.grids()}
+    notes, methods, used = [], {}, {}
+    for fam, models in families(spec).items():
+        cands = sorted(ladder(models), key=lambda m: flop_params(m, spec))
+        est, methods[fam] = estimator(spec, results, fam, cands)
+        for i, (budget, _) in enumerate(spec.grids()):
+            ok = [m for m in cands if plannable(spec, m, budget, spec.variants_at(i))]
+            if not ok:
+                notes.append(f"# budget {budget_tag(budget)}, family {fam}: no ladder size can be "
+                             "planned at this budget (one step of the smallest exceeds it)")
+                continue
+            nf = [flop_params(m, spec) for m in ok]
+            j = min(range(len(ok)), key=lambda k: abs(math.log(nf[k] / est(budget))))
+            lo = max(0, min(j - SIDE, len(ok) - 2 * SIDE - 1))
+            pick = ok[lo:lo + 2 * SIDE + 1]
+            if not nf[lo] < est(budget) < nf[min(lo + 2 * SIDE, len(ok) - 1)]:
+                notes.append(f"# budget {budget_tag(budget)}, family {fam}: the sizes plan accepts "
+                             f"({_k(nf[0])}..{_k(nf[-1])} FLOP-counted params) do not bracket the "
+                             f"estimate {_k(est(budget))}")
+            chosen[budget] += pick
+            used.update({m.name: m for m in pick})
+    budgets = [{"flops": float(b), "models": list(dict.fromkeys(m.name for m in ms))}
+               for b, ms in chosen.items() if ms]
+    models = [_model_yaml(m) for m in sorted(used.values(), key=lambda m: (m.n_layers, flop_params(m, spec)))]
+    method = (next(iter(methods.values())) if len(set(methods.values())) == 1
+              else "; ".join(f"family {f}: {m}" for f, m in methods.items()))
     text = yaml.dump({"budgets": budgets, "models": models}, Dumper=_Dumper, sort_keys=False,
                      default_flow_style=None, width=100)
-    return f"# sizes bracketing the estimated optimum per budget ({method})\n{text}", method
+    head = f"# sizes bracketing the estimated optimum per budget and family ({method})\n"
+    return head + "".join(n + "\n" for n in notes) + text, method
+
+
+def _model_yaml(m: ModelConfig) -> dict:
+    out = {"name": m.name, "n_layers": m.n_layers, "d_model": m.d_model, "n_heads": m.n_heads}
+    return out | {k: getattr(m, k) for k in KEEP if k in m.model_fields_set}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -114,9 +213,19 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(float, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", budget_tag(v)))
 
 
+def plan_file(path, results: Path | None = None) -> tuple[ExperimentSpec, Plan]:
+    """Load, validate and plan a spec file (what `modexp plan` calls); with a results root,
+    warn per budget and family where the grid does not bracket the estimated optimum."""
+    spec, plan = plan_spec_file(path)
+    if results is not None:
+        plan.warnings += bracket_warnings(spec, Path(results) / spec.name)
+    return spec, plan
+
+
 def suggest_grid_file(path, results: Path | None = None) -> str:
-    """The --suggest-grid YAML for a spec file (results: its results folder, if any)."""
-    spec = load_spec(path)
+    """The --suggest-grid YAML for a spec file (results: its results folder, if any), planned
+    with its data source's vocabulary (a prepared folder's meta.json gives it)."""
+    spec, _ = plan_spec_file(path)
     return suggest_grid(spec, _results_dir(spec, results))[0]
 
 
@@ -125,16 +234,21 @@ def _results_dir(spec: ExperimentSpec, results: Path | None) -> Path | None:
 
 
 def bracket_warnings(spec: ExperimentSpec, results: Path | None = None) -> list[str]:
-    """One line per budget whose grid does not bracket its estimated optimum."""
-    est, method = estimator(spec, results)
+    """One line per budget and family whose grid does not bracket the family's estimate."""
     out = []
-    for i, (budget, models) in enumerate(spec.grids()):
-        nf = sorted(flop_params(m, spec) for m in models)
-        target = est(budget)
-        if not nf[0] < target < nf[-1]:
-            out.append(f"budgets[{i}]: the grid ({_k(nf[0])}..{_k(nf[-1])} FLOP-counted params) "
-                       f"does not bracket the estimated compute-optimal size {_k(target)} "
-                       f"({method}); `modexp plan SPEC --suggest-grid` proposes one")
+    fams = families(spec)
+    for fam, models in fams.items():
+        est, method = estimator(spec, results, fam, ladder(models))
+        for i, (budget, grid) in enumerate(spec.grids()):
+            nf = sorted(flop_params(m, spec) for m in grid if m.family_name == fam)
+            if not nf:
+                continue
+            target = est(budget)
+            if not nf[0] < target < nf[-1]:
+                which = f" of family {fam}" if len(fams) > 1 else ""
+                out.append(f"budgets[{i}]: the grid{which} ({_k(nf[0])}..{_k(nf[-1])} FLOP-counted "
+                           f"params) does not bracket the estimated compute-optimal size {_k(target)} "
+                           f"({method}); `modexp plan SPEC --suggest-grid` proposes one")
     return out
 
 

@@ -10,7 +10,6 @@ are fractions of these steps, hence fractions of the FLOP budget.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 from modexp import flops as F
 from modexp.data.facts import resolved_spec
@@ -49,6 +48,8 @@ class RunPlan:
     epochs: float | None = None  # training tokens / training-split tokens
     lr: float | None = None  # peak lr of this run (the model's own, else train.lr)
     router: str | None = None  # MoD: learned | random (the stochastic-routing control)
+    family: str | None = None  # shape family the analysis fits it in (ModelConfig.family_name)
+    n_layers: int | None = None  # the model's depth (the analysis needs no spec to group runs)
 
     def to_dict(self) -> dict:
         """Plain data for JSON."""
@@ -89,7 +90,8 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
         warmup_steps=round(spec.train.warmup * steps),
         eval_steps=eval_steps(steps, spec.train.eval_points),
         capacities=list(arch.capacities) or [None] * model.n_layers, lr=spec.lr(model),
-        router=getattr(variant, "router", None))
+        router=getattr(variant, "router", None), family=model.family_name,
+        n_layers=model.n_layers)
 
 
 def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
@@ -99,12 +101,24 @@ def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
             if r.model in vanilla else r for r in runs]
 
 
+def routes_no_layer(spec: ExperimentSpec, model, vname: str) -> bool:
+    """True for a MoD variant whose routing pattern routes no layer of this model (e.g. one
+    layer with route_every 2): that run would be a vanilla model under a MoD name."""
+    v = spec.variants[vname]
+    return v.kind == "mod" and all(c is None for c in v.capacities(model.n_layers))
+
+
 def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int | None = None) -> Plan:
-    """Plan every run; raise SpecError for a budget below one step. `train_tokens` sets epochs."""
-    runs, problems = [], []
+    """Plan every run; raise SpecError for a budget below one step, or for a variant left with
+    no run. A MoD variant is not planned on a model it routes no layer of (one warning line
+    per variant, naming the models). `train_tokens` sets epochs."""
+    runs, problems, skipped = [], [], {}
     for i, (budget, models) in enumerate(spec.grids()):
         for model in models:
             for vname in spec.variants_at(i):
+                if routes_no_layer(spec, model, vname):
+                    skipped.setdefault((vname, model.name), model)
+                    continue
                 for seed in spec.seeds:
                     r = _entry(spec, budget, model, vname, seed)
                     if r.steps < 1 or budget < r.flops_per_step:
@@ -114,9 +128,20 @@ def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int |
                             f"allowed: >= {r.flops_per_step:.3g}")
                         break
                     runs.append(r)
+    planned = {r.variant for r in runs}
+    problems += [f"variants.{v}: routes no layer of any model it is planned on "
+                 f"({', '.join(m for w, m in skipped if w == v)}); nothing to plan for it "
+                 "(give it deeper models, or layers / route_every that route one)"
+                 for v in dict.fromkeys(v for v, _ in skipped) if v not in planned]
     if problems:
         raise SpecError(source, sorted(set(problems), key=problems.index))
-    plan = Plan(_with_ratios(runs))
+    warnings = []
+    for v in dict.fromkeys(v for v, _ in skipped):
+        models = [m for (w, _), m in skipped.items() if w == v]
+        if v in planned:
+            warnings.append(f"variant {v} is not planned on model(s) {', '.join(m.name for m in models)}: "
+                            "its routing pattern routes none of their layers (each would be a vanilla model)")
+    plan = Plan(_with_ratios(runs), warnings)
     if train_tokens:
         plan = _with_epochs(plan, train_tokens)
     return plan
@@ -151,12 +176,7 @@ def plan_resolved(spec: ExperimentSpec, source: str = "<spec>") -> tuple[Experim
     return spec, plan
 
 
-def plan_file(path, results=None) -> tuple[ExperimentSpec, Plan]:
-    """Load, validate and plan a spec file (what `modexp plan` calls); with a results root,
-    warn where a budget's grid does not bracket its estimated optimum (modexp/grid.py)."""
-    spec, plan = plan_resolved(load_spec(path), str(path))
-    if results is not None:
-        from modexp.grid import bracket_warnings  # grid -> plan: imported here, no cycle
-
-        plan.warnings += bracket_warnings(spec, Path(results) / spec.name)
-    return spec, plan
+def plan_file(path) -> tuple[ExperimentSpec, Plan]:
+    """Load, validate and plan a spec file with its data source (`modexp plan` adds the bracket
+    warnings of modexp/grid.py, which sits above the planner and plans candidate sizes with it)."""
+    return plan_resolved(load_spec(path), str(path))

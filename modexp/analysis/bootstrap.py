@@ -103,3 +103,74 @@ def interval(draws: np.ndarray, level: float = LEVEL) -> list[float] | None:
         return None
     tail = 100 * (1 - level) / 2
     return [float(np.percentile(ok, tail)), float(np.percentile(ok, 100 - tail))]
+
+
+def basic_interval(point: float, draws: np.ndarray, level: float = LEVEL) -> list[float] | None:
+    """The basic bootstrap interval [2 point - q_hi, 2 point - q_lo] (Davison & Hinkley 1997,
+    eq. 5.6): the draws' spread reflected about the point estimate. Used for optimal losses,
+    which are minima over families (envelope.py): the minimum of several noisy optima is
+    biased low and its draws are biased low again, so where families tie a percentile
+    interval sits too low and under-covers; reflected, the bias cancels (coverage measured in
+    tests/test_coverage.py, figures in docs/verdict.md). With one family they nearly agree."""
+    q = interval(draws, level)
+    return None if q is None or not np.isfinite(point) else [2 * point - q[1], 2 * point - q[0]]
+
+
+def seed_noise(seed_losses: list[np.ndarray]) -> tuple[np.ndarray, int] | None:
+    """Pooled within-size scatter matrix of one or more metrics (sum over sizes of the seeds'
+    deviations from their size mean, (m, m)) and its degrees of freedom, sum(n_i - 1); None
+    unless every size has >= 2 seeds. seed_losses: per size an (n_i, m) array."""
+    if not all(len(v) >= 2 for v in seed_losses):
+        return None
+    dev = np.concatenate([v - v.mean(axis=0) for v in seed_losses])  # (sum n_i, m)
+    return dev.T @ dev, int(sum(len(v) - 1 for v in seed_losses))
+
+
+def inverse_wishart_2x2(scatter: np.ndarray, dof: int, rng: np.random.Generator,
+                        n: int) -> np.ndarray | None:
+    """n draws of a 2x2 noise covariance given its scatter matrix S with `dof` degrees of
+    freedom: Sigma = W^-1, W ~ Wishart(dof + 1, S^-1) by Bartlett's decomposition, (n, 2, 2).
+    With dof + 1 (dof + p - 1 for p = 2) every linear combination a'Sigma a is distributed as
+    a'S a / chi2_dof: each metric's variance, and their difference's, is drawn exactly as
+    bootstrap_optimum draws one metric's (sigma^2 = ss / chi2_dof, its 1x1 case). None where it
+    does not exist (dof < 1, or a singular S: the two metrics move in lockstep)."""
+    if dof < 1 or np.linalg.det(scatter) <= 1e-12 * max(np.trace(scatter), 1e-300) ** 2:
+        return None
+    L = np.linalg.cholesky(np.linalg.inv(scatter))
+    A = np.zeros((n, 2, 2))
+    A[:, 0, 0] = np.sqrt(rng.chisquare(dof + 1, n))
+    A[:, 1, 1] = np.sqrt(rng.chisquare(dof, n))
+    A[:, 1, 0] = rng.standard_normal(n)
+    LA = L @ A  # (n, 2, 2)
+    return np.linalg.inv(LA @ LA.transpose(0, 2, 1))
+
+
+def bootstrap_paired(params, seed_losses: list, rng: np.random.Generator,
+                     n_boot: int = N_BOOT) -> tuple[Draws, Draws] | None:
+    """Joint draws of two metrics' optima measured on the same runs (e.g. a MoD run's top-k
+    and causal eval losses): per size the two losses are redrawn together, with the covariance
+    of their seed noise (>= 2 seeds per size) or of the two fits' residuals (one seed, >= 5
+    sizes), drawn by inverse_wishart_2x2. Their difference then keeps what the runs share.
+    seed_losses: per size an (n_i, 2) array. None where no joint draw exists (the caller then
+    draws the two independently and says so)."""
+    x = np.log10(np.asarray(params, float))
+    losses = [np.asarray(v, float).reshape(-1, 2) for v in seed_losses]
+    if any(len(v) == 0 for v in losses):
+        return None
+    means = np.stack([v.mean(axis=0) for v in losses])  # (n_sizes, 2)
+    counts = np.array([len(v) for v in losses], float)
+    noise = seed_noise(losses)
+    if noise is not None:
+        centre, scale = means, 1 / counts
+    else:
+        centre = np.stack([np.polyval(np.polyfit(x, means[:, k], 2), x) for k in (0, 1)], axis=1)
+        noise, scale = ((means - centre).T @ (means - centre), len(x) - 3), np.ones(len(x))
+    sigma = inverse_wishart_2x2(*noise, rng, n_boot)
+    if sigma is None:
+        return None
+    chol = np.linalg.cholesky(sigma)  # (n_boot, 2, 2)
+    z = rng.standard_normal((len(x), n_boot, 2))
+    e = np.einsum("bij,sbj->sbi", chol, z) * np.sqrt(scale)[:, None, None]  # (n_sizes, n_boot, 2)
+    Y = centre[:, None, :] + e
+    method = "seeds" if counts.min() >= 2 else "residuals"
+    return Draws(*parabola_optima(x, Y[..., 0]), method), Draws(*parabola_optima(x, Y[..., 1]), method)

@@ -20,13 +20,16 @@ from matplotlib.lines import Line2D
 
 from modexp.analysis import results as A
 from modexp.analysis import isoflop as I
+from modexp.analysis import text as T
 from modexp.analysis import verdict as V
-from modexp.analysis.plot_isoflop import fig_frontier, fig_isoflop
+from modexp.analysis.plot_isoflop import fig_isoflop
+from modexp.analysis.plot_verdict import fig_equal_size, fig_frontier, has_equal_size, has_frontier
 from modexp.analysis.plot_style import Style as _Style
 from modexp.analysis.plot_style import figure as _figure
 from modexp.analysis.plot_style import header as _header
 from modexp.analysis.plot_style import log_x as _log_x
 from modexp.analysis.plot_style import sci as _sci
+from modexp.analysis.verdict_text import verdict_markdown
 from modexp.naming import budget_tag
 from modexp.spec import SpecError
 
@@ -60,10 +63,12 @@ def plot_results(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> 
     out = res.root / PLOTS_DIR
     out.mkdir(exist_ok=True)
     style = _Style(res.runs)
-    figs = {"loss_vs_flops": _fig_loss(res, style), "isoflop": fig_isoflop(res, means, fits, style)}
+    figs = {"loss_vs_flops": _fig_loss(res, style), "isoflop": fig_isoflop(an, style.order)}
     verdict = V.verdict_dict(an)
-    if any(f["status"] == "ok" for f in verdict["frontier"].values()):
-        figs["frontier"] = fig_frontier(res, verdict["frontier"], style)
+    if has_frontier(verdict):
+        figs["frontier"] = fig_frontier(res, verdict, style)
+    if has_equal_size(verdict):
+        figs["equal_size"] = fig_equal_size(res, verdict, style)
     if any(r in res.metrics for r in res.runs.loc[res.runs.kind == "mod", "run_id"]):
         figs["mod_routing"] = _fig_routing(res, style)
     paths = [out / f"{name}.{fmt}" for name in figs for fmt in fmts]
@@ -71,7 +76,7 @@ def plot_results(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> 
         figs[path.stem].savefig(path, dpi=130, bbox_inches="tight")
     csv, md = out / "summary.csv", out / "summary.md"
     table.to_csv(csv, index=False)
-    md.write_text(_markdown(res, table, warnings) + V.verdict_markdown(verdict))
+    md.write_text(_markdown(res, table, warnings) + verdict_markdown(verdict))
     vj = out / "verdict.json"
     vj.write_text(json.dumps(verdict, indent=2) + "\n")
     return PlotReport(paths, table, csv, md, res.missing, warnings, verdict, vj)
@@ -88,9 +93,10 @@ def _check_formats(formats: Sequence[str]) -> list[str]:
 
 def _markdown(res: A.Results, table: pd.DataFrame, warnings: list[str]) -> str:
     text = (f"# {res.experiment}: final eval loss\n\nMean over seeds (n = seeds); 'isoFLOP optimum' "
-            "rows: parabola fit in log10(params) (n = sizes fitted). 'X vs Y %' < 0: X has the lower "
-            "loss. 'X/Y fwd FLOPs': forward FLOPs per token of X over Y, same size.\n\n")
-    text += I.to_markdown(table)
+            "rows: the lowest parabola minimum over shape families (family: the one chosen; n = its "
+            "sizes). 'X vs Y %' < 0: X has the lower top-k loss (the verdict below scores MoD's "
+            "causal loss). 'X/Y fwd FLOPs': forward FLOPs per token of X over Y, same size.\n\n")
+    text += T.to_markdown(table)
     if warnings:
         text += "\n## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings)
     if res.missing:
@@ -122,7 +128,7 @@ def _fig_loss(res: A.Results, style: _Style) -> Figure:
         ax_f.axvline(budget, color="0.4", ls=":", lw=1)
         tag = budget_tag(budget)
         _log_x(ax_f, _sci)
-        _log_x(ax_s, I.compact)
+        _log_x(ax_s, T.compact)
         ax_f.set(xlabel="cumulative training FLOPs", ylabel="loss (nats/token)",
                  title=f"budget {tag} FLOPs: loss vs training FLOPs")
         ax_s.set(xlabel="optimizer steps", ylabel="loss (nats/token)",
@@ -269,10 +275,10 @@ def print_report(report: PlotReport, console: "Console") -> None:
                              overflow="fold")
         for _, row in t[t["budget"] == budget].iterrows():
             opt = row["model"] == "isoFLOP optimum"
-            table.add_row(*(I.fmt_cell(c, row[c]) for c in cols), style="bold" if opt else None,
+            table.add_row(*(T.fmt_cell(c, row[c]) for c in cols), style="bold" if opt else None,
                           end_section=False)
         console.print(table)
-    console.print(V.verdict_markdown(report.verdict), highlight=False, markup=False)
+    console.print(verdict_markdown(report.verdict), highlight=False, markup=False)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if report.missing:

@@ -13,16 +13,33 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from modexp.analysis import results as A
-from modexp.analysis import isoflop as I
+from modexp.analysis.isoflop import family_order
+from modexp.analysis.roles import variant_order
+from modexp.analysis.text import compact
 from modexp.naming import budget_tag
 
 CMAPS = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")  # one hue per variant
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # one per shape family
+LINES = ("-", "--", "-.", ":")
+
+
+def budget_colors(budgets) -> dict:
+    """Budget -> colour, light to dark as the budget grows (viridis; one budget: a mid shade)."""
+    cmap, bs = mpl.colormaps["viridis"], sorted(budgets)
+    span = max(len(bs) - 1, 1)
+    return {b: cmap(0.85 - 0.75 * i / span) if len(bs) > 1 else cmap(0.4) for i, b in enumerate(bs)}
+
+
+def family_styles(runs: pd.DataFrame) -> dict:
+    """Family -> (marker, line style), in family order, the same in every figure."""
+    return {f: (MARKERS[i % len(MARKERS)], LINES[i % len(LINES)]) for i, f in enumerate(family_order(runs))}
+
 
 class Style:
     """Colour = variant (one colormap each), shade = model size (darker = larger)."""
 
     def __init__(self, runs: pd.DataFrame):
-        order, _, _ = I.variant_order(runs)
+        order, _, _ = variant_order(runs)
         self.kinds = dict(zip(runs.variant, runs.kind))
         self.cmaps = {v: mpl.colormaps[CMAPS[i % len(CMAPS)]] for i, v in enumerate(order)}
         sizes = list(runs.groupby("model", sort=False)["params"].min().sort_values().index)
@@ -43,7 +60,7 @@ class Style:
     def size_handles(self) -> list:
         grey = mpl.colormaps["Greys"]
         return [Line2D([], [], color=grey(self.shade[m]), lw=3,
-                       label=f"{m} ({I.compact(self.params[m])} params)") for m in self.sizes]
+                       label=f"{m} ({compact(self.params[m])} params)") for m in self.sizes]
 
 
 def figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:

@@ -28,6 +28,7 @@ NUMBER_KEYS = ("step", "tokens", "flops", "train_loss", "lm_loss", "aux_loss", "
                "predictor_acc_causal", "predictor_precision_causal", "predictor_recall_causal")
 LIST_KEYS = ("routed_frac", "routed_frac_causal", "routed_frac_topk")
 MAX_PROBLEMS_PER_FILE = 5  # one broken writer should not bury the other messages
+ONE_FAMILY = "all"  # the family of runs whose depth no file records (one parabola for all)
 
 
 @dataclass
@@ -115,7 +116,37 @@ def _read_plan(root: Path, problems: list[str]) -> tuple[list[dict], str | None]
         runs = []
     bad = [p for i, e in enumerate(runs) for p in _plan_problems(e, f"{PLAN_FILE} runs[{i}]")]
     problems += bad
-    return ([] if bad else runs), (obj or {}).get("experiment")
+    spec = (obj or {}).get("spec")
+    runs = [] if bad else [{**e, **_shape(e, spec, f"{PLAN_FILE} runs[{i}]", problems)}
+                           for i, e in enumerate(runs)]
+    return runs, (obj or {}).get("experiment")
+
+
+def _shape(plan: dict, spec: object, where: str, problems: list[str]) -> dict:
+    """The run's family and depth: its plan entry's, else (results written before plan
+    entries carried them) its resolved spec's model, else one family for every run. A plan
+    entry whose depth disagrees with its own spec's model is a problem, not a choice."""
+    models = spec.get("models") if isinstance(spec, dict) else None
+    model = next((m for m in models if isinstance(m, dict) and m.get("name") == plan["model"]),
+                 None) if isinstance(models, list) else None
+    depth = model.get("n_layers") if model else None
+    depth = depth if _is_int(depth) else None
+    n_layers, family = plan.get("n_layers"), plan.get("family")
+    if not (n_layers is None or _is_int(n_layers)) or not (family is None or isinstance(family, str)):
+        problems.append(f"{where}: plan entry's n_layers must be an integer and family a string, "
+                        f"got {n_layers!r} and {family!r}")
+        return {}
+    if n_layers is not None and depth is not None and n_layers != depth:
+        problems.append(f"{where}: plan entry has n_layers {n_layers} but its spec's model "
+                        f"{plan['model']} has {depth}")
+    n_layers = n_layers if n_layers is not None else depth
+    family = family or (model or {}).get("family") or (
+        f"L{n_layers}" if n_layers is not None else ONE_FAMILY)
+    return {"family": str(family), "n_layers": n_layers}
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _read_run(root: Path, d: Path, planned: dict | None, problems: list[str]):
@@ -126,7 +157,9 @@ def _read_run(root: Path, d: Path, planned: dict | None, problems: list[str]):
         if run is not None:
             bad = _plan_problems(run.get("plan"), f"{d.name}/{RUN_FILE}")
             problems += bad
-            plan = None if bad else {**run["plan"], "settings": _settings(run)}
+            plan = None if bad else {**run["plan"], "settings": _settings(run),
+                                     **_shape(run["plan"], run.get("spec"), f"{d.name}/{RUN_FILE}",
+                                              problems)}
     elif planned is None:
         problems.append(f"{d.name}: no {RUN_FILE} and not in {PLAN_FILE}, so its model and "
                         "variant are unknown")
@@ -181,6 +214,7 @@ def _assemble(root: Path, experiment: str, entries: dict, found: dict) -> Result
     if mixed:
         raise SpecError(str(root), mixed)
     runs = pd.DataFrame.from_records(records)
+    runs["n_layers"] = pd.to_numeric(runs["n_layers"], errors="coerce")  # None -> NaN
     return Results(root, experiment, runs, metrics, warnings)
 
 
@@ -254,6 +288,7 @@ def _run_record(plan: dict, summary: dict | None, frame: pd.DataFrame) -> dict:
     return {
         "run_id": plan["run_id"], "budget": float(plan["budget"]), "model": plan["model"],
         "variant": plan["variant"], "kind": plan["kind"], "seed": plan["seed"],
+        "family": plan.get("family", ONE_FAMILY), "n_layers": plan.get("n_layers"),
         "router": plan.get("router") or ("learned" if plan["kind"] == "mod" else None),
         "params": float(plan["params"]),
         "forward_flops_per_token": float(plan["forward_flops_per_token"]),

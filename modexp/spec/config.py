@@ -88,6 +88,18 @@ class ModelConfig(_Strict):
     isoFLOP curve: smaller models usually want a larger one)."""
     batch_size: int | None = Field(None, ge=1)
     """Global sequences per step for this size, overriding train.batch_size."""
+    family: str | None = Field(None, pattern=r"^[A-Za-z0-9_.=*+-]+$")
+    """The shape family this size belongs to: the analysis fits one isoFLOP parabola per
+    family and takes the compute-optimum over families (modexp/analysis/envelope.py).
+    Default: one family per depth, named from n_layers ("L2" for 2 layers), so a grid of
+    widths at several depths is searched over depth as well as width. Name a family to group
+    sizes by another shape rule, e.g. `family: d64xL` on models with d_model = 64 * n_layers.
+    A label for the analysis only: it changes nothing a run computes."""
+
+    @property
+    def family_name(self) -> str:
+        """The family this size is fitted in: `family`, else "L<n_layers>"."""
+        return self.family or f"L{self.n_layers}"
 
     @model_validator(mode="after")
     def _heads_divide_width(self):
