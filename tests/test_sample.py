@@ -26,7 +26,12 @@ VARIANTS = {"vanilla": VanillaVariant(kind="vanilla"),
 def rigged(variant, seed: int = 0):
     """A tiny model whose routed layer i routes a token iff feature i of its embedding is +1."""
     torch.manual_seed(seed)
-    net = build_model(CFG, variant, V).eval()
+    return rig(build_model(CFG, variant, V).eval())
+
+
+def rig(net):
+    """Rig a model of vocabulary V in place: routed layer i routes a token iff its id is even
+    (i = 0) or divisible by 3 (i = 1), its logit far from the threshold either way."""
     ids = torch.arange(V)
     with torch.no_grad():
         for p in net.blocks.parameters():  # sharper attention than at init: mistakes show
