@@ -167,6 +167,26 @@ def test_the_fast_decoder_makes_the_reference_decisions(name, threshold, B):
     close(torch.stack(a.logits), torch.stack(b.logits))
 
 
+@pytest.mark.parametrize("name", ["vanilla", "predictor"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [1, 3])
+def test_the_fast_decoder_computes_the_reference_decoders_logits(name, dtype, B):
+    """The bound-weight decode step (the block's ops without its submodules' calls) for a
+    SwiGLU model with tied embeddings, fp32 and fp64: the reference decoder's logits."""
+    from tests.test_sample import rig
+
+    cfg = CFG.model_copy(update={"mlp": "swiglu", "tie_embeddings": True})
+    nets = []
+    for kernels in (KERNELS, ops.REFERENCE):
+        torch.manual_seed(0)
+        nets.append(rig(build_model(cfg, VARIANTS[name], V, kernels=kernels).to(dtype).eval()))
+    idx = torch.randint(0, V, (B, 24), generator=torch.Generator().manual_seed(4))
+    a, b = (generate(net, idx[:, :6], 18, feed=idx[:, 6:], keep_logits=True) for net in nets)
+    close(torch.stack(a.logits), torch.stack(b.logits), 1e-5 if dtype == torch.float32 else 1e-10)
+    if name != "vanilla":
+        assert torch.equal(a.routed, b.routed) and a.routed.any() and not a.routed.all()
+
+
 def test_prefix_rows_compute_the_decisions_thresholds_to_the_bit():
     """kernels' PrefixRow (Python floats, one token at a time) against the Decision's own
     decode state: the same float32 threshold for every token of every row."""

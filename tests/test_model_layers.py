@@ -172,6 +172,16 @@ def test_rope_tables_are_made_at_build_and_never_grown_by_a_forward_pass():
     assert g.tokens.shape == (1, 30) and net.rotary.max_len == 30
 
 
+def test_bench_runs_generations_past_the_trained_seq_len(write_spec):
+    """`modexp bench` on a spec calibrates fresh models on samples as long as a generation
+    (prompt + new tokens, here past TINY's seq_len 32): the tables are reserved before it."""
+    from modexp.bench import bench
+
+    report = bench(write_spec(), batch_sizes=(1,), prompt_len=30, new_tokens=8, warmup=0,
+                   repeats=1, train=False, memory=False, peak=False)
+    assert [r.what for r in report.ratios] == ["decode b1"] and report.ratios[0].mod > 0
+
+
 def imports(path: Path) -> set[str]:
     """Every module a file imports, at module level or inside functions."""
     found = set()

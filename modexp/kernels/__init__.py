@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from modexp.kernels.attention import CausalAttention
-from modexp.kernels.decode import FastDecoder, routed_step
+from modexp.kernels.decode import FastDecoder, block_step, routed_step
 from modexp.kernels.gather import gather_rows
 from modexp.kernels.norm import rms_norm
 from modexp.kernels.rope import QKVRope
@@ -35,8 +35,8 @@ def for_device(device: torch.device) -> dict[str, Callable]:
     weights it bound; the attention kernel its causal biases.
     """
     rope = QKVRope()
-    found = {"qkv_rope": rope.qkv_rope, "gather_rows": gather_rows, "routed_step": routed_step,
-             "decoder": functools.partial(FastDecoder, rope=rope)}
+    found = {"qkv_rope": rope.qkv_rope, "gather_rows": gather_rows, "block_step": block_step,
+             "routed_step": routed_step, "decoder": functools.partial(FastDecoder, rope=rope)}
     if device.type == "cpu":  # their gains are the CPU's (docs/performance.md)
         found |= {"rms_norm": rms_norm, "attention": CausalAttention().attention}
     return found

@@ -3,7 +3,8 @@ Decoder and RoutedBlock.step, computed with fewer ops per token).
 
 Batch-1 decoding on a CPU is bound by each op's fixed cost (microseconds, as long as the
 arithmetic of a narrow layer), so this loop keeps ops and allocations out of it:
-- the embedding, final norm and LM head run on weights bound once (`Ends`: the head as one
+- every layer's weights are bound on its first step (`BoundLayer`: the block's ops without
+  its submodules' calls), the embedding, final norm and LM head too (`Ends`: the head as one
   mm on a weight transposed once), and the RoPE angles of every position are looked up once;
 - RoPE's permuted qkv weights (rope.py's paired path) are made once per generation;
 - a routed layer's decision is a matrix-vector product on weights bound once (`decider`):
@@ -13,7 +14,8 @@ arithmetic of a narrow layer), so this loop keeps ops and allocations out of it:
   handed to the gate, which folds into the residual add as a Python float;
 - oneDNN is off on the CPU while a generation runs (`native_cpu_kernels`): its exact GELU has
   a far larger fixed cost per call than ATen's at these sizes; the two agree to ~1e-7.
-Every layer is still called as a module, so forward hooks fire on every decode step.
+Every layer is still called as a module, so its forward hooks fire on every decode step (its
+submodules' hooks fire in the prefill, and on the reference decoder).
 """
 
 from __future__ import annotations
@@ -90,44 +92,88 @@ class Ends:
         return torch.mm(x.view(x.size(0), -1), self.head_t)
 
 
-# ---------------------------------------------------------------- a routed layer's step
-def routed_step(layer, x: Tensor, pos, cache) -> Tensor:
-    """RoutedBlock.step for one token per row x (B, 1, d): the decision with its weights
-    bound for the generation (made on the first step, after the prefill), the block on the
-    routed rows through the cheapest path their number allows."""
+# ---------------------------------------------------------------- a layer's step
+class BoundLayer:
+    """One layer's weights for one generation, bound on its first decode step (they are fixed
+    there), and a routed layer's decision: the step runs on them without a module call or a
+    parameter look-up."""
+
+    def __init__(self, block, cache, batch: int):
+        attn, mlp, n1, n2 = block.attn, block.mlp, block.norm1, block.norm2
+        self.qkv_rope, self.n_heads = block.kernels.qkv_rope, attn.n_heads
+        self.norm1 = (n1.normalized_shape, n1.weight, n1.eps)
+        self.norm2 = (n2.normalized_shape, n2.weight, n2.eps)
+        self.qkv, self.proj = attn.qkv.weight, attn.proj.weight
+        self.fc, self.out, self.gated = mlp.fc.weight, mlp.proj.weight, mlp.gated
+        self.router = self.decide = None
+        if getattr(block, "router", None) is not None:  # a routed layer
+            self.router = block.router.weight
+            self.decide = decider(block, cache) if batch == 1 else batch_decider(block, cache)
+
+    def update(self, x: Tensor, pos, cache) -> Tensor:
+        """Block.update(x, pos, None, cache) for decode tokens x (n, 1, d), by the same ops."""
+        h = F.rms_norm(x, *self.norm1)
+        q, k, v = self.qkv_rope(h, self.qkv, pos.cos, pos.sin, self.n_heads)  # (n, nh, 1, hs)
+        k, v, mask = cache.extend(k, v, None)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # one query: every key
+        B, nh, t, hs = y.shape
+        a = F.linear(y.transpose(1, 2).reshape(B, t, nh * hs), self.proj)
+        h = F.linear(F.rms_norm(x + a, *self.norm2), self.fc)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return a + F.linear(h, self.out)
+
+
+def bound(block, cache, batch: int) -> BoundLayer:
+    """The layer's bindings for this generation, made on its first decode step."""
     if cache.bound is None:
-        cache.bound = decider(layer, cache) if x.size(0) == 1 else batch_decider(layer, cache)
-    decide = cache.bound
+        cache.bound = BoundLayer(block, cache, batch)
+    return cache.bound
+
+
+def block_step(block, x: Tensor, pos, cache) -> Tensor:
+    """Block.step: x + f(x) for one token per row x (B, 1, d), on the bound weights."""
+    return x + bound(block, cache, x.size(0)).update(x, pos, cache)
+
+
+def routed_step(layer, x: Tensor, pos, cache) -> Tensor:
+    """RoutedBlock.step for one token per row x (B, 1, d): the decision and the block on the
+    weights bound for the generation, the block on the routed rows through the cheapest path
+    their number allows."""
+    bl = bound(layer, cache, x.size(0))
     if x.size(0) == 1:  # batch 1: a skipping token skips the whole block
-        r = decide(x)
+        r = bl.decide(x)
         cache.decisions.append(r is not None)
         if r is None:
             return x
-        f = layer.update(x, pos, None, cache)  # (1, 1, d)
+        f = bl.update(x, pos, cache)  # (1, 1, d)
         g = 0.5 * (1.0 + math.tanh(0.5 * r)) if layer.gate == "sigmoid" else r  # sigmoid(r)
         return torch.add(x, f, alpha=g)  # g(r) folded into the residual add
-    go = decide(x)
+    go = bl.decide(x)
     cache.decisions.append(go)
     ids = [b for b, g in enumerate(go.tolist()) if g]  # host sync: shapes depend on it
     if not ids:
         return x
     if len(ids) == x.size(0):
-        return x + _gated_update(layer, x, pos, cache)
+        return x + _gated_update(layer, bl, x, pos, cache)
     if len(ids) == 1:  # the usual case at small capacity: row r alone, as at batch 1
         r = ids[0]
-        upd = _gated_update(layer, x[r:r + 1], pos, cache.rows(ids, None))
+        upd = _gated_update(layer, bl, x[r:r + 1], pos, cache.rows(ids, None))
         out = x.clone()
         out[r:r + 1] += upd  # x[r] + upd, as index_add computes it
         return out
     at = torch.tensor(ids, device=x.device)  # (n,)
-    upd = _gated_update(layer, x.index_select(0, at), pos, cache.rows(ids, at))
+    upd = _gated_update(layer, bl, x.index_select(0, at), pos, cache.rows(ids, at))
     return x.index_add(0, at, upd)
 
 
-def _gated_update(layer, x: Tensor, pos, cache) -> Tensor:
+def _gated_update(layer, bl: BoundLayer, x: Tensor, pos, cache) -> Tensor:
     """g(r) * f (n, 1, d) for decode tokens x (n, 1, d) that route, via the cache."""
-    f = layer.update(x, pos, None, cache)  # attends over this layer's cached routed tokens
-    r = F.linear(x, layer.router.weight).squeeze(-1)  # (n, 1) router logits (decode: fp32)
+    f = bl.update(x, pos, cache)  # attends over this layer's cached routed tokens
+    r = F.linear(x, bl.router).squeeze(-1)  # (n, 1) router logits (decode: fp32)
     return layer.gated(r, f).to(x.dtype)
 
 

@@ -102,5 +102,12 @@ class Block(nn.Module):
     def forward(self, x: Tensor, pos: Positions, routing: str = "topk",
                 cache: KVCache | None = None) -> tuple[Tensor, None]:
         """(x + f(x), None): every token runs the block, whatever the routing (the layer
-        interface a routed block shares, whose second output reports its routing)."""
+        interface a routed block shares, whose second output reports its routing). With a
+        cache that holds a prompt (decoding), x is one new token per row: a decode step."""
+        if cache is not None and cache.decoding:
+            return self.kernels.block_step(self, x, pos, cache), None
         return x + self.update(x, pos, None, cache), None
+
+    def step(self, x: Tensor, pos: Positions, cache: KVCache) -> Tensor:
+        """Decode step: x + f(x) for one new token per row x (B, 1, d), over the cache."""
+        return x + self.update(x, pos, None, cache)

@@ -47,8 +47,9 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.lengths = [0] * batch  # host ints: attention shapes depend on them
+        self.decoding = False  # set once the prompt is in: each call is then a decode step
         # A routed layer's decision state, begun by the prefill from the prompt's decision
-        # logits (decision.Decision.begin): once set, the layer's calls are decode steps
+        # logits (decision.Decision.begin), continued by its decode steps
         self.decision: DecisionState | None = None
         self.decisions: list | None = [] if routed else None  # per decode step: who routed
         self.bound: object = None  # what a fast decode path binds for this layer (kernels/)
@@ -283,6 +284,8 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
     with model.kernels.decoder(model, caches) as decoder:
         t0 = time.perf_counter()
         logits = decoder.prefill(prompt)  # (B, V)
+        for cache in caches:  # the prompt is in: from here on, one token per row and step
+            cache.decoding = True
         _sync(dev)
         t1 = time.perf_counter()
         for s in range(max_new_tokens):

@@ -93,11 +93,11 @@ class RoutedBlock(Block):
         routing "topk" (training), "causal" (each token by its decision) or "calibrate"
         (causal, deciding at the batch's own capacity quantile: calibrate.py). cache
         (causal only): empty, it receives the routed tokens' keys and values (prefill); once
-        it holds a prompt, x is one new token per row and this is a decode step (`step`).
+        it holds a prompt (decoding), x is one new token per row: a decode step (`step`).
         """
         if self.random is not None:
             return self._forward_random(x, pos, routing, cache)
-        if cache is not None and cache.decision is not None:  # the prompt is in: decoding
+        if cache is not None and cache.decoding:
             return self.kernels.routed_step(self, x, pos, cache), None
         r = self.router_logits(x)  # (B, T)
         k = routed_k(self.capacity, x.size(1))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modexp.models import rope
+from modexp.models.block import Block
 from modexp.models.decode import Decoder
 from modexp.models.mod import RoutedBlock
 
@@ -54,6 +55,9 @@ class Kernels:
     """(q, k, v, mask (B, 1, t, s) or None, causal) -> attention output (B, nh, t, hs)."""
     gather_rows: Callable[[Tensor, Tensor], Tensor]
     """(x (N, d), rows (n,) distinct) -> x's rows (n, d): a routed layer's top-k gather."""
+    block_step: Callable
+    """(block, x (B, 1, d), Positions, KVCache) -> x + f(x): a dense layer's decode step for
+    one new token per row (reference: Block.step)."""
     routed_step: Callable
     """(routed block, x (B, 1, d), Positions, KVCache) -> x: a routed layer's decode step
     for one new token per row (reference: RoutedBlock.step)."""
@@ -62,6 +66,6 @@ class Kernels:
 
 
 REFERENCE = Kernels(name="reference", rms_norm=rms_norm, qkv_rope=rope.qkv_rope,
-                    attention=attention, gather_rows=gather_rows,
+                    attention=attention, gather_rows=gather_rows, block_step=Block.step,
                     routed_step=RoutedBlock.step, decoder=Decoder)
 """Plain PyTorch: what every replacement must compute."""
