@@ -1,5 +1,5 @@
-"""The decode loop with what a generation keeps fixed bound once (modexp.models.decode's
-Decoder and RoutedBlock.step, computed with fewer ops per token).
+"""The decode loop with what a generation keeps fixed bound once: modexp.models.decode's
+Decoder, Block.step and RoutedBlock.step, computed with fewer ops and calls per token.
 
 Batch-1 decoding on a CPU is bound by each op's fixed cost (microseconds, as long as the
 arithmetic of a narrow layer), so this loop keeps ops and allocations out of it:

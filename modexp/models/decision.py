@@ -190,7 +190,7 @@ class Decision(nn.Module):
         return logit > self.thresholds(logit)
 
     @torch.no_grad()
-    def set_threshold(self, value: Tensor | float, steps: int | None = None) -> None:
+    def set_threshold(self, value: Tensor | float, steps: Tensor | int | None = None) -> None:
         """The one writer of the threshold (calibrate.py), and of how many training steps its
         running mean has folded (steps)."""
         self.threshold.copy_(torch.as_tensor(value))

@@ -100,5 +100,5 @@ def fold_thresholds(model, quantiles: list[Tensor],
     if all_reduce is not None:
         q = all_reduce(q)
     for d, qi in zip(decisions, q):
-        n = int(d.threshold_steps) + 1
-        d.set_threshold(d.threshold + (qi - d.threshold) / min(n, WINDOW), steps=n)
+        n = d.threshold_steps + 1  # a tensor, as the step count: no host sync
+        d.set_threshold(d.threshold + (qi - d.threshold) / n.clamp(max=WINDOW), steps=n)
