@@ -33,8 +33,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: E402
-from modexp.models import attention as A  # noqa: E402
-from modexp.models import model as M  # noqa: E402
+from modexp.kernels import attention as A  # noqa: E402
+from modexp.models.build import build_model  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
 from modexp.training.allocator import tune_cpu_allocator  # noqa: E402
 
@@ -127,7 +127,7 @@ def main() -> None:
             steppers = {}
             for name, matmul in (("sdpa", False), ("matmul", True)):
                 torch.manual_seed(0)
-                net = M.build_model(m, variant, vocab)
+                net = build_model(m, variant, vocab, seq_len=T)
                 steppers[name] = Forced(Stepper(net, spec.train, batch, "cpu"), matmul).step
             secs = time_interleaved(steppers, args.warmup, args.repeats)
             ratios = [a / b for a, b in zip(secs["matmul"], secs["sdpa"])]

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: E402
-from modexp.models.model import build_model  # noqa: E402
+from modexp.models.build import build_model  # noqa: E402
 from modexp.plan import build_plan  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
 
@@ -48,7 +48,7 @@ def bench_pair(model_cfg, variant, vocab: int, B: int, T: int, train_cfg, args) 
     steppers = {}
     for name, compiled in (("eager", False), ("compiled", True)):
         torch.manual_seed(0)
-        steppers[name] = Stepper(build_model(model_cfg, variant, vocab), train_cfg, batch, "cpu",
+        steppers[name] = Stepper(build_model(model_cfg, variant, vocab, seq_len=T), train_cfg, batch, "cpu",
                                  compile=compiled)
     t0 = time.perf_counter()
     for _ in range(args.warmup):  # the first compiled step compiles; later ones may recompile

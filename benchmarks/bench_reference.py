@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from modexp import flops  # noqa: E402
 from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: E402
-from modexp.models.model import build_model  # noqa: E402
+from modexp.models.build import build_model  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
 from modexp.training import mfu  # noqa: E402
 from modexp.training.allocator import tune_cpu_allocator  # noqa: E402
@@ -158,7 +158,7 @@ def main() -> None:
     nets = {"reference": RefGPT(a.vocab, a.seq_len, a.d, a.layers, a.heads),
             "plain MoD": RefGPT(a.vocab, a.seq_len, a.d, a.layers, a.heads,
                                 variants["mod"].capacities(a.layers), a.causal)}
-    nets |= {k: build_model(cfg, v, a.vocab) for k, v in variants.items()}
+    nets |= {k: build_model(cfg, v, a.vocab, seq_len=a.seq_len) for k, v in variants.items()}
     steppers = {k: Stepper(n, train, batch, "cpu") for k, n in nets.items()}
     secs = time_interleaved({k: s.step for k, s in steppers.items()}, a.warmup, a.repeats)
     n = a.batch * a.seq_len

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from modexp import flops  # noqa: E402
 from modexp.bench import Stepper, random_batch, time_interleaved  # noqa: E402  (shared timing)
-from modexp.models.model import build_model  # noqa: E402
+from modexp.models.build import build_model  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def bench_size(model_cfg, vanilla, mod, vocab, B, T, train_cfg, args) -> dict:
     runs = {}
     for name, variant in (("vanilla", vanilla), ("mod", mod)):
         torch.manual_seed(0)
-        net = build_model(model_cfg, variant, vocab)
+        net = build_model(model_cfg, variant, vocab, seq_len=T)
         runs[name] = Stepper(net, train_cfg, batch, args.device, args.bf16, args.compile)
     times = time_interleaved({name: s.step for name, s in runs.items()}, args.warmup, args.repeats)
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}

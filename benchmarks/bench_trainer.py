@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from modexp.bench.timing import quartiles  # noqa: E402
 from modexp.data.tokens import TokenData  # noqa: E402
-from modexp.models.model import build_model  # noqa: E402
+from modexp.models.build import build_model  # noqa: E402
 from modexp.plan import plan_spec  # noqa: E402
 from modexp.spec import load_spec  # noqa: E402
 from modexp.training.allocator import tune_cpu_allocator  # noqa: E402
@@ -74,7 +74,7 @@ def main() -> None:
 
     def net():
         torch.manual_seed(run.seed)
-        return build_model(model_cfg, spec.variants[run.variant], run.vocab)
+        return build_model(model_cfg, spec.variants[run.variant], run.vocab, seq_len=run.seq_len)
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(net(), run, cfg, data, _Rows(), Path(tmp) / "ckpt.pt",

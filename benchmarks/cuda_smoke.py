@@ -36,7 +36,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from modexp import flops  # noqa: E402
-from modexp.models.model import build_model  # noqa: E402
+from modexp.models.build import build_model  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
 from modexp.training import mfu  # noqa: E402
 from modexp.training.optim import make_optimizers  # noqa: E402  (the trainer's, as trained)
@@ -76,7 +76,8 @@ class Stepper:
 
     def __init__(self, variant, args, device: torch.device, compile_: bool, ddp: bool = False):
         torch.manual_seed(0)
-        self.raw = build_model(args.model, variant, args.vocab).to(device)
+        self.raw = build_model(args.model, variant, args.vocab, seq_len=args.seq_len,
+                               device=device)
         self.opts = make_optimizers(self.raw, TrainConfig(), device)  # LM's, predictors' own
         net = self.raw
         if ddp:  # wrapped as the trainer does: compile outside DDP

@@ -30,9 +30,8 @@ from modexp.training.evaluation import eval_pass  # noqa: E402
 
 def score(model, batches, prior: int | None) -> dict:
     """Top-k and causal passes with every routed layer deciding by the given rule."""
-    for _, r in model.layers():
-        if r is not None:
-            r.prefix_prior = prior
+    for decision in model.decisions():
+        decision.set_prefix_prior(prior)
     top = eval_pass(model, batches, "topk", torch.device("cpu"), nullcontext)
     causal = eval_pass(model, batches, "causal", torch.device("cpu"), nullcontext)
     return {"routed": causal["routed_frac"], "acc": causal["predictor_acc"],
@@ -51,7 +50,7 @@ def main() -> None:
     print(f"{'run':<22}{'rule':<12}{'routed':>8}  {'acc [95%]':<24}{'prec':>6}{'rec':>6}{'causal-topk':>12}")
     for run_dir in sorted(d for d in a.experiment.iterdir() if (d / "summary.json").exists()):
         model, run, _ = load_run(run_dir)
-        if not any(r is not None and r.router is not None for _, r in model.layers()):
+        if not model.decisions():
             continue  # vanilla, or random routing: no learned decision
         spec, train = parse_spec(run["spec"], str(run_dir)), run["spec"]["train"]
         data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction,

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from modexp import flops
 from modexp.models.decode import generate
-from modexp.models.model import build_model
+from modexp.models.build import build_model
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
 
 CFG = ModelConfig(name="t", n_layers=4, d_model=32, n_heads=2)
@@ -35,9 +35,8 @@ def test_decode_flops_match_the_counted_decode(route):
     net = build_model(CFG, variant, 64).eval()
     arch = flops.arch_from_config(CFG, variant, 64)
     if route is not None:  # every predictor decides the same way for every token
-        for _, r in net.layers():
-            if r is not None:
-                r.predictor[2].bias.data.fill_(100.0 if route else -100.0)
+        for d in net.decisions():
+            d.predictor[2].bias.data.fill_(100.0 if route else -100.0)
         caps = tuple(None if c is None else route for c in arch.capacities)
         arch = dataclasses.replace(arch, capacities=caps)
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))

@@ -1,9 +1,10 @@
 """The hand-written backward passes of the training step's hot paths against autograd's own.
 
-model._Rope, model._RMSNormCPU and mod._GatherRows replace autograd's generic derivatives for
-speed; gradcheck (float64, finite differences) and a comparison with the textbook expressions
-catch a wrong transpose, a missing term or a dropped gradient. Short sequences train through
-attention.matmul_attention instead of SDPA: checked against SDPA's values and gradients.
+modexp/kernels/: rope._Rope, norm._RMSNormCPU and gather._GatherRows replace autograd's
+generic derivatives for speed; gradcheck (float64, finite differences) and a comparison with
+the textbook expressions catch a wrong transpose, a missing term or a dropped gradient. Short
+sequences train through attention.matmul_attention instead of SDPA: checked against SDPA's
+values and gradients.
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modexp.models.mod import gather_rows
-from modexp.models.model import _RMSNormCPU, rms_norm
-from modexp.models.rope import Rotary, _Rope, rope
+from modexp.kernels.gather import gather_rows
+from modexp.kernels.norm import _RMSNormCPU, rms_norm
+from modexp.kernels.rope import _Rope, rope
+from modexp.models.rope import Rotary
+
+
+def tables(rotary, pos, dtype):
+    """cos, sin (b, t, 1, hs/2) at positions pos (b, t): broadcast over heads."""
+    p = rotary.at(pos)
+    return p.cos.unsqueeze(2).to(dtype), p.sin.unsqueeze(2).to(dtype)
 
 
 def textbook_rope(x, pos, rotary):
@@ -32,7 +40,7 @@ def test_rope_tables_rotate_like_the_textbook_expression(hs):
     pos = torch.tensor([[0, 3, 17, 40]])  # beyond max_len: the table grows
     rotary.reserve(41)
     x = torch.randn(1, 4, 2, hs)
-    cos, sin = rotary.lookup(pos, x.dtype)
+    cos, sin = tables(rotary, pos, x.dtype)
     want = textbook_rope(x, pos, rotary)
     torch.testing.assert_close(rope(x, cos, sin), want, rtol=0, atol=1e-5)  # fused mul-add: last bit
     # the training path (into a head-major buffer) computes the same values as eval's
@@ -46,9 +54,9 @@ def test_rope_tables_rotate_like_the_textbook_expression(hs):
 
 @pytest.mark.parametrize("hs", [8, 32])
 def test_rope_backward_is_the_inverse_rotation(hs):
-    rotary = Rotary(hs, 100.0).double()
+    rotary = Rotary(hs, 100.0, 1024).double()
     rotary.reserve(16)
-    cos, sin = rotary.lookup(torch.tensor([[1, 5, 9]]), torch.float64)
+    cos, sin = tables(rotary, torch.tensor([[1, 5, 9]]), torch.float64)
     x = torch.randn(2, 3, 2, hs, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: _Rope.apply(x, cos, sin), (x,))
 
@@ -58,7 +66,7 @@ def test_rms_norm_cpu_matches_f_rms_norm_values_and_gradients():
     with torch.no_grad():
         norm.weight.normal_(1.0, 0.3)
     x = torch.randn(3, 5, 16, requires_grad=True)
-    ours = rms_norm(norm, x)
+    ours = rms_norm(x, norm.weight, norm.eps)
     ref = F.rms_norm(x, (16,), norm.weight, None)
     assert torch.equal(ours, ref)  # forward op for op as F.rms_norm
     g = torch.randn_like(ref)
@@ -83,7 +91,7 @@ def test_gather_rows_gradient_equals_index_select():
 
 # ---------------------------------------------------------------- RoPE's paired path (rope.py)
 def test_paired_rows_put_each_rotated_pair_side_by_side():
-    from modexp.models.rope import paired_rows
+    from modexp.kernels.rope import paired_rows
 
     rows = paired_rows(n_heads=2, head_size=4)  # d 8: q rows 0-7, k rows 8-15, v rows 16-23
     assert rows.tolist() == [0, 2, 1, 3, 4, 6, 5, 7,  # q: head 0 (x1_0, x2_0, x1_1, x2_1), head 1
@@ -96,16 +104,19 @@ def test_paired_rows_put_each_rotated_pair_side_by_side():
 def test_paired_attention_equals_the_halves_layout(hs, monkeypatch):
     """The paired path (permuted q/k rows, one complex product) computes the attention the
     halves formula computes, forward and backward, in training and in evaluation."""
-    import modexp.models.model as M
+    import modexp.kernels.rope as K
+    from modexp.models.block import Attention
+    from modexp.models.build import choose_kernels
     from modexp.spec import ModelConfig
 
-    attn = M.Attention(ModelConfig(name="t", n_layers=1, d_model=2 * hs, n_heads=2))
+    attn = Attention(ModelConfig(name="t", n_layers=1, d_model=2 * hs, n_heads=2), choose_kernels("cpu"))
     x = torch.randn(3, 9, 2 * hs)
-    pos = torch.tensor([[0, 2, 3, 7, 8, 11, 12, 20, 31]])  # gathered tokens keep their positions
+    # gathered tokens keep their positions
+    pos = Rotary(hs, 10000.0, 32).at(torch.tensor([[0, 2, 3, 7, 8, 11, 12, 20, 31]]))
     g = torch.randn(3, 9, 2 * hs)
 
     def run(paired: bool):
-        monkeypatch.setattr(M, "pairs_adjacent", lambda t: paired)
+        monkeypatch.setattr(K, "paired_path", lambda dtype, device: paired)
         attn.zero_grad()
         y = attn(x, pos)
         y.backward(g)
@@ -120,18 +131,19 @@ def test_paired_attention_equals_the_halves_layout(hs, monkeypatch):
 
 
 def test_paired_rope_backward_is_the_inverse_rotation():
-    from modexp.models.rope import _PairedRope
+    from modexp.kernels.rope import QKVRope, _PairedRope
 
-    rotary = Rotary(8, 100.0).double()
+    rotary = Rotary(8, 100.0, 1024).double()
     rotary.reserve(16)
-    cis = rotary.lookup_cis(torch.tensor([[1, 5, 9]]), torch.float64)
+    p = rotary.at(torch.tensor([[1, 5, 9]]))
+    cis = QKVRope().cis(p.cos, p.sin, torch.float64)
     assert cis.dtype == torch.complex128
     x = torch.randn(2, 3, 2, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: _PairedRope.apply(x, cis), (x,))
 
 
 def test_permuted_rows_gradient_equals_index_select():
-    from modexp.models.rope import _PermuteRows
+    from modexp.kernels.rope import _PermuteRows
 
     w = torch.randn(6, 3, requires_grad=True)
     rows = torch.tensor([2, 0, 5, 1, 4, 3])
@@ -145,34 +157,37 @@ def test_paired_weight_follows_every_update_and_decoding_binds_it_once():
     """No stale permuted weight: evaluation permutes the current weight (fused AdamW writes in
     place without bumping the version counter, so no cache may key on it); generate() binds
     one copy for the generation and lets it go."""
-    import modexp.models.model as M
+    from modexp.kernels.rope import paired_rows
+    from modexp.models.build import build_model
     from modexp.models.decode import generate
     from modexp.spec import ModelConfig, VanillaVariant
 
-    net = M.build_model(ModelConfig(name="t", n_layers=1, d_model=16, n_heads=2),
-                        VanillaVariant(kind="vanilla"), 32)
+    net = build_model(ModelConfig(name="t", n_layers=1, d_model=16, n_heads=2),
+                      VanillaVariant(kind="vanilla"), 32)
     attn = net.blocks[0].attn
+    kernel = net.kernels.qkv_rope.__self__  # the model's QKVRope: its bindings
+    paired_weight = lambda m: kernel.paired_weight(m.qkv.weight, m.n_heads)  # noqa: E731
     opt = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)
     with torch.no_grad():
-        before = attn.paired_weight()
+        before = paired_weight(attn)
     net(torch.randint(0, 32, (2, 8)), torch.randint(0, 32, (2, 8))).loss.backward()
     opt.step()
     with torch.no_grad():
-        after = attn.paired_weight()
+        after = paired_weight(attn)
     assert not torch.equal(after, before)
-    assert torch.equal(after, attn.qkv.weight.detach()[attn._rows[0]])
+    assert torch.equal(after, attn.qkv.weight.detach()[paired_rows(2, 8)])
     seen = []
-    attn.register_forward_pre_hook(lambda m, args: seen.append(m.bound))
+    attn.register_forward_pre_hook(lambda m, args: seen.append(paired_weight(m)))
     generate(net, torch.randint(0, 32, (1, 4)), 3)
     assert all(b is seen[0] for b in seen) and torch.equal(seen[0], after)
-    assert attn.bound is None
+    assert not kernel.bound
 
 
 # ---------------------------------------------------------------- matmul attention (attention.py)
 @pytest.mark.parametrize("t,hs", [(1, 6), (2, 6), (17, 6), (64, 8), (65, 24), (128, 64)])
 def test_matmul_attention_equals_sdpa_values_and_gradients(t, hs):
     """One block up to t 64, two causal query blocks above: SDPA's values and gradients."""
-    from modexp.models.attention import matmul_attention, query_blocks
+    from modexp.kernels.attention import matmul_attention, query_blocks
 
     assert len(query_blocks(t)) == (1 if t <= 64 else 2)
     q, k, v = (torch.randn(3, 2, t, hs, requires_grad=True) for _ in range(3))
@@ -189,7 +204,7 @@ def test_matmul_attention_equals_sdpa_values_and_gradients(t, hs):
 
 
 def test_query_blocks_cover_every_query_once_and_see_only_earlier_keys():
-    from modexp.models.attention import query_blocks
+    from modexp.kernels.attention import query_blocks
 
     for t in (1, 64, 65, 100, 128):
         blocks = query_blocks(t)
@@ -197,8 +212,8 @@ def test_query_blocks_cover_every_query_once_and_see_only_earlier_keys():
 
 
 def test_training_takes_matmul_attention_and_evaluation_sdpa(monkeypatch):
-    from modexp.models import attention as A
-    from modexp.models import model as M
+    from modexp.kernels import attention as A
+    from modexp.models.build import build_model
     from modexp.spec import ModelConfig, VanillaVariant
 
     seen = []
@@ -207,8 +222,8 @@ def test_training_takes_matmul_attention_and_evaluation_sdpa(monkeypatch):
     # hs 8 and 64 train through matmuls; hs 128 and sequences over 128 keep SDPA
     for d, T, matmul in ((16, 12, True), (128, 12, True), (256, 12, False), (16, 129, False)):
         torch.manual_seed(0)
-        net = M.build_model(ModelConfig(name="t", n_layers=1, d_model=d, n_heads=2),
-                            VanillaVariant(kind="vanilla"), 32)
+        net = build_model(ModelConfig(name="t", n_layers=1, d_model=d, n_heads=2),
+                          VanillaVariant(kind="vanilla"), 32)
         idx = torch.randint(0, 32, (2, T))
         seen.clear()
         train = net(idx, idx).loss

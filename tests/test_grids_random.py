@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from modexp import flops
 from modexp.cli import app
-from modexp.models.model import build_model
+from modexp.models.build import build_model
 from modexp.plan import build_plan
 from modexp.runs.metrics import read_json
 from modexp.runs.runner import run_sweep
@@ -143,21 +143,21 @@ def test_random_routing_flops_equal_learned_blocks_without_router():
 
 def test_random_routing_picks_k_uniform_sorted_tokens_with_gate_one():
     net = make(ModVariant(**RANDOM))
-    layer, block = net.routers["1"], net.blocks[1]
+    layer = block = net.blocks[1]
     B, T = 64, 32
-    x, pos = torch.randn(B, T, 32), torch.arange(T).unsqueeze(0)
-    out, info = layer(x, block, pos)
+    x, pos = torch.randn(B, T, 32), net.positions(T, torch.device("cpu"))
+    out, info = layer(x, pos)
     k = flops.routed_k(0.25, T)
     assert info.idx.shape == (B, k) and (info.idx.diff(dim=1) > 0).all()
     idx = info.idx[0]
-    f = block.update(x[:1, idx], idx.unsqueeze(0))
+    f = block.update(x[:1, idx], net.rotary.at(idx.unsqueeze(0)))
     assert torch.allclose(out[0, idx], x[0, idx] + f[0], atol=1e-6)  # gate 1
     hits = torch.zeros(T).index_add_(0, info.idx.reshape(-1), torch.ones(B * k))
     assert hits.min() > 0 and hits.max() < 3 * B * k / T  # every position drawn, none favoured
-    _, again = layer(x, block, pos)
+    _, again = layer(x, pos)
     assert not torch.equal(info.idx, again.idx)  # a new draw every training forward
     net.eval()
-    _, causal = layer(x, block, pos, routing="causal")
+    _, causal = layer(x, pos, routing="causal")
     assert abs(int(causal.n_routed) / (B * T) - 0.25) < 0.05  # Bernoulli(capacity)
 
 

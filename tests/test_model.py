@@ -1,7 +1,7 @@
 """The vanilla and Mixture-of-Depths models against flops.py and the MoD paper's definition.
 
-Raposo et al. 2024 (arXiv 2404.02258); ../shared/design/mixture-of-depths.md lists the
-mistakes these tests rule out. Tiny configs on CPU; each test names what it would catch.
+Raposo et al. 2024 (arXiv 2404.02258); each test names the mistake it would catch. Tiny
+configs on CPU.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from modexp import flops
-from modexp.models.mod import RoutedLayer, membership
-from modexp.models.model import build_model
+from modexp.models.build import build_model
+from modexp.models.mod import RoutedBlock, membership
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
 
 V = 64  # vocabulary of the tiny models
@@ -44,13 +44,12 @@ def tokens(B: int, T: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
-def routed(net, i: int) -> RoutedLayer:
-    return net.routers[str(i)]
+def routed(net, i: int) -> RoutedBlock:
+    return net.blocks[i]
 
 
 def layer_call(net, i: int, x: torch.Tensor, routing: str = "topk"):
-    pos = torch.arange(x.size(1)).unsqueeze(0)
-    return routed(net, i)(x, net.blocks[i], pos, routing)
+    return routed(net, i)(x, net.positions(x.size(1), x.device), routing)
 
 
 # ---------------------------------------------------------------- parameters and FLOPs
@@ -155,8 +154,8 @@ def test_gathered_tokens_keep_original_positions(gate):
     r = layer.router(xs).squeeze(-1)
     g = (torch.sigmoid(r) if gate == "sigmoid" else r).unsqueeze(-1)
     got = torch.stack([out[b, idx[b]] for b in range(2)]) - xs  # the applied update
-    right = g * block.update(xs, idx)
-    compressed = g * block.update(xs, torch.arange(idx.size(1)).expand_as(idx))
+    right = g * block.update(xs, net.rotary.at(idx))
+    compressed = g * block.update(xs, net.rotary.at(torch.arange(idx.size(1)).expand_as(idx)))
     err, gap = (got - right).abs().max(), (compressed - right).abs().max()
     assert err < 1e-6 and gap > 1e3 * err + 1e-4
 
@@ -166,13 +165,13 @@ def test_capacity_one_with_unit_router_is_the_vanilla_model_bit_for_bit():
     variant = mod(layers={0: 1.0, 1: 1.0, 2: 1.0}, gate="identity", causal="none")
     vanilla, routed_net = make(model, VANILLA, seed=1), make(model, variant, seed=2)
     missing, unexpected = routed_net.load_state_dict(vanilla.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("routers.") for k in missing)
+    assert not unexpected and all(".router." in k or ".decision." in k for k in missing)
 
     class One(nn.Module):  # the router weight held at 1: g(r) = r = 1 exactly
         def forward(self, x):
             return torch.ones(*x.shape[:-1], 1, dtype=x.dtype)
 
-    for layer in routed_net.routers.values():
+    for _, layer in routed_net.routed():
         layer.router = One()
     idx = tokens(2, 24)
     assert torch.equal(routed_net(idx).logits, vanilla(idx).logits)
@@ -185,7 +184,7 @@ def test_router_gets_gradient_from_lm_loss_alone(causal, gate):
     net = make(model, variant)
     idx = tokens(2, 32)
     net(idx, idx).lm_loss.backward()
-    for layer in net.routers.values():
+    for _, layer in net.routed():
         assert layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
 
 
@@ -227,7 +226,7 @@ def test_bce_targets_are_each_rows_topk_membership(causal):
     if causal == "aux_loss":
         assert torch.allclose(info.aux_loss, F.binary_cross_entropy_with_logits(r, target))
     else:
-        expected = F.binary_cross_entropy_with_logits(layer.predictor(x).squeeze(-1), target)
+        expected = F.binary_cross_entropy_with_logits(layer.decision.predictor(x).squeeze(-1), target)
         assert torch.allclose(info.predictor_loss, expected)
 
 
@@ -277,7 +276,7 @@ def test_causal_mode_routes_each_rows_own_decisions(causal):
     out, info = layer_call(net, 1, x, routing="causal")
     layer, block = routed(net, 1), net.blocks[1]
     r = layer.router(x).squeeze(-1)
-    logit = r if causal == "aux_loss" else layer.predictor(x).squeeze(-1)
+    logit = r if causal == "aux_loss" else layer.decision.predictor(x).squeeze(-1)
     decision = logit > 0
     assert torch.equal(info.decision, decision)
     assert len(set(decision.sum(1).tolist())) > 1  # rows route different counts: padding used
@@ -285,7 +284,7 @@ def test_causal_mode_routes_each_rows_own_decisions(causal):
     for b in range(B):
         sel = decision[b].nonzero().squeeze(1)
         xs = x[b, sel].unsqueeze(0)
-        expected = xs + r[b, sel].view(1, -1, 1) * block.update(xs, sel.unsqueeze(0))
+        expected = xs + r[b, sel].view(1, -1, 1) * block.update(xs, net.rotary.at(sel.unsqueeze(0)))
         assert torch.allclose(out[b, sel], expected[0], atol=1e-6, rtol=0)
     assert int(info.n_routed) == int(decision.sum())
 
@@ -310,7 +309,7 @@ def test_bf16_autocast_forward_backward(variant):
         out.loss.backward()
     if variant.kind == "mod":  # router scores stay fp32 so top-k does not tie on bf16 steps
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert routed(net, 1)._router_logits(torch.randn(2, 16, 32)).dtype == torch.float32
+            assert routed(net, 1).router_logits(torch.randn(2, 16, 32)).dtype == torch.float32
 
 
 def test_topk_mode_compiles_without_graph_breaks():
@@ -345,14 +344,15 @@ def test_routing_init_draws_nothing_from_the_lms_random_stream():
     again = make(cfg(n_layers=4), mod(), seed=5).state_dict()  # and the seed fixes them all
     assert all(torch.equal(a[k], again[k]) for k in a)
     other = make(cfg(n_layers=4), mod(), seed=6).state_dict()
-    assert not torch.equal(a["routers.1.predictor.0.weight"], other["routers.1.predictor.0.weight"])
+    assert not torch.equal(a["blocks.1.decision.predictor.0.weight"],
+                           other["blocks.1.decision.predictor.0.weight"])
 
 
 def test_predictor_parameters_are_exactly_the_predictors():
     net = make(cfg(n_layers=4), mod())
     names = {n for n, p in net.named_parameters()
              if any(p is q for q in net.predictor_parameters())}
-    assert names == {f"routers.{i}.predictor.{j}.{w}" for i in (1, 3) for j in (0, 2)
+    assert names == {f"blocks.{i}.decision.predictor.{j}.{w}" for i in (1, 3) for j in (0, 2)
                      for w in ("weight", "bias")}
     assert make(cfg(), mod(causal="aux_loss")).predictor_parameters() == []
 
@@ -371,7 +371,7 @@ def test_calibrated_thresholds_route_the_capacity_and_leave_the_lm_alone():
         assert torch.equal(torch.get_rng_state(), rng)
         after = net.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith("threshold"))
-        assert [float(after[f"routers.{i}.threshold"]) for i in net.routers] == thresholds
+        assert [float(after[f"blocks.{i}.decision.threshold"]) for i, _ in net.routed()] == thresholds
         assert all(t != 0 for t in thresholds)
         with torch.no_grad():
             out = net(idx, routing="causal")
@@ -380,55 +380,53 @@ def test_calibrated_thresholds_route_the_capacity_and_leave_the_lm_alone():
 
 
 def test_thresholds_are_a_running_mean_of_the_training_batches_quantiles():
-    """Tracked layers record each training batch's (1 - k/T) logit quantile; fold_thresholds
+    """Tracked layers return each training batch's (1 - k/T) logit quantile; fold_thresholds
     averages a step's micro-batches, then keeps the mean of the last WINDOW steps."""
-    from modexp.models.mod import quantile_threshold
+    from modexp.models.decision import quantile_threshold
     from modexp.training import calibrate
 
     net = make(cfg(n_layers=2), mod(capacity=0.25, route_every=2)).train()
-    layer = net.routers["1"]
-    net(tokens(4, 32))
-    assert layer.seen is None  # untracked (outside the trainer): nothing recorded
-    calibrate.track_thresholds(net)
+    layer = net.blocks[1]
+    out = net(tokens(4, 32))
+    assert out.quantiles.shape == (1,) and float(layer.decision.threshold) == 0.0  # not folded
     seen, steps = [], 40
     for step in range(steps):
-        qs = []
+        qs, quantiles = [], []
         for _ in range(2):  # two micro-batches in this step
             idx = tokens(4, 32)
-            net(idx)
+            quantiles.append(net(idx).quantiles)
             h = net.embed(idx)
-            h = h + net.blocks[0].update(h, torch.arange(32).unsqueeze(0))  # dense layer 0
-            qs.append(float(quantile_threshold(layer._predictor_logits(h).detach(), 0.25)))
-        calibrate.fold_thresholds(net)
+            h = h + net.blocks[0].update(h, net.positions(32, h.device))  # dense layer 0
+            qs.append(float(quantile_threshold(layer.decision.predict(h).detach(), 0.25)))
+        calibrate.fold_thresholds(net, quantiles)
         seen.append(sum(qs) / 2)
-        assert layer.seen == []
         if step + 1 <= calibrate.WINDOW:  # the plain mean while the window fills
-            assert float(layer.threshold) == pytest.approx(sum(seen) / len(seen), abs=1e-5)
+            assert float(layer.decision.threshold) == pytest.approx(sum(seen) / len(seen), abs=1e-5)
     expect = sum(seen[:calibrate.WINDOW]) / calibrate.WINDOW
     for q in seen[calibrate.WINDOW:]:
         expect += (q - expect) / calibrate.WINDOW
-    assert float(layer.threshold) == pytest.approx(expect, abs=1e-5)
-    assert int(layer.threshold_steps) == steps
+    assert float(layer.decision.threshold) == pytest.approx(expect, abs=1e-5)
+    assert int(layer.decision.threshold_steps) == steps
 
 
 @pytest.mark.parametrize("causal", ["predictor", "aux_loss"])
 def test_decode_deciders_compare_against_the_threshold(causal):
     """decider (batch 1) and batch_decider decide as forward does: logit > threshold."""
-    from modexp.models.decision import batch_decider, decider
+    from modexp.kernels.decode import batch_decider, decider
 
     layer = routed(make(cfg(), mod(causal=causal, threshold="calibrated")), 1)
     x = torch.randn(64, 1, 32)
-    logit = (layer._predictor_logits(x) if causal == "predictor" else layer._router_logits(x))[:, 0]
+    logit = layer.decision.logit(x, layer.router_logits(x))[:, 0]
     with torch.no_grad():
-        layer.threshold.fill_(float(logit.median()))
-    expected = logit > layer.threshold
-    clear = (logit - layer.threshold).abs() > 1e-4  # away from float rounding at the boundary
+        layer.decision.threshold.fill_(float(logit.median()))
+    expected = logit > layer.decision.threshold
+    clear = (logit - layer.decision.threshold).abs() > 1e-4  # away from float rounding at the boundary
     one, batch = decider(layer), batch_decider(layer)
     with torch.no_grad():  # as in generate (inference mode)
         got = [one(x[i:i + 1]) for i in range(64)]  # the router logit if routed, else None
         assert [g is not None for g, c in zip(got, clear) if c] == expected[clear].tolist()
         assert torch.equal(batch(x)[clear], expected[clear])
-        r = layer._router_logits(x)[:, 0]  # the gate's input, handed to step_one
+        r = layer.router_logits(x)[:, 0]  # the gate's input, handed to the residual add
         assert all(g == pytest.approx(float(r[i]), abs=1e-5) for i, g in enumerate(got) if g is not None)
     assert expected.any() and not expected.all()
 
@@ -437,21 +435,24 @@ def test_checkpoints_without_a_threshold_load_at_zero():
     net = make(cfg(), mod())
     state = {k: v for k, v in net.state_dict().items() if not k.endswith("threshold")}
     fresh = make(cfg(), mod())
-    fresh.routers["1"].threshold.fill_(3.0)
+    fresh.blocks[1].decision.threshold.fill_(3.0)
     fresh.load_state_dict(state)
-    assert float(fresh.routers["1"].threshold) == 0.0
+    assert float(fresh.blocks[1].decision.threshold) == 0.0
 
 
 def test_prefix_thresholds_blend_the_calibrated_one_with_the_prefixs_top_k():
     """threshold: prefix, position by position: (1 - w) theta + w * (the ceil(c n)-th largest of
     the n logits so far), w = n / (n + prior); decoding (PrefixRow) computes the same floats."""
-    from modexp.models.decision import PrefixRow, prefix_thresholds
+    from functools import partial
+
+    from modexp.kernels.decode import PrefixRow
+    from modexp.models.decision import prefix_terms, prefix_thresholds
 
     logit = torch.randn(3, 40, generator=torch.Generator().manual_seed(0))
     theta, c, prior = torch.tensor(0.7), 0.125, 16
     got = prefix_thresholds(logit, c, theta, prior)
     for b in range(3):
-        row = PrefixRow(float(theta), c, prior, [])
+        row = PrefixRow(partial(prefix_terms, frac=c, theta=float(theta), prior=prior), [])
         for i in range(40):
             n = i + 1
             q = logit[b, :n].sort(descending=True).values[math.ceil(c * n) - 1]
@@ -475,12 +476,12 @@ def test_prefix_decisions_in_decoding_equal_the_full_causal_forward():
 
     for causal in ("aux_loss", "predictor"):
         net = make(cfg(n_layers=4), mod(causal=causal, capacity=0.25), seed=3).eval()
-        for r in net.routers.values():
-            r.threshold.fill_(0.0)
+        for d in net.decisions():
+            d.threshold.fill_(0.0)
         idx = tokens(2, 40, seed=5)
         seen = []
         hooks = [r.register_forward_hook(lambda m, a, out: seen.append(out[1].decision))
-                 for r in net.routers.values()]
+                 for _, r in net.routed()]
         with torch.no_grad():
             net(idx[:, :-1], routing="causal")
         for h in hooks:

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from modexp.models.model import build_model
+from modexp.models.build import build_model
 from modexp.models.decode import KVCache, generate, make_caches
 from modexp.models.sample import sample_run
 from modexp.spec import ModelConfig, ModVariant, SpecError, VanillaVariant, parse_spec
@@ -26,7 +26,12 @@ VARIANTS = {"vanilla": VanillaVariant(kind="vanilla"),
 def rigged(variant, seed: int = 0):
     """A tiny model whose routed layer i routes a token iff feature i of its embedding is +1."""
     torch.manual_seed(seed)
-    net = build_model(CFG, variant, V).eval()
+    return rig(build_model(CFG, variant, V).eval())
+
+
+def rig(net):
+    """Rig a model of vocabulary V in place: routed layer i routes a token iff its id is even
+    (i = 0) or divisible by 3 (i = 1), its logit far from the threshold either way."""
     ids = torch.arange(V)
     with torch.no_grad():
         for p in net.blocks.parameters():  # sharper attention than at init: mistakes show
@@ -34,11 +39,11 @@ def rigged(variant, seed: int = 0):
         # feature 0: even ids; feature 1: ids divisible by 3 -> different decisions per layer
         net.embed.weight[:, 0] = torch.where(ids % 2 == 0, 1.0, -1.0)
         net.embed.weight[:, 1] = torch.where(ids % 3 == 0, 1.0, -1.0)
-        for feat, layer in enumerate(net.routers.values()):
+        for feat, (_, layer) in enumerate(net.routed()):
             layer.router.weight.zero_()
             layer.router.weight[0, feat] = 10.0  # logit ~ +-10: the aux_loss decision
-            if layer.predictor is not None:
-                first, last = layer.predictor[0], layer.predictor[2]
+            if layer.decision.predictor is not None:
+                first, last = layer.decision.predictor[0], layer.decision.predictor[2]
                 first.weight.zero_(), first.bias.zero_(), last.weight.zero_()
                 first.weight[0, feat] = 1.0  # hidden 0 = gelu(+-1) = 0.84 or -0.16
                 last.weight[0, 0], last.bias[0] = 100.0, -30.0  # logit ~ +54 or -46
@@ -53,7 +58,7 @@ def causal_decisions(net, idx) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Full causal forward: logits and each routed layer's decisions (B, T)."""
     seen = []
     hooks = [r.register_forward_hook(lambda m, a, out: seen.append(out[1].decision))
-             for r in net.routers.values()]
+             for _, r in net.routed()]
     with torch.no_grad():
         logits = net(idx, routing="causal").logits
     for h in hooks:
@@ -82,24 +87,25 @@ def test_skipped_tokens_never_enter_a_routed_layers_cache(name):
 
     def grab(i):
         def hook(attn, args, out):
-            keys[i] = attn.rotate(attn.project(args[0]), args[1])[1]
+            keys[i] = attn.heads(args[0], args[1])[1]
         return hook
 
-    hooks = [net.blocks[int(i)].attn.register_forward_hook(grab(int(i))) for i in net.routers]
+    hooks = [net.blocks[i].attn.register_forward_hook(grab(i)) for i, _ in net.routed()]
     _, decisions = causal_decisions(net, idx[:, :-1])
     for h in hooks:
         h.remove()
     g = generate(net, idx[:, :5], 15, feed=idx[:, 5:])  # feeds exactly idx[:, :-1]
+    routed_at = [i for i, _ in net.routed()]
     for layer, cache in enumerate(g.caches):
-        if str(layer) not in net.routers:
+        if layer not in routed_at:
             assert cache.lengths == [19] * 3  # dense: every token
             continue
-        d = decisions[list(net.routers).index(str(layer))]  # (B, 19)
+        d = decisions[routed_at.index(layer)]  # (B, 19)
         assert cache.lengths == d.sum(1).tolist()  # exactly the routed tokens, no others
         for b, n in enumerate(cache.lengths):
             torch.testing.assert_close(cache.k[b, :, :n], keys[layer][b, :, :n],
                                        atol=1e-5, rtol=1e-5)
-    routed = [c.lengths for i, c in enumerate(g.caches) if str(i) in net.routers]
+    routed = [c.lengths for i, c in enumerate(g.caches) if i in routed_at]
     assert any(len(set(lens)) > 1 for lens in routed)  # ragged rows were exercised
 
 
@@ -231,9 +237,9 @@ def test_cached_decode_uses_the_decision_threshold():
     would route every token)."""
     net, idx = rigged(VARIANTS["predictor"]), tokens(2, 24, seed=4)
     with torch.no_grad():
-        for layer in net.routers.values():
-            layer.predictor[2].bias += 50.0
-            layer.threshold.fill_(50.0)
+        for d in net.decisions():
+            d.predictor[2].bias += 50.0
+            d.threshold.fill_(50.0)
     full, decisions = causal_decisions(net, idx[:, :-1])
     for P, B in ((7, 1), (7, 2)):
         g = generate(net, idx[:B, :P], 24 - P, feed=idx[:B, P:], keep_logits=True)

@@ -76,7 +76,7 @@ def test_the_final_thresholds_are_the_final_calibration(write_spec, tmp_path):
     assert runner.invoke(app, ["run", str(spec), "--results", str(tmp_path / "r")]).exit_code == 0
     run_dir = next((tmp_path / "r" / "tiny").glob("*-mod-*"))
     model, run, step = load_run(run_dir)
-    saved = [float(r.threshold) for _, r in model.layers() if r is not None]
+    saved = [float(d.threshold) for d in model.decisions()]
     assert saved == read_metrics(run_dir / "metrics.jsonl")[-1]["threshold"]
     data = TokenData("builtin:pystdlib", 32, 0.05, run["plan"]["vocab"])
     assert calibrate_on_training(model, data, 0, step, (4, 4), "cpu") == saved

@@ -47,9 +47,9 @@ def calibrate_routing(net, sample: torch.Tensor) -> str:
     """
     from modexp.training.calibrate import calibrate_thresholds
 
-    for _, layer in net.layers():
-        if layer is not None:
-            layer.prefix_prior = None
+    for decision in net.decisions():
+        decision.set_prefix_prior(None)
+    net.rotary.reserve(sample.size(1))  # the sample runs as long as a generation
     calibrate_thresholds(net, [sample])
     return ("fresh init: one decision threshold per layer, set so the causal routed fraction "
             "equals the capacity")

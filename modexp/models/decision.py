@@ -1,42 +1,93 @@
-"""Causal routing decisions that adapt to the sequence: `threshold: prefix`.
+"""The causal decision of a routed layer (Raposo et al. 2024, arXiv 2404.02258, sec. 3.5).
 
-Top-k routes the k = c*T highest router scores of each sequence, so whether token i is routed
-depends on its sequence's own k-th score, which a single global threshold can only guess: at
-T = 128 the k-th score moves from sequence to sequence by about half the spread of the scores,
-and a global threshold matches top-k on ~95% of tokens (README, "What a faithful MoD is here").
-A causal decision can estimate that k-th score from the prefix it has seen. At position i
-(n = i + 1 tokens so far) the threshold is
+Top-k routing is not causal: whether token i is routed depends on later tokens' router
+scores. Sampling one token at a time needs a per-token decision: route token i iff its
+decision logit passes a threshold. One `Decision` per routed layer owns all of it, and
+prefill, decoding, evaluation and calibration all ask it:
+- the decision logit: the router's own logit (causal: aux_loss, trained by a BCE against top-k
+  membership added to the LM loss) or a small predictor MLP's on stop-gradient inputs
+  (causal: predictor, trained by its own BCE and optimiser, so the LM is untouched);
+- the threshold: 0 (`threshold: zero`), or calibrated so the causal routed fraction equals the
+  capacity (`calibrated`: a plain BCE classifier on 12.5% positives is rewarded for saying
+  "skip", so at logit > 0 it under-routes), or per position (`prefix`, below). The calibrated
+  value is a buffer the trainer writes through `set_threshold` (modexp/training/calibrate.py:
+  a running mean of each training batch's `quantile`, then an exact pooled quantile at the
+  end), so checkpoints and decoding carry it;
+- while decoding, each row's prefix so far (`DecisionState`).
+
+`threshold: prefix`. Top-k routes the k = c T highest scores of each sequence, so whether a
+token is routed depends on its sequence's own k-th score, which one global threshold can only
+guess. A causal decision can estimate that k-th score from the prefix it has seen. At
+position i (n = i + 1 tokens so far) the threshold is
 
     tau_i = (1 - w_n) * theta + w_n * q_i,    w_n = n / (n + prior),
 
-where q_i is the ceil(c * n)-th largest decision logit of the prefix (its top-k at capacity
-c, the current token included) and theta the calibrated global threshold (calibrate.py): a
-shrinkage estimate that trusts the prefix as it grows, `prior` tokens' worth of weight on theta.
-Route iff logit_i > tau_i. Only the past and the current token enter, so it is causal, and
-decoding computes the same thresholds one token at a time (PrefixRow).
-
-Measured on the quickstart's trained checkpoints (512 held-out sequences, router logit): a
-global threshold agrees with top-k on 0.949-0.957 of tokens, this rule (prior 16) on
-0.970-0.974, routing 11.5-12.4% of tokens at capacity 12.5%.
+q_i the ceil(c n)-th largest decision logit of the prefix (its top-k at capacity c, the
+current token included) and theta the calibrated threshold: a shrinkage estimate that trusts
+the prefix as it grows, `prior` tokens' worth of weight on theta. Only the past and the
+current token enter, so it is causal, and a decode step computes the same threshold from the
+same two functions (`kth_of_prefix` is exact, `blend` elementwise).
 """
 
 from __future__ import annotations
 
-import bisect
-import struct
-from typing import Callable
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.utils import skip_init
+
+from modexp.flops import routed_k
+from modexp.spec import ModVariant
 
 ROWS_PER_CHUNK = 256  # prefix positions per (B, rows, T) block: bounded memory at long T
 
+NO_CAUSAL = ("routing='causal' needs a causal method; this MoD variant has causal: none "
+             "(use causal: aux_loss or predictor)")
 
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """x in float32, or as it is when wider (a float64 model's router runs in float64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def quantile_threshold(logit: Tensor, frac: float) -> Tensor:
+    """Scalar t with round(frac * n) of the n logits above it: the midpoint of the two order
+    statistics around that count (ties aside), so `logit > t` routes the fraction frac."""
+    flat = logit.flatten()
+    n = min(max(round(frac * flat.numel()), 0), flat.numel())
+    top = flat.topk(min(n + 1, flat.numel())).values  # descending
+    if n == 0:
+        return top[0] + 1.0  # nothing routes
+    if n == flat.numel():
+        return top[-1] - 1.0  # everything routes
+    return (top[n - 1] + top[n]) / 2
+
+
+# ---------------------------------------------------------------- threshold: prefix
 def prefix_counts(frac: float, n: Tensor) -> Tensor:
     """ceil(frac * n), at least 1: how many of n tokens the prefix's top-k keeps (float64)."""
     return torch.ceil(frac * n.double()).long().clamp_min(1)
+
+
+def prefix_weights(n: Tensor, theta: Tensor | float, prior: int) -> tuple[Tensor, Tensor]:
+    """The blend's terms for prefix lengths n, float32: w = n / (n + prior) and (1 - w) theta."""
+    w = n.float() / (n + prior).float()
+    return w, (1 - w) * torch.as_tensor(theta, dtype=torch.float32, device=n.device)
+
+
+def prefix_terms(n: Tensor, frac: float, theta: Tensor | float,
+                 prior: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-length terms of the prefix threshold for prefix lengths n: m = ceil(frac n),
+    w and (1 - w) theta (what a decode path may table once per generation)."""
+    return (prefix_counts(frac, n), *prefix_weights(n, theta, prior))
+
+
+def blend(q: Tensor, n: Tensor, theta: Tensor | float, prior: int) -> Tensor:
+    """tau = (1 - w_n) theta + w_n q for prefix lengths n (broadcast against q), float32."""
+    w, a = prefix_weights(n, theta, prior)
+    return a + w * q
 
 
 def prefix_thresholds(logit: Tensor, frac: float, theta: Tensor, prior: int) -> Tensor:
@@ -51,135 +102,126 @@ def prefix_thresholds(logit: Tensor, frac: float, theta: Tensor, prior: int) -> 
         b = min(T, a + ROWS_PER_CHUNK)
         later = pos > pos[a:b].unsqueeze(1)  # (b - a, T): key after the query
         prefix = logit.unsqueeze(1).masked_fill(later, float("-inf"))  # (B, b - a, T)
-        top = prefix.topk(int(m[b - 1]), dim=-1).values  # (B, b - a, m) descending
-        q[:, a:b] = top.gather(-1, (m[a:b] - 1).view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)
-    w, a = prefix_weights(n, theta, prior)  # (T,) each
-    return a + w * q
+        q[:, a:b] = kth_of_prefix(prefix, m[a:b])
+    return blend(q, n, theta, prior)
 
 
-def prefix_weights(n: Tensor, theta: Tensor | float, prior: int) -> tuple[Tensor, Tensor]:
-    """The blend's terms for prefix lengths n, float32: w = n / (n + prior) and (1 - w) theta."""
-    w = n.float() / (n + prior).float()
-    return w, (1 - w) * torch.as_tensor(theta, dtype=torch.float32, device=n.device)
+def kth_of_prefix(prefix: Tensor, m: Tensor) -> Tensor:
+    """The m[j]-th largest of prefix[..., j, :] (later positions -inf): (..., rows)."""
+    top = prefix.topk(int(m.max()), dim=-1).values  # (..., rows, max m) descending
+    at = (m - 1).view(*(1,) * (prefix.dim() - 2), -1, 1).expand(*prefix.shape[:-1], 1)
+    return top.gather(-1, at).squeeze(-1)
 
 
-class PrefixRow:
-    """One sequence's prefix while decoding: the same thresholds as prefix_thresholds, to the
-    bit, one token at a time.
+@dataclass
+class DecisionState:
+    """One generation's decision state at one routed layer: each row's decision logits so
+    far (B, n), the prompt's first (the prefix a `threshold: prefix` decision continues)."""
 
-    The per-length terms m, w and (1 - w) theta come from the same functions (tabled for the
-    whole generation at once), and the blend a + w q is done in Python floats, each result
-    rounded to float32: a double product or sum of two float32 values, rounded once to
-    float32, is the float32 result (double rounding is exact for +, -, * when 53 >= 2 * 24 + 2
-    bits). A token then costs one insertion and a few float operations, where numpy's
-    float32 scalars took ~1 us each: decoding calls this once per routed layer and token.
-    """
-
-    def __init__(self, theta: float, frac: float, prior: int, logits: list[float], n_max: int = 0):
-        self.theta, self.frac, self.prior = theta, frac, prior
-        self.seen = sorted(logits)  # ascending; float32 values held exactly as Python floats
-        self.m: list[int] = []  # per prefix length n: ceil(frac n), w and (1 - w) theta
-        self.w: list[float] = []
-        self.a: list[float] = []
-        self._table(max(n_max, len(logits) + 1))
-        self.tau = float("nan")  # the threshold of the last token added
-
-    def passes(self, logit: float) -> bool:
-        """Add this token's decision logit to the prefix; does it route (logit > tau)?"""
-        bisect.insort(self.seen, logit)
-        n = len(self.seen)
-        if n >= len(self.m):
-            self._table(2 * n)
-        q = _f32(self.seen[n - self.m[n]])  # the m-th largest, as float32
-        self.tau = _f32(self.a[n] + _f32(self.w[n] * q))  # (1 - w) theta + w q in float32
-        return logit > self.tau
-
-    def _table(self, n_max: int) -> None:
-        """m, w and (1 - w) theta for prefix lengths 0..n_max, as prefix_thresholds computes them."""
-        n = torch.arange(n_max + 1)
-        w, a = prefix_weights(n, self.theta, self.prior)
-        self.m, self.w, self.a = prefix_counts(self.frac, n).tolist(), w.tolist(), a.tolist()
+    seen: Tensor
 
 
-def _f32(v: float, _s=struct.Struct("f")) -> float:
-    """v rounded to the nearest float32 (an exact Python float)."""
-    try:
-        return _s.unpack(_s.pack(v))[0]
-    except OverflowError:  # beyond float32's range: struct refuses, float32 gives +-inf
-        return float(np.float32(v))
+# ---------------------------------------------------------------- the decision
+class Decision(nn.Module):
+    """A routed layer's causal decision: its logit (router or predictor), its threshold, and
+    the per-row prefix while decoding. See the module docstring."""
 
+    def __init__(self, d_model: int, variant: ModVariant, capacity: float):
+        super().__init__()
+        self.method, self.capacity = variant.causal, capacity  # causal: aux_loss | predictor | none
+        self.predictor = None
+        if variant.causal == "predictor":  # d -> h -> 1 with biases, as flops.py counts it
+            h = variant.predictor_hidden
+            # skip_init: no draw from the global RNG here; init_weights fills them
+            self.predictor = nn.Sequential(skip_init(nn.Linear, d_model, h), nn.GELU(),
+                                           skip_init(nn.Linear, h, 1))
+        # Route iff decision logit > threshold: buffers, so checkpoints and decoding carry them;
+        # written by set_threshold (never by a gradient), or kept at 0 for `threshold: zero`
+        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold_steps", torch.zeros((), dtype=torch.long))  # folded so far
+        self.tracks = variant.threshold != "zero" and variant.causal != "none"
+        """Whether training calibrates the threshold (`calibrated`, or `prefix`'s theta)."""
+        self.prefix_prior = variant.prefix_prior if variant.threshold == "prefix" else None
 
-# ---------------------------------------------------------------- decoding (decode.py)
-def decider(layer, cache=None) -> Callable[[Tensor], float | None]:
-    """Batch-1 decode at a routed layer: x (1, 1, d) -> the token's router logit r if it routes
-    (the gate's input, so the block need not compute it again), None if it skips.
+    @torch.no_grad()
+    def init_weights(self, gen: torch.Generator) -> None:
+        """The predictor's N(0, 0.02) weights (GPT-2) and zero biases, from its own generator."""
+        if self.predictor is not None:
+            for lin in (self.predictor[0], self.predictor[2]):
+                nn.init.normal_(lin.weight, 0.0, 0.02, generator=gen)
+                nn.init.zeros_(lin.bias)
 
-    The weights and the threshold are bound once per generation (they are fixed there),
-    and the products are matrix-vector ones: at one token per step, module and parameter
-    look-ups and F.linear's fixed cost would take longer than the arithmetic. With
-    `threshold: prefix` the prompt's logits (the cache's, from the prefill) start the prefix.
-    The decision logit is the router's own for causal: aux_loss, else the predictor's, and
-    then the router's dot product is taken only for tokens that route.
-    """
-    w = layer.router.weight[0]  # (d,)
-    router = lambda x: float(torch.dot(w, x.view(-1)))  # noqa: E731
-    if layer.predictor is None:
-        score, bias = router, 0.0
-    else:
-        first, last = layer.predictor[0], layer.predictor[2]
-        w1, b1, w2 = first.weight, first.bias, last.weight[0]  # (h, d), (h,), (h,)
-        score = lambda x: float(torch.dot(w2, F.gelu(torch.addmv(b1, w1, x.view(-1)))))  # noqa: E731
-        bias = float(last.bias.detach())  # added on the host: no op for it
-    if layer.prefix_prior is not None:
-        rows = _prefix_rows(layer, cache)
-        passes = lambda s: rows(1)[0].passes(s + bias)  # noqa: E731
-    else:
-        bound = float(layer.threshold) - bias  # a host float: the comparison costs no op
-        passes = lambda s: s > bound  # noqa: E731
-    if layer.predictor is None:  # the decision logit is the router logit: one dot product
-        def decide(x: Tensor) -> float | None:
-            r = router(x)
-            return r if passes(r) else None
-        return decide
-    return lambda x: router(x) if passes(score(x)) else None
+    # ------------------------------------------------------------ the logit and its training
+    def logit(self, x: Tensor, r: Tensor) -> Tensor:
+        """Decision logits (B, T) of tokens x (B, T, d) whose router logits are r (B, T)."""
+        if self.method == "aux_loss":
+            return r
+        if self.method == "predictor":
+            return self.predict(x)
+        raise ValueError(NO_CAUSAL)
 
+    def predict(self, x: Tensor) -> Tensor:
+        """The predictor's logits (B, T) on stop-gradient x (it must not shape the trunk), in
+        fp32 even under autocast: bf16 logits tie, and a calibrated threshold among ties
+        would route a fraction far from the capacity."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.predictor(at_least_fp32(x.detach())).squeeze(-1)
 
-def batch_decider(layer, cache=None) -> Callable[[Tensor], Tensor]:
-    """Batch decode: x (B, 1, d) -> (B,) bool, route iff logit > threshold; weights bound.
+    def loss(self, logit: Tensor, member: Tensor) -> Tensor:
+        """BCE of the decision logits against top-k membership (B, T): the causal method's loss."""
+        return F.binary_cross_entropy_with_logits(logit.float(), member)
 
-    The decision logit is the predictor's, else the router's, by the same F.linear calls
-    forward's modules make (so the same logits), without their look-ups.
-    """
-    thr = float(layer.threshold)
-    if layer.predictor is None:
-        w = layer.router.weight  # (1, d); in the weight's precision, as _router_logits
-        logit = lambda x: F.linear(x.to(w.dtype), w)[:, 0, 0]  # noqa: E731
-    else:
-        first, last = layer.predictor[0], layer.predictor[2]
-        w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias  # (h, d), (h,), (1, h), (1,)
-        logit = lambda x: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)[:, 0, 0]  # noqa: E731
-    if layer.prefix_prior is not None:
-        rows = _prefix_rows(layer, cache)
+    def quantile(self, logit: Tensor) -> Tensor:
+        """The (1 - k/T) quantile of decision logits (..., T): the threshold at which they
+        route the layer's capacity (the calibrated threshold's estimate from them)."""
+        T = logit.size(-1)
+        return quantile_threshold(logit.detach().float(), routed_k(self.capacity, T) / T)
 
-        def decide(x: Tensor) -> Tensor:
-            go = [row.passes(u) for row, u in zip(rows(x.size(0)), logit(x).tolist())]
-            return torch.tensor(go, dtype=torch.bool, device=x.device)
-        return decide
-    return lambda x: logit(x) > thr
+    # ------------------------------------------------------------ the threshold
+    def thresholds(self, logit: Tensor) -> Tensor:
+        """The thresholds for decision logits (B, T) of whole sequences: the calibrated (or
+        zero) buffer, or with `threshold: prefix` one per position from the prefix."""
+        if self.prefix_prior is None:
+            return self.threshold
+        return prefix_thresholds(logit.detach(), self.capacity, self.threshold, self.prefix_prior)
 
+    def decide(self, logit: Tensor) -> Tensor:
+        """(B, T) bool: route iff the decision logit passes its threshold."""
+        return logit > self.thresholds(logit)
 
-def _prefix_rows(layer, cache) -> Callable[[int], list[PrefixRow]]:
-    """`threshold: prefix` state for a batch: rows(B) -> a PrefixRow per row, made on the first
-    call (after the prefill) from the prompt's logits at this layer, left in the cache."""
-    made: list[PrefixRow] = []
-    args = (float(layer.threshold), layer.capacity, layer.prefix_prior)
-    n_max = cache.max_len if cache is not None else 0  # every length decoding can reach
+    @torch.no_grad()
+    def set_threshold(self, value: Tensor | float, steps: Tensor | int | None = None) -> None:
+        """The one writer of the threshold (calibrate.py), and of how many training steps its
+        running mean has folded (steps)."""
+        self.threshold.copy_(torch.as_tensor(value))
+        if steps is not None:
+            self.threshold_steps.fill_(steps)
 
-    def rows(batch: int) -> list[PrefixRow]:
-        if not made:
-            prompt = getattr(cache, "decision_logits", None)
-            start = prompt.tolist() if prompt is not None else [[] for _ in range(batch)]
-            made.extend(PrefixRow(*args, p, n_max) for p in start)
-        return made
+    def prefix_terms(self, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """This layer's prefix-threshold terms m, w, (1 - w) theta for prefix lengths n."""
+        return prefix_terms(n, self.capacity, self.threshold, self.prefix_prior)
 
-    return rows
+    def set_prefix_prior(self, prior: int | None) -> None:
+        """Decide by `threshold: prefix` with this prior, or (None) by the threshold alone."""
+        self.prefix_prior = prior
+
+    # ------------------------------------------------------------ decoding
+    def begin(self, logit: Tensor) -> DecisionState:
+        """The state a generation starts from: the prompt's decision logits (B, P)."""
+        return DecisionState(logit.detach().float())
+
+    def decide_next(self, logit: Tensor, state: DecisionState) -> Tensor:
+        """(B,) bool for one new token per row, decision logits (B, 1): the decision the full
+        causal forward makes at that position."""
+        if self.prefix_prior is None:
+            return (logit > self.threshold)[:, 0]
+        state.seen = torch.cat((state.seen, logit.detach().float()), dim=1)  # (B, n)
+        n = torch.full((1,), state.seen.size(1), device=logit.device)
+        q = kth_of_prefix(state.seen.unsqueeze(1), prefix_counts(self.capacity, n))  # (B, 1)
+        return (logit > blend(q, n, self.threshold, self.prefix_prior))[:, 0]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints from before the threshold buffer existed load with threshold 0."""
+        state_dict.setdefault(prefix + "threshold", torch.zeros(()))
+        state_dict.setdefault(prefix + "threshold_steps", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,44 +1,35 @@
 """Autoregressive sampling with a KV cache, for vanilla and Mixture-of-Depths models.
 
-MoD decodes with its causal routing (../shared/design/mixture-of-depths.md, "Decoding with a
-KV cache"): at a routed layer a token runs the block iff its decision logit (the predictor's,
-or the router's for causal: aux_loss) passes the layer's threshold: the calibrated buffer
-(calibrate.py), bound once per generation as a host float, or for `threshold: prefix` the
-threshold of its row's prefix so far (decision.py), the prompt's logits included. A routed token writes its keys and values into
-that layer's cache and attends over what is cached there (its row's earlier routed tokens and
-itself, RoPE at original positions), its update scaled by g(r) as in training. A token that
-skips neither reads nor writes that layer's cache; its residual passes unchanged. So caches
-have a length per layer and per row: preallocated (B, nh, size, hs) buffers that grow by
-doubling, per-row lengths on the host, and a key mask when the rows of a batch differ. At
-batch 1 a skipping token skips the block outright, so decoding really gets cheaper. At batch
-B > 1 the block runs on the routed rows only; one routed row (the usual case at small
-capacity) runs as at batch 1, on views of its own cache row: no gathers, no mask.
+MoD decodes with its causal routing (Raposo et al. 2024, sec. 3.5): at a routed layer a token
+runs the block iff its layer's Decision (decision.py) routes it, the prompt's decision logits
+included in the prefix a `threshold: prefix` decision continues. A routed token writes its keys
+and values into that layer's cache and attends over what is cached there (its row's earlier
+routed tokens and itself, RoPE at original positions), its update scaled by g(r) as in
+training. A token that skips neither reads nor writes that layer's cache; its residual passes
+unchanged. So caches have a length per layer and per row: preallocated (B, nh, size, hs)
+buffers that grow by doubling, per-row lengths on the host, and a key mask when the rows of a
+batch differ. At batch 1 a skipping token skips the block outright, so decoding really gets
+cheaper. At batch B > 1 the block runs on the routed rows only; one routed row (the usual case
+at small capacity) runs on views of its own cache row: no gathers, no mask.
 
-The prompt is prefilled by the model's own causal-mode forward pass (Transformer.forward
-with caches), so cached decoding computes exactly what a full causal forward computes.
-
-Batch-1 decoding on a CPU is bound by each op's fixed cost (microseconds, as long as the
-arithmetic of a 192-wide layer), so the decode loop keeps ops and allocations out of it:
-inference_mode, caches allocated up front, RoPE tables and the permuted qkv weights of RoPE's
-paired path (rope.py) made once per generation, routing decisions as matrix-vector products
-with the weights bound once (decision.decider, which also hands the routed token's router
-logit to the gate), the LM head as one mm (Ends), Gumbel-max sampling, and oneDNN off (its
-exact GELU costs ~9 us a call, ATen's ~1 us).
+The prompt is prefilled by the model's own causal forward pass (Transformer.forward with
+caches), and each decode step calls every layer module with its cache (so forward hooks fire
+there too): cached decoding computes what a full causal forward computes. `Decoder` is that
+loop in plain module calls; the model's kernels (ops.Kernels.decoder) may supply a faster one.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from modexp.models.decision import batch_decider, decider
-from modexp.models.rope import paired_path
+if TYPE_CHECKING:  # annotations only: the state is the Decision's, begun at the prefill
+    from modexp.models.decision import DecisionState
 
 
 # ---------------------------------------------------------------- the cache
@@ -50,15 +41,18 @@ class KVCache:
     """
 
     def __init__(self, batch: int, n_heads: int, head_size: int, max_len: int, size: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, routed: bool = False):
         self.max_len = max_len
         shape = (batch, n_heads, min(size, max_len), head_size)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.lengths = [0] * batch  # host ints: attention shapes depend on them
-        # A routed layer's decision logits of the prompt (B, P), left by the prefill: where a
-        # `threshold: prefix` decision (modexp/models/decision.py) resumes while decoding
-        self.decision_logits: Tensor | None = None
+        self.decoding = False  # set once the prompt is in: each call is then a decode step
+        # A routed layer's decision state, begun by the prefill from the prompt's decision
+        # logits (decision.Decision.begin), continued by its decode steps
+        self.decision: DecisionState | None = None
+        self.decisions: list | None = [] if routed else None  # per decode step: who routed
+        self.bound: object = None  # what a fast decode path binds for this layer (kernels/)
 
     def extend(self, k: Tensor, v: Tensor, mask: Tensor | None,
                rows: _Rows | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -163,77 +157,46 @@ def make_caches(model, batch: int, max_len: int) -> list[KVCache]:
     """One empty cache per layer: dense ones sized for every token, routed ones for ~2c of them."""
     cfg, p = model.cfg, model.head.weight
     hs = cfg.d_model // cfg.n_heads
-    sizes = [max_len if r is None else max(16, math.ceil(2 * r.capacity * max_len))
-             for _, r in model.layers()]
-    return [KVCache(batch, cfg.n_heads, hs, max_len, n, p.dtype, p.device) for n in sizes]
+    capacity = {i: b.capacity for i, b in model.routed()}
+    sizes = [max(16, math.ceil(2 * capacity[i] * max_len)) if i in capacity else max_len
+             for i in range(len(model.blocks))]
+    return [KVCache(batch, cfg.n_heads, hs, max_len, n, p.dtype, p.device, routed=i in capacity)
+            for i, n in enumerate(sizes)]
 
 
-# ---------------------------------------------------------------- one decode step
-def routed_step(router, decide, block, x: Tensor, angles,
-                cache: KVCache) -> tuple[Tensor, Tensor | bool]:
-    """One token per row (B, 1, d) through a routed layer by its causal decision; (x, go).
+# ---------------------------------------------------------------- one generation's steps
+class Decoder:
+    """The prefill and the decode steps of one generation, through the model's own modules.
 
-    decide: the layer's decision with its weights bound, decision.decider at batch 1 (the
-    router logit if the token routes, else None), else decision.batch_decider ((B,) bool).
-    Every op costs its fixed overhead at these sizes, so the block runs on the routed rows
-    through the cheapest path their number allows.
+    A context manager, so a faster decoder (modexp/kernels/decode.py) can bind what a
+    generation keeps fixed (weights, tables) on entry and let it go on exit.
     """
-    if x.size(0) == 1:  # batch 1: a skipping token skips the whole block
-        r = decide(x)
-        return (x, False) if r is None else (router.step_one(x, block, angles, cache, r), True)
-    go = decide(x)
-    ids = [b for b, g in enumerate(go.tolist()) if g]  # host sync: shapes depend on it
-    if not ids:
-        return x, go
-    if len(ids) == x.size(0):
-        return x + router.step_update(x, block, angles, cache), go
-    if len(ids) == 1:  # the usual case at small capacity: row r alone, as at batch 1
-        r = ids[0]
-        upd = router.step_update(x[r:r + 1], block, angles, cache.rows(ids, None))
-        out = x.clone()
-        out[r:r + 1] += upd  # x[r] + upd, as index_add computes it
-        return out, go
-    at = torch.tensor(ids, device=x.device)  # (n,)
-    upd = router.step_update(x.index_select(0, at), block, angles, cache.rows(ids, at))
-    return x.index_add(0, at, upd), go
+
+    def __init__(self, model, caches: list[KVCache]):
+        self.model, self.caches = model, caches
+        index = torch.arange(caches[0].max_len, device=model.head.weight.device).unsqueeze(0)
+        self.positions = model.rotary.at(index).split()  # looked up once per generation
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def prefill(self, prompt: Tensor) -> Tensor:
+        """Fill the caches with the prompt (B, P): the logits (B, V) after its last token."""
+        return self.model(prompt, routing="causal", caches=self.caches).logits[:, -1]
+
+    def step(self, tok: Tensor, p: int) -> Tensor:
+        """Logits (B, V) for the next token after tok (B, 1), which sits at position p."""
+        x = self.model.embed(tok)  # (B, 1, d)
+        pos = self.positions[p]
+        for block, cache in zip(self.model.blocks, self.caches):
+            x, _ = block(x, pos, "causal", cache)
+        return self.model.final(x)[:, -1]
 
 
-class Ends:
-    """The embedding, final norm and LM head of a model, their weights bound once per
-    generation: costs every model pays per token, not per layer, weigh more in MoD's smaller
-    step, so they run as the modules compute them without the module calls."""
-
-    def __init__(self, model):
-        self.embed = model.embed.weight  # (V, d)
-        norm = model.norm
-        self.norm = (norm.normalized_shape, norm.weight, norm.eps)
-        self.head_t = model.head.weight.t()  # (d, V), transposed once: each step is one mm
-
-    def embed_tokens(self, tok: Tensor) -> Tensor:
-        """(B, 1) -> (B, 1, d): the rows nn.Embedding copies (its index_select, minus its call)."""
-        return self.embed.index_select(0, tok.view(-1)).unsqueeze(1)
-
-    def logits(self, x: Tensor) -> Tensor:
-        """(B, 1, d) -> (B, V): the final norm, then the mm F.linear folds a (B, 1, d) input to."""
-        x = F.rms_norm(x, *self.norm)
-        return torch.mm(x.view(x.size(0), -1), self.head_t)
-
-
-def decode_step(ends: Ends, layers: list, tok: Tensor, angles: tuple[Tensor, Tensor],
-                caches: list[KVCache], decisions: list[list]) -> Tensor:
-    """Logits (B, V) for the next token after tok (B, 1), at the RoPE angles of its position."""
-    x = ends.embed_tokens(tok)  # (B, 1, d)
-    r = 0
-    for (block, router, decide), cache in zip(layers, caches):
-        if router is None:
-            x = x + block.update(x, angles, None, cache)
-        else:
-            x, go = routed_step(router, decide, block, x, angles, cache)
-            decisions[r].append(go)
-            r += 1
-    return ends.logits(x)
-
-
+# ---------------------------------------------------------------- sampling
 class Sampler:
     """Next tokens (B,) from logits (B, V): greedy at temperature 0, else seeded sampling.
 
@@ -313,19 +276,16 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
     model.eval()
     B, P = prompt.shape
     dev = prompt.device
+    model.rotary.reserve(P + max_new_tokens)  # RoPE for every position, before any forward
     caches = make_caches(model, B, P + max_new_tokens)
-    layers = [(b, r, None if r is None else decider(r, c) if B == 1 else batch_decider(r, c))
-              for (b, r), c in zip(model.layers(), caches)]  # decisions with their weights bound
-    n_routed = sum(r is not None for _, r, _ in layers)
     pick = Sampler(temperature, top_k, seed, B, model.vocab, dev, max_new_tokens)
-    rope = rope_table(layers[0][0].attn.rotary, P + max_new_tokens, model.head.weight.dtype)
-    ends = Ends(model)
     out = []  # (B, 1) per new token
-    decisions: list[list] = [[] for _ in range(n_routed)]
     kept = []
-    with native_cpu_kernels(dev), paired_weights_bound(model, dev):
+    with model.kernels.decoder(model, caches) as decoder:
         t0 = time.perf_counter()
-        logits = model(prompt, routing="causal", caches=caches).logits[:, -1]  # (B, V) prefill
+        logits = decoder.prefill(prompt)  # (B, V)
+        for cache in caches:  # the prompt is in: from here on, one token per row and step
+            cache.decoding = True
         _sync(dev)
         t1 = time.perf_counter()
         for s in range(max_new_tokens):
@@ -333,66 +293,22 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
                 kept.append(logits.clone())
             out.append(pick(logits) if feed is None else feed[:, s:s + 1])
             if s + 1 < max_new_tokens:
-                logits = decode_step(ends, layers, out[-1], rope[P + s], caches, decisions)
+                logits = decoder.step(out[-1], P + s)
         _sync(dev)
         t2 = time.perf_counter()
     model.train(was_training)
-    routed = stack_decisions(decisions, B) if n_routed and max_new_tokens > 1 else None
+    decisions = [c.decisions for c in caches if c.decisions is not None]
+    routed = stack_decisions(decisions, B) if decisions and max_new_tokens > 1 else None
     return Generation(torch.cat([prompt, *out], dim=1), max_new_tokens, routed, t1 - t0,
                       t2 - t1, caches, kept)
 
 
-def rope_table(rotary, n: int, dtype: torch.dtype) -> list:
-    """RoPE tables of positions 0..n-1, one entry per position, looked up once: e^{i theta}
-    (1, 1, 1, hs/2) for the paired path, else (cos, sin), each (1, 1, 1, hs/2) (rope.py).
-
-    Every layer's Rotary is the same function of position; these are the rows the full
-    forward's lookups gather at each position, so decoding rotates bit-identically.
-    """
-    rotary.reserve(n)
-    pos = torch.arange(n, device=rotary.inv_freq.device).unsqueeze(0)  # (1, n)
-    if paired_path(dtype, pos.device.type):
-        return list(rotary.lookup_cis(pos, dtype).split(1, dim=1))
-    cos, sin = rotary.lookup(pos, dtype)  # (1, n, 1, hs/2)
-    return list(zip(cos.split(1, dim=1), sin.split(1, dim=1)))
-
-
 def stack_decisions(decisions: list[list], batch: int) -> Tensor:
-    """(R, steps, B) bool from per-layer lists of bools (batch 1) or (B,) tensors."""
-    if batch == 1:
-        return torch.tensor(decisions, dtype=torch.bool).unsqueeze(-1)
-    return torch.stack([torch.stack(d) for d in decisions]).cpu()
-
-
-@contextmanager
-def paired_weights_bound(model, device: torch.device):
-    """Within: every attention's permuted qkv weight (rope.py's paired path) made once, not per
-    token; the weights must not change meanwhile (a generation runs in inference mode)."""
-    attns = [b.attn for b in model.blocks] if paired_path(model.head.weight.dtype, device.type) else []
-    for attn in attns:
-        attn.bound = attn.paired_weight()
-    try:
-        yield
-    finally:
-        for attn in attns:
-            attn.bound = None
-
-
-@contextmanager
-def native_cpu_kernels(device: torch.device):
-    """oneDNN off on CPU: its exact-GELU primitive costs ~9 us a call at decode sizes, ATen's ~1 us.
-
-    The two GELUs agree to float rounding (~1e-7); matmuls use MKL either way.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    was = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = was
+    """(R, steps, B) bool from per-layer lists of per-step decisions: a bool (a batch-1 fast
+    path) or a (B,) bool tensor each."""
+    layers = [torch.tensor(d, dtype=torch.bool).unsqueeze(-1) if isinstance(d[0], bool)
+              else torch.stack(d).cpu() for d in decisions]
+    return torch.stack(layers)
 
 
 def _sync(device: torch.device) -> None:

@@ -37,7 +37,7 @@ class SampleResult:
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model in eval mode, run.json, checkpoint step) from a run folder; SpecError if unusable."""
-    from modexp.models.model import build_model
+    from modexp.models.build import build_model
     from modexp.runs.checkpoint import CKPT_FILE, CheckpointError, has_checkpoint, load_for_reading
     from modexp.runs.metrics import RUN_FILE, read_json
     from modexp.spec import parse_spec
@@ -56,13 +56,14 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
         raise SpecError(str(run_dir), ["router: random (the routing control) has no causal "
                                        "decision to sample with; sample a learned-router run"])
     model_cfg = next(m for m in spec.models if m.name == plan["model"])
-    model = build_model(model_cfg, spec.variants[plan["variant"]], plan["vocab"])
+    model = build_model(model_cfg, spec.variants[plan["variant"]], plan["vocab"],
+                        seq_len=spec.data.seq_len, device=device)
     try:
         state, _ = load_for_reading(run_dir, device)  # the newest checkpoint that verifies
     except CheckpointError as e:
         raise SpecError(str(ckpt), [f"no usable checkpoint: {e}"]) from None
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), run, state.get("step")
+    return model.eval(), run, state.get("step")
 
 
 def encode_prompt(text: str, vocab: int, codec) -> list[int]:
@@ -119,7 +120,7 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = No
     g = generate(model, torch.tensor([ids], device=device), n, temperature, top_k, seed)
     new = g.tokens[0, len(ids):].tolist()
     text = codec.decode(new)
-    routed_layers = [i for i, (_, r) in enumerate(model.layers()) if r is not None]
+    routed_layers = [i for i, _ in model.routed()]
     check = None
     if routed_layers and g.routed_frac():
         check = check_routing(model.cfg, model.variant, plan["vocab"], seq_len, g.routed_frac(),
@@ -221,7 +222,7 @@ def _pair(spec, size, runs: dict, names: dict, device: str) -> Pair:
 
     names: kind -> variant name (default: the spec's first of each kind).
     """
-    from modexp.models.model import build_model
+    from modexp.models.build import build_model
 
     names = {k: names.get(k) or _variant_name(spec, k) for k in ("vanilla", "mod")}
     variants = {k: spec.variants[n] for k, n in names.items()}
@@ -233,6 +234,7 @@ def _pair(spec, size, runs: dict, names: dict, device: str) -> Pair:
             weights[kind] = f"checkpoint {run['plan']['run_id']} (step {step})"
         else:
             torch.manual_seed(0)
-            nets[kind] = build_model(size, variants[kind], spec.data.vocab).to(device).eval()
+            nets[kind] = build_model(size, variants[kind], spec.data.vocab,
+                                     seq_len=spec.data.seq_len, device=device).eval()
             weights[kind] = "fresh init"
     return Pair(spec, size, variants, nets, weights)

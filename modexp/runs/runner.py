@@ -197,13 +197,14 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's."""
     import torch
 
-    from modexp.models.model import build_model
+    from modexp.models.build import build_model
     from modexp.runs.loggers import Tee
     from modexp.training.train import Trainer
 
     model_cfg = next(m for m in spec.models if m.name == run.model)
     torch.manual_seed(run.seed)  # the seed fixes init; data order is fixed by (seed, step)
-    model = build_model(model_cfg, spec.variants[run.variant], run.vocab)
+    model = build_model(model_cfg, spec.variants[run.variant], run.vocab, seq_len=run.seq_len,
+                        device=ctx.device)
     writer = MetricsWriter(run_dir) if ctx.is_main else _NullLogger()
     names = [*spec.train.loggers, *loggers]
     if ctx.is_main and names:

@@ -5,9 +5,8 @@ glibc serves an allocation above its mmap threshold (128 KiB at start, raised on
 to 32 MiB) with a fresh mmap and unmaps it on free, and it trims free memory at the top of
 the heap back to the OS. A training step allocates and frees the same activation and gradient
 buffers every step, so each step page-faults them in afresh. Fixed thresholds (mmap only above
-32 MiB, trim only above 1 GiB free) keep them in the heap. Measured, the quickstart's s, m and
-l runs (6 runs, two alternations): 95 s against 106-110 s of wall time, with the same results
-bit for bit; a MoD Trainer step's overhead over a bare loop fell from +7-10% to +2-4%.
+32 MiB, trim only above 1 GiB free) keep them in the heap; results are the same bit for bit
+(what it buys: docs/performance.md).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from modexp.runs import checkpoint
 from modexp.spec import TrainConfig
 from modexp.training import mfu
 from modexp.training.allocator import tune_cpu_allocator
-from modexp.training.calibrate import calibrate_on_training, fold_thresholds, track_thresholds
+from modexp.training.calibrate import calibrate_on_training, fold_thresholds
 from modexp.training.evaluation import eval_pass
 from modexp.training.optim import make_optimizer, make_predictor_optimizer, split_params
 
@@ -108,7 +108,6 @@ class Trainer:
         if ctx.device.type == "cuda":  # summary's peak_mem_bytes: this run's, not the sweep's
             torch.cuda.reset_peak_memory_stats(ctx.device)
         self.lm_params, self.pred_params = split_params(self.raw)
-        track_thresholds(self.raw)  # decision thresholds follow training batches (calibrate.py)
         self.opt = make_optimizer(self.raw, cfg, ctx.device)
         self.pred_opt = make_predictor_optimizer(self.raw, cfg, ctx.device)
         warm = plan.warmup_steps
@@ -197,6 +196,7 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimiser step over the global batch; returns detached loss/stat tensors."""
         sums: dict[str, torch.Tensor] = {}
+        quantiles = []  # per micro-batch: the tracked decisions' batch quantiles (calibrate.py)
         for i, (x, y) in enumerate(self._micro_batches(self.step)):
             sync = i == self.accum - 1 or self.ctx.world == 1
             # all-reduce once, after the last micro-batch; no_sync is entered once (a context
@@ -206,6 +206,8 @@ class Trainer:
                     out = self.model(x, y)
                 (out.loss / self.accum).backward()
             _accumulate(sums, out, self.accum)
+            if out.quantiles is not None:
+                quantiles.append(out.quantiles.detach())
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         # Two clips: the LM's norm is its own (the predictors' never scales the LM's step)
         sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.lm_params, clip)
@@ -218,7 +220,7 @@ class Trainer:
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        fold_thresholds(self.raw, self._mean_over_ranks if self.ctx.world > 1 else None)
+        fold_thresholds(self.raw, quantiles, self._mean_over_ranks if self.ctx.world > 1 else None)
         self.step += 1
         return sums
 
@@ -240,7 +242,7 @@ class Trainer:
         row["eval_sequences"] = sum(x.size(0) for x, _ in batches)
         if row.pop("causal_ok"):
             # the decision thresholds both passes scored (calibrate.py)
-            row["threshold"] = [float(r.threshold) for _, r in self.raw.layers() if r is not None]
+            row["threshold"] = [float(d.threshold) for d in self.raw.decisions()]
             causal = eval_pass(self.raw, batches, "causal", self.ctx.device, self._autocast)
             row |= {"eval_loss_causal": causal["eval_loss"],
                     "routed_frac_causal": causal["routed_frac"],
