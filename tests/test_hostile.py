@@ -1,0 +1,86 @@
+"""Hostile input through the real CLI (issue 27, its non-data probes; issue 26's overrides):
+each probe's setup, command, exit code, the one line printed (no traceback) and what is on
+disk afterwards. Exit 2 means one problem line naming the file, field or flag, and nothing
+written; text is printed verbatim, never read as Rich markup."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from modexp.cli import app
+
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKUP = "[/x] [bold]b[/bold] [data] ]["  # a closing tag no one opened, a style, an extra
+
+
+def invoke(*args, **kw):
+    return CliRunner().invoke(app, [str(a) for a in args], prog_name="modexp", **kw)
+
+
+def files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def one_problem(r, *wanted: str) -> str:
+    """Exit 2 with 'error: 1 problem(s) in ...' and one bullet holding every wanted text."""
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "╭" not in r.output, r.output
+    head, *bullets = r.stderr.splitlines()
+    assert head.startswith("error: 1 problem(s) in "), r.stderr
+    assert len(bullets) == 1 and bullets[0].startswith("  - "), r.stderr
+    for w in wanted:
+        assert w in bullets[0], (w, bullets[0])
+    return bullets[0]
+
+
+def refused(r, root: Path, before: list[str], *wanted: str) -> str:
+    """one_problem, and nothing written under root."""
+    line = one_problem(r, *wanted)
+    assert files(root) == before
+    return line
+
+
+def spec_file(root: Path, fname: str = "spec.yaml", **sections) -> Path:
+    data = {**json.loads(json.dumps(TINY)), "budgets": [5e8], **sections}
+    path = root / fname
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny finished sweep (vanilla and MoD) under a results root with brackets in its path."""
+    root = tmp_path_factory.mktemp("trained")
+    results = root / "r[" / "x]"  # the path holds '[/x]'
+    spec = spec_file(root)
+    r = invoke("run", spec, "--results", results, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    exp = results / "tiny"
+    return {"spec": spec, "results": results, "exp": exp,
+            "vanilla": exp / "5e8-xs-vanilla-s0", "mod": exp / "5e8-xs-mod-s0"}
+
+
+# ---------------------------------------------------------------- 27.2: run ids unique
+def test_budgets_that_shared_a_tag_get_their_own(tmp_path):
+    r = invoke("plan", spec_file(tmp_path, budgets=[2e8, 2.0000001e8]), "--json")
+    assert r.exit_code == 0, r.output
+    ids = [run["run_id"] for run in json.loads(r.stdout)]
+    assert ids == ["2e8-xs-vanilla-s0", "2e8-xs-mod-s0", "2.0000001e8-xs-vanilla-s0",
+                   "2.0000001e8-xs-mod-s0"]
+
+
+def test_duplicate_seeds_refused(tmp_path):
+    spec = spec_file(tmp_path, seeds=[0, 1, 0])
+    refused(invoke("plan", spec), tmp_path, files(tmp_path),
+            "seeds: each seed must appear once; 0 repeated in [0, 1, 0]")
