@@ -84,3 +84,21 @@ def test_duplicate_seeds_refused(tmp_path):
     spec = spec_file(tmp_path, seeds=[0, 1, 0])
     refused(invoke("plan", spec), tmp_path, files(tmp_path),
             "seeds: each seed must appear once; 0 repeated in [0, 1, 0]")
+
+
+# ---------------------------------------------------------------- 27.6: specs
+def test_duplicate_yaml_key_refused_with_its_line(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: tiny\nbudgets: [5e8]\nmodels:\n  - {name: xs, n_layers: 2, "
+                    "d_model: 32, n_heads: 2}\nvariants:\n  v: {kind: vanilla}\ntrain:\n  lr: 1.0e-3\n"
+                    "  batch_size: 4\n  lr: 2.0e-3\n")
+    refused(invoke("plan", spec), tmp_path, ["spec.yaml"],
+            "line 10, column 3: duplicate key 'lr' (first given on line 8); each key may appear once")
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: tiny\nbudgets: [5e8]\nbase: &b {name: xs, n_layers: 2, d_model: 32, "
+                    "n_heads: 2}\nmodels:\n  - {<<: *b, d_model: 64}\nvariants:\n  v: {kind: vanilla}\n")
+    r = invoke("plan", spec)
+    one_problem(r, "base: unknown key")  # merged fine; only the helper key is unknown
