@@ -14,8 +14,13 @@ from pathlib import Path
 
 from modexp import flops as F
 from modexp.data.corpus import SourceError, resolve_source
+from modexp.memory import training_memory
 from modexp.naming import run_id
 from modexp.spec import ExperimentSpec, SpecError, load_spec
+
+STEP_LIMIT = 2 ** 32
+"""Most steps a run may take: the data sampler seeds step s's batch with s as one 32-bit word
+(modexp/data/tokens.py batch_seed, steps 0..steps-1), and refuses s >= 2**32."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class RunPlan:
     epochs: float | None = None  # training tokens / training-split tokens
     lr: float | None = None  # peak lr of this run (the model's own, else train.lr)
     router: str | None = None  # MoD: learned | random (the stochastic-routing control)
+    memory: dict | None = None  # memory.training_memory's parts in bytes: one process, float32
+
 
     def to_dict(self) -> dict:
         """Plain data for JSON."""
@@ -87,7 +94,8 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
         warmup_steps=round(spec.train.warmup * steps),
         eval_steps=eval_steps(steps, spec.train.eval_points),
         capacities=list(arch.capacities) or [None] * model.n_layers, lr=spec.lr(model),
-        router=getattr(variant, "router", None))
+        router=getattr(variant, "router", None),
+        memory=training_memory(arch, T, min(spec.train.micro_batch_size or B, B)).to_dict())
 
 
 def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
@@ -98,7 +106,8 @@ def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
 
 
 def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int | None = None) -> Plan:
-    """Plan every run; raise SpecError for a budget below one step. `train_tokens` sets epochs."""
+    """Plan every run; raise SpecError for a budget below one step or past STEP_LIMIT steps.
+    `train_tokens` sets epochs."""
     runs, problems = [], []
     for i, (budget, models) in enumerate(spec.grids()):
         for model in models:
@@ -110,6 +119,14 @@ def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int |
                             f"budgets[{i}]: {budget:g} FLOPs is less than one training step of "
                             f"model {model.name} / variant {vname} ({r.flops_per_step:.3g} FLOPs); "
                             f"allowed: >= {r.flops_per_step:.3g}")
+                        break
+                    if r.steps > STEP_LIMIT:
+                        problems.append(
+                            f"budgets[{i}]: {budget:g} FLOPs is {r.steps:,} steps of model "
+                            f"{model.name} / variant {vname}, past the data sampler's "
+                            f"{STEP_LIMIT:,} (each step's batch is seeded by a 32-bit step "
+                            f"number); allowed: <= {STEP_LIMIT * r.flops_per_step:.3g} FLOPs "
+                            "for this model, or a larger model or batch")
                         break
                     runs.append(r)
     if problems:
@@ -145,10 +162,11 @@ def val_tokens(n_tokens: int, val_fraction: float) -> int:
     return int(n_tokens * val_fraction)
 
 
-def plan_file(path, results=None) -> tuple[ExperimentSpec, Plan]:
-    """Load, validate and plan a spec file (what `modexp plan` calls); with a results root,
-    warn where a budget's grid does not bracket its estimated optimum (modexp/grid.py)."""
-    spec = load_spec(path)
+def plan_file(path, results=None, overrides=()) -> tuple[ExperimentSpec, Plan]:
+    """Load, validate and plan a spec file with its `--set` overrides (what `modexp plan`
+    calls); with a results root, warn where a budget's grid does not bracket its estimated
+    optimum (modexp/grid.py)."""
+    spec = load_spec(path, overrides)
     plan = plan_spec(spec, str(path))
     if results is not None:
         from modexp.grid import bracket_warnings  # grid -> plan: imported here, no cycle

@@ -102,3 +102,76 @@ def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
                     "n_heads: 2}\nmodels:\n  - {<<: *b, d_model: 64}\nvariants:\n  v: {kind: vanilla}\n")
     r = invoke("plan", spec)
     one_problem(r, "base: unknown key")  # merged fine; only the helper key is unknown
+
+
+def test_steps_past_the_sampler_refused_in_plan(tmp_path):
+    spec = spec_file(tmp_path, budgets=[2e17], variants={"vanilla": {"kind": "vanilla"}})
+    refused(invoke("plan", spec), tmp_path, files(tmp_path),
+            "budgets[0]: 2e+17 FLOPs is 7,064,254,196 steps of model xs / variant vanilla, past "
+            "the data sampler's 4,294,967,296")
+
+
+def test_step_limit_is_the_samplers():
+    from modexp.data.tokens import SEED_LIMIT, batch_seed
+    from modexp.plan import STEP_LIMIT, build_plan
+    from modexp.spec import SpecError, parse_spec
+
+    assert STEP_LIMIT == SEED_LIMIT
+    batch_seed(0, STEP_LIMIT - 1)  # the last step of a STEP_LIMIT-step run
+    with pytest.raises(ValueError):
+        batch_seed(0, STEP_LIMIT)
+    one = dict(TINY, variants={"v": {"kind": "vanilla"}})
+    fps = build_plan(parse_spec(one)).runs[0].flops_per_step
+    assert build_plan(parse_spec(dict(one, budgets=[STEP_LIMIT * fps]))).runs[0].steps == STEP_LIMIT
+    with pytest.raises(SpecError):
+        build_plan(parse_spec(dict(one, budgets=[(STEP_LIMIT + 1) * fps])))
+
+
+def test_run_too_big_for_memory_refused_before_anything_is_written(tmp_path):
+    huge = [{"name": "huge", "n_layers": 64, "d_model": 16384, "n_heads": 128}]
+    spec = spec_file(tmp_path, budgets=[1e16], models=huge, variants={"vanilla": {"kind": "vanilla"}})
+    before = files(tmp_path)
+    r = invoke("run", spec, "--results", tmp_path / "res", "--device", "cpu")
+    refused(r, tmp_path, before, "1e16-huge-vanilla-s0: a training step needs about ",
+            "(params 768 GiB, grads 768 GiB, AdamW 1,536 GiB", "float32, micro-batch 4",
+            "and cpu has ", "a smaller train.micro_batch_size")
+
+
+def test_memory_check_counts_the_processes_sharing_ram(write_spec, monkeypatch):
+    import modexp.memory as M
+    from modexp.plan import plan_file
+    from modexp.runs.runner import memory_problems
+
+    spec, plan = plan_file(write_spec(variants={"v": {"kind": "vanilla"}}))
+    need = plan.runs[0].memory["total"]
+    monkeypatch.setattr(M, "cpu_available_bytes", lambda: 3 * need)
+    assert memory_problems(spec, plan.runs, {4: 4}, "cpu", 1) == []
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert "x 4 processes" in memory_problems(spec, plan.runs, {4: 4}, "cpu", 4)[0]
+
+
+def test_memory_check_reads_the_gpu_on_a_cpu_machine(write_spec, monkeypatch):
+    import torch
+
+    from modexp.plan import plan_file
+    from modexp.runs.runner import memory_problems
+
+    spec, plan = plan_file(write_spec(variants={"v": {"kind": "vanilla"}}))
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: asked.append(str(d)) or (10 ** 4, 10 ** 9))
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    (line,) = memory_problems(spec, plan.runs, {4: 4}, "cuda", 2)
+    assert asked == ["cuda:3"] and "bfloat16, micro-batch 4" in line and "cuda:3 has 9.8 KiB free" in line
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (10 ** 12, 10 ** 12))
+    assert memory_problems(spec, plan.runs, {4: 4}, "cuda:0", 1) == []
+
+
+def test_plan_json_shows_each_runs_memory(tmp_path):
+    r = invoke("plan", spec_file(tmp_path, train={**TINY["train"], "micro_batch_size": 2}), "--json")
+    assert r.exit_code == 0, r.output
+    for run in json.loads(r.stdout):
+        m = run["memory"]
+        assert m["micro_batch"] == 2 and m["dtype"] == "float32"
+        assert m["total"] == sum(m[k] for k in ("params", "grads", "optimizer", "weight_copies",
+                                                "activations", "loss"))
+        assert m["params"] == 4 * run["params"]

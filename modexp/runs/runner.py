@@ -146,13 +146,14 @@ def run_state(run_dir: Path) -> str:
 
 
 def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, world=None,
-            device: str = "auto", move_aside: bool = False) -> Prepared:
-    """Validate everything a sweep needs before any training: spec, plan, data, device, the
-    results folder and the runs already in it (fingerprints).
+            device: str = "auto", move_aside: bool = False, overrides=()) -> Prepared:
+    """Validate everything a sweep needs before any training: spec (with its `--set`
+    overrides), plan, device, memory, data, the results folder and the runs already in it
+    (fingerprints).
 
     `world`: the process count (default: torchrun's WORLD_SIZE), which must split the batch.
     """
-    spec, plan = plan_file(spec_path)
+    spec, plan = plan_file(spec_path, overrides=overrides)
     if not select_runs(plan, only):
         raise SpecError(str(spec_path), [f"--only: no run id matches {only}; "
                                          f"runs: {', '.join(r.run_id for r in plan.runs)}"])
@@ -162,8 +163,8 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     from modexp.training.train import split_batch
 
     try:
-        for batch in sorted({r.batch_size for r in runs} or {spec.train.batch_size}):
-            split_batch(batch, spec.train.micro_batch_size, world)
+        micro = {batch: split_batch(batch, spec.train.micro_batch_size, world)[0]
+                 for batch in sorted({r.batch_size for r in runs} or {spec.train.batch_size})}
     except ValueError as e:
         raise SpecError(str(spec_path), [str(e)]) from None
     device = resolve_device(device)
@@ -171,6 +172,10 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     exp_dir = Path(results) / spec.name
     if exp_dir.exists() and not exp_dir.is_dir():
         raise SpecError("--results", [f"{exp_dir} is a file, where the experiment's folder goes"])
+    too_big = memory_problems(spec, [r for r in runs if run_state(exp_dir / r.run_id) != "done"],
+                              micro, device, world)
+    if too_big:
+        raise SpecError(str(spec_path), too_big)
     from modexp.data.tokens import TokenData
 
     try:
@@ -189,12 +194,46 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     return Prepared(spec, plan, runs, exp_dir, data, data_print, prints, aside, device)
 
 
+def memory_problems(spec: ExperimentSpec, runs: list[RunPlan], micro: dict[int, int],
+                    device: str, world: int) -> list[str]:
+    """One line per run whose training step cannot fit where it runs (memory.py's estimate
+    against the free memory: RAM for the CPU, shared by the processes of this machine; the
+    device's own for CUDA), so it is refused before anything is written. `micro`: batch size
+    -> sequences per forward pass of one process."""
+    from modexp import flops as F
+    from modexp.memory import device_available_bytes, size, training_memory
+
+    cuda = device.startswith("cuda")
+    if cuda and world > 1 and ":" not in device:  # torchrun: each rank on its local GPU
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    free = device_available_bytes(device)
+    if free is None:
+        return []
+    here = 1 if cuda else int(os.environ.get("LOCAL_WORLD_SIZE", world))  # processes sharing RAM
+    models = {m.name: m for m in spec.models}
+    problems = []
+    for r in runs:
+        arch = F.arch_from_config(models[r.model], spec.variants[r.variant], r.vocab)
+        est = training_memory(arch, r.seq_len, micro[r.batch_size], "bfloat16" if cuda else "float32")
+        if est.total * here > free:
+            procs = f" x {here} processes" if here > 1 else ""
+            problems.append(f"{r.run_id}: a training step needs about {est.summary()}{procs}, "
+                            f"and {device} has {size(free)} free; allowed: a smaller "
+                            "train.micro_batch_size (gradient accumulation keeps the batch), "
+                            "a smaller model, or a machine with more memory")
+    if len(problems) > rundirs.MAX_LISTED:
+        problems = problems[:rundirs.MAX_LISTED] + [
+            f"... and {len(problems) - rundirs.MAX_LISTED} more run(s)"]
+    return problems
+
+
 def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None,
-              say=None, loggers=()) -> dict:
+              say=None, loggers=(), on_row=None) -> dict:
     """Build the model, resume from the newest good checkpoint, train to the end; the summary.
 
     `say`: where notes on passed-over checkpoints or a start from zero go (never silent).
-    `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's."""
+    `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's.
+    `on_row`: also sees each logged row (the progress line takes the LM loss from it)."""
     import torch
 
     from modexp.models.model import build_model
