@@ -175,3 +175,103 @@ def test_plan_json_shows_each_runs_memory(tmp_path):
         assert m["total"] == sum(m[k] for k in ("params", "grads", "optimizer", "weight_copies",
                                                 "activations", "loss"))
         assert m["params"] == 4 * run["params"]
+
+
+# ---------------------------------------------------------------- 27.7: loggers
+RAISE_IN_WRITER_THREAD = """
+import errno, threading
+from tensorboard.summary.writer import event_file_writer, record_writer
+init = event_file_writer._AsyncWriterThread.__init__  # flush after every write, not every 120 s
+event_file_writer._AsyncWriterThread.__init__ = lambda self, q, w, secs: init(self, q, w, 0)
+calls = {{"n": 0}}
+real = record_writer.RecordWriter.{method}
+def failing(self, *a):
+    if threading.current_thread() is not threading.main_thread():
+        calls["n"] += 1
+        if calls["n"] > {after}:
+            raise OSError(errno.ENOSPC, "No space left on device")
+    return real(self, *a)
+record_writer.RecordWriter.{method} = failing
+import sys
+from modexp.cli import app
+sys.argv[0] = "modexp"
+app()
+"""
+
+
+@pytest.mark.parametrize("method, after", [("write", 0), ("write", 3), ("flush", 0), ("flush", 2)],
+                         ids=["write at once", "write mid-run", "flush at once", "flush mid-run"])
+def test_tensorboard_writer_thread_failure_warns_once(tmp_path, method, after):
+    pytest.importorskip("tensorboard")
+    spec = spec_file(tmp_path, variants={"vanilla": {"kind": "vanilla"}},
+                     train={**TINY["train"], "loggers": ["tensorboard"], "log_every": 1})
+    p = subprocess.run([sys.executable, "-c", RAISE_IN_WRITER_THREAD.format(method=method, after=after),
+                        "run", str(spec), "--results", str(tmp_path / "res"), "--device", "cpu", "-q"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr and "Exception in thread" not in p.stderr, p.stderr
+    assert p.stderr.count("warning: tensorboard logger failed (OSError: [Errno 28] No space left "
+                          "on device)") == 1, p.stderr
+    run_dir = tmp_path / "res" / "tiny" / "5e8-xs-vanilla-s0"
+    assert json.loads((run_dir / "summary.json").read_text())["state"] == "done"
+
+
+def _read_only(folder: Path):
+    """Make a folder unwritable, for root too (chattr +i) where the mode bits do not bind."""
+    folder.chmod(0o555)
+    probe = folder / "probe"
+    try:
+        probe.touch()
+    except OSError:
+        return lambda: folder.chmod(0o755)
+    probe.unlink()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        try:
+            (folder / "probe").touch()
+        except OSError:
+            return lambda: (subprocess.run(["chattr", "-i", str(folder)]), folder.chmod(0o755))
+        subprocess.run(["chattr", "-i", str(folder)])
+    folder.chmod(0o755)
+    pytest.skip("cannot make a folder read-only here")
+
+
+def test_tensorboard_read_only_folder_warns_once(tmp_path):
+    pytest.importorskip("tensorboard")
+    spec = spec_file(tmp_path, variants={"vanilla": {"kind": "vanilla"}},
+                     train={**TINY["train"], "loggers": ["tensorboard"]})
+    tb = tmp_path / "res" / "tiny" / "5e8-xs-vanilla-s0" / "tensorboard"
+    tb.mkdir(parents=True)
+    undo = _read_only(tb)
+    try:
+        p = subprocess.run([sys.executable, "-m", "modexp", "run", str(spec), "--results",
+                            str(tmp_path / "res"), "--device", "cpu", "-q"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    finally:
+        undo()
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr and "Exception in thread" not in p.stderr, p.stderr
+    assert p.stderr.count("warning: tensorboard logger failed") == 1, p.stderr
+    assert p.stderr.count("\n") == 1  # that warning is all
+
+
+def test_loggers_added_to_a_finished_sweep_do_not_refuse_it(tmp_path):
+    spec = spec_file(tmp_path, variants={"vanilla": {"kind": "vanilla"}})
+    assert invoke("run", spec, "--results", tmp_path / "res", "--device", "cpu", "-q").exit_code == 0
+    spec = spec_file(tmp_path, variants={"vanilla": {"kind": "vanilla"}},
+                     train={**TINY["train"], "loggers": ["tensorboard"]})
+    r = invoke("run", spec, "--results", tmp_path / "res", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["runs"]["5e8-xs-vanilla-s0"]["outcome"] == "skipped"
+
+
+def test_loggers_out_of_the_fingerprint_lr_in_it():
+    from modexp.plan import build_plan
+    from modexp.runs.fingerprint import fingerprint
+    from modexp.spec import parse_spec, spec_to_dict
+
+    def prints(**train):
+        spec = parse_spec(dict(TINY, train={**TINY["train"], **train}))
+        return fingerprint(spec_to_dict(spec), build_plan(spec).runs[0].to_dict(), {"sha256": "x"})
+
+    assert prints()["sha256"] == prints(loggers=["tensorboard", "wandb"])["sha256"]
+    assert prints()["sha256"] != prints(lr=1e-3)["sha256"]

@@ -6,7 +6,8 @@ evaluation (eval_points, eval_batches), the data settings and the data's content
 the Python version for builtin:pystdlib), the FLOP convention, the seed and the plan entry.
 It leaves out how the run is executed or shown, which may change on resume without changing
 the numbers it is meant to produce: log_every, checkpoint_every, micro_batch_size (gradient
-accumulation over the same global batch), compile, the device and the process count.
+accumulation over the same global batch), compile, loggers (dashboards mirror metrics.jsonl),
+the device and the process count.
 
 No torch here: status and analysis read fingerprints from run.json without it.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from modexp.cache import read_cache, write_cache
 from modexp.spec import ROUTER_ONLY
 
-EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile")
+EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile", "loggers")
 """train.* fields left out of the fingerprint: they change how a run executes, not its result."""
 PLAN_FIELDS = ("budget", "model", "variant", "kind", "seed", "convention", "seq_len", "batch_size",
                "vocab", "flops_per_step", "steps", "total_flops", "warmup_steps", "eval_steps",

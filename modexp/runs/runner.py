@@ -311,10 +311,10 @@ def _decide(run_dir: Path, retry_failed: bool, say) -> str:
 
 def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=False,
               device="auto", progress=None, move_aside=False, loggers=(),
-              peak_tflops=None) -> SweepReport:
+              peak_tflops=None, overrides=()) -> SweepReport:
     """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI;
     `loggers`: dashboards to feed besides the spec's train.loggers; `peak_tflops`: for MFU
-    (None: a known GPU's peak or the cached CPU peak).
+    (None: a known GPU's peak or the cached CPU peak); `overrides`: `--set PATH=VALUE`s.
 
     Under torchrun every rank calls this; rank 0 decides (locks, skips), writes and reports.
     An environment failure (disk full, out of memory, device lost) leaves the run interrupted
@@ -324,8 +324,9 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
 
     from modexp.runs.loggers import check_loggers
 
-    p = prepare(spec_path, results, only, shard, device=device, move_aside=move_aside)
-    bad = check_loggers([*p.spec.train.loggers, *loggers])
+    p = prepare(spec_path, results, only, shard, device=device, move_aside=move_aside,
+                overrides=overrides)
+    bad = check_loggers(p.spec.train.loggers, "train.loggers") + check_loggers(loggers, "--logger")
     if bad:
         raise SpecError(str(spec_path), bad)
     ctx = setup_context(p.device, peak_tflops)
