@@ -71,6 +71,47 @@ def trained(tmp_path_factory):
             "vanilla": exp / "5e8-xs-vanilla-s0", "mod": exp / "5e8-xs-mod-s0"}
 
 
+# ---------------------------------------------------------------- 27.1: text is never markup
+
+
+def test_failed_run_line_and_summary_verbatim(tmp_path, monkeypatch):
+    from modexp.runs import runner
+
+    def boom(*a, **k):
+        raise RuntimeError(f"boom {MARKUP}")
+
+    monkeypatch.setattr(runner, "train_one", boom)
+    spec = spec_file(tmp_path, variants={"vanilla": {"kind": "vanilla"}})
+    r = invoke("run", spec, "--results", tmp_path / "res", "--device", "cpu")
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output  # a failed run: exit 1
+    assert f"failed 5e8-xs-vanilla-s0: RuntimeError: boom {MARKUP}" in r.stderr
+    assert "1 run(s) failed: 5e8-xs-vanilla-s0 (see error.log" in r.stderr
+    r = invoke("status", tmp_path / "res" / "tiny")  # the status table's error cell
+    assert r.exit_code == 0 and f"boom {MARKUP}"[:40] in r.stdout.replace("\n", " "), r.output
+
+
+def test_progress_lines_are_text_on_any_console():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from modexp.runs.progress import SweepProgress
+
+    console = Console(record=True, width=400, force_terminal=False)  # markup on by default
+    ui = SweepProgress(console, verbosity=1, every=0)
+    run = SimpleNamespace(run_id=f"id{MARKUP}", params=1, steps=2, batch_size=1, seq_len=2,
+                          total_flops=10, flops_per_step=5)
+    ui.start_sweep([run])
+    ui.start_run(run)
+    ui.step(1, 3.0)
+    ui.end_run(run, {"state": "failed", "error": f"RuntimeError: {MARKUP}"})
+    ui.skip_run(run, "done")
+    ui.end_sweep()
+    text = console.export_text()
+    assert f"start id{MARKUP}:" in text and f"failed id{MARKUP}: RuntimeError: {MARKUP}" in text
+    assert f"skip id{MARKUP}: already done" in text
+
+
 # ---------------------------------------------------------------- 27.2: run ids unique
 def test_budgets_that_shared_a_tag_get_their_own(tmp_path):
     r = invoke("plan", spec_file(tmp_path, budgets=[2e8, 2.0000001e8]), "--json")
@@ -275,3 +316,16 @@ def test_loggers_out_of_the_fingerprint_lr_in_it():
 
     assert prints()["sha256"] == prints(loggers=["tensorboard", "wandb"])["sha256"]
     assert prints()["sha256"] != prints(lr=1e-3)["sha256"]
+
+
+# ---------------------------------------------------------------- 26.2: the status line
+def test_status_line_shows_the_lm_loss_labelled(tmp_path):
+    spec = spec_file(tmp_path, variants={"mod": TINY["variants"]["mod"]})
+    r = invoke("run", spec, "--results", tmp_path / "res", "--device", "cpu", "--status-every", "0")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(l) for l in (tmp_path / "res" / "tiny" / "5e8-xs-mod-s0" / "metrics.jsonl")
+            .read_text().splitlines()]
+    last = [row for row in rows if row["kind"] == "train"][-1]
+    assert abs(last["train_loss"] - last["lm_loss"]) > 5e-4  # MoD's predictor BCE is in train_loss
+    line = [l for l in r.stderr.splitlines() if f" step {last['step']}/" in l][-1]
+    assert f" lm loss {last['lm_loss']:.3f} " in line and f"{last['train_loss']:.3f}" not in line

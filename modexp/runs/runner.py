@@ -248,7 +248,8 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     if ctx.is_main and names:
         plan_row = json.loads(json.dumps(run.to_dict()))  # JSON-able, as run.json holds it
         writer = Tee(writer, names, run_dir, run.run_id, spec_to_dict(spec), plan_row)
-    trainer = Trainer(model, run, spec.train, data, writer, run_dir / CKPT_FILE, ctx, on_step)
+    trainer = Trainer(model, run, spec.train, data, writer if on_row is None else _Tap(writer, on_row),
+                      run_dir / CKPT_FILE, ctx, on_step)
     step = trainer.resume()
     if ctx.is_main:
         logged = writer.last_step()
@@ -264,6 +265,17 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     finally:
         if isinstance(writer, Tee):
             writer.close()
+
+
+class _Tap:
+    """The Trainer's logger, also handing each row to `see` (metrics.jsonl first)."""
+
+    def __init__(self, inner, see):
+        self.inner, self.see = inner, see
+
+    def log(self, row: dict) -> None:
+        self.inner.log(row)
+        self.see(row)
 
 
 def _stderr(msg: str) -> None:
@@ -375,7 +387,7 @@ def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=()) -> str:
     ui.start_run(run)
     try:
         summary = train_one(p.spec, run, run_dir, p.data, ctx, on_step=ui.step, say=_stderr,
-                            loggers=loggers)
+                            loggers=loggers, on_row=getattr(ui, "row", None))
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the checkpoint continues it
     except Exception as exc:  # a run's failure must not stop the sweep
