@@ -72,6 +72,45 @@ def trained(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- 27.1: text is never markup
+def test_missing_spec_path_with_a_closing_tag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("plan", "d[/x]/s.yaml")
+    refused(r, tmp_path, [], "d[/x]/s.yaml: file not found")
+
+
+def test_spec_named_like_a_style_is_reported_as_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "[bold]x.yaml").write_text("name: [\n")
+    r = invoke("plan", "[bold]x.yaml")
+    refused(r, tmp_path, ["[bold]x.yaml"], "[bold]x.yaml: line 2, column 1: YAML syntax error")
+
+
+def test_library_message_keeps_its_brackets(tmp_path):
+    spec = spec_file(tmp_path, name="x[b]y")
+    refused(invoke("plan", spec), tmp_path, files(tmp_path), "name: 'x[b]y' is not a safe folder name")
+
+
+@pytest.mark.parametrize("where", ["--logger", "train.loggers"])
+def test_install_hint_keeps_its_extra(tmp_path, monkeypatch, where):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))
+    if where == "--logger":
+        spec, extra = spec_file(tmp_path), ["--logger", "wandb"]
+    else:
+        spec, extra = spec_file(tmp_path, train={**TINY["train"], "loggers": ["wandb"]}), []
+    before = files(tmp_path)
+    r = invoke("run", spec, "--results", tmp_path / "res", "--device", "cpu", *extra)
+    refused(r, tmp_path, before, f"{where}: wandb needs the `wandb` extra (pip install 'modexp[wandb]')")
+
+
+def test_warning_with_a_closing_tag(tmp_path):
+    spec = spec_file(tmp_path, data={"source": str(tmp_path / "no[/x].txt"), "seq_len": 32})
+    r = invoke("plan", spec)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert f"warning: data.source: {tmp_path / 'no[/x].txt'}" in r.stderr
+    assert "warning" not in r.stdout
 
 
 def test_failed_run_line_and_summary_verbatim(tmp_path, monkeypatch):
@@ -110,6 +149,34 @@ def test_progress_lines_are_text_on_any_console():
     text = console.export_text()
     assert f"start id{MARKUP}:" in text and f"failed id{MARKUP}: RuntimeError: {MARKUP}" in text
     assert f"skip id{MARKUP}: already done" in text
+
+
+def test_sample_and_status_and_plot_print_paths_and_prompts_verbatim(trained):
+    r = invoke("sample", trained["vanilla"], "--prompt", f"def {MARKUP}", "--max-new-tokens", "3",
+               "--device", "cpu")
+    assert r.exit_code == 0 and r.stdout.startswith(f"def {MARKUP}"), r.output
+    r = invoke("status", trained["exp"])
+    assert r.exit_code == 0 and "5e8-xs-mod-s0" in r.stdout, r.output
+    r = invoke("plot", trained["exp"])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert f"wrote {trained['exp'] / 'plots'}" in r.stdout  # 'r[/x]' printed as it is
+
+
+def test_bench_report_verbatim(trained, monkeypatch):
+    import modexp.bench as B
+
+    real = B.bench
+
+    def bracketed(*a, **k):
+        rep = real(*a, **k)
+        rep.weights = {k: f"checkpoint {MARKUP}" for k in rep.weights}
+        return rep
+
+    monkeypatch.setattr(B, "bench", bracketed)
+    r = invoke("bench", trained["spec"], "--no-train", "--repeats", "1", "--new-tokens", "2",
+               "--batch-size", "1", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert f"weights: vanilla checkpoint {MARKUP}; MoD checkpoint {MARKUP}" in r.stdout
 
 
 # ---------------------------------------------------------------- 27.2: run ids unique
@@ -329,3 +396,94 @@ def test_status_line_shows_the_lm_loss_labelled(tmp_path):
     assert abs(last["train_loss"] - last["lm_loss"]) > 5e-4  # MoD's predictor BCE is in train_loss
     line = [l for l in r.stderr.splitlines() if f" step {last['step']}/" in l][-1]
     assert f" lm loss {last['lm_loss']:.3f} " in line and f"{last['train_loss']:.3f}" not in line
+
+
+# ---------------------------------------------------------------- 26.5: CLI overrides
+def test_set_overrides_plan(tmp_path):
+    spec = spec_file(tmp_path)
+    r = invoke("plan", spec, "--json", "--set", "train.lr=1e-3", "--set", "models[0].d_model=64",
+               "--set", "seeds=[3]")
+    assert r.exit_code == 0, r.output
+    runs = json.loads(r.stdout)
+    assert {run["lr"] for run in runs} == {1e-3} and {run["seed"] for run in runs} == {3}
+    base = json.loads(invoke("plan", spec, "--json").stdout)
+    assert runs[0]["params"] > base[0]["params"]
+    dotted = json.loads(invoke("plan", spec, "--json", "--set", "models.0.d_model=64").stdout)
+    assert dotted[0]["params"] == runs[0]["params"]
+
+
+@pytest.mark.parametrize("override, wanted", [
+    ("train.lr=abc", "train.lr: Input should be a valid number, unable to parse string as a number "
+                     "(from --set train.lr=abc)"),
+    ("train.bach_size=3", "train.bach_size: unknown key (did you mean 'batch_size'?)"),
+    ("models[0].d_model=31", "models[0].n_heads: must divide d_model (31), got 2 (from --set "
+                             "models[0].d_model=31)"),
+    ("models[5].d_model=64", "--set models[5].d_model=64: models has 1 entries (indices 0..0); 5 is "
+                             "not one of them"),
+    ("train.lr.x=1", "--set train.lr.x=1: train.lr is 0.003, not a mapping or list"),
+    ("train.lr", "--set train.lr: expected PATH=VALUE"),
+    ("train.lr=[1", "--set train.lr=[1: the value is not YAML"),
+])
+def test_bad_override_one_line_naming_it(tmp_path, override, wanted):
+    spec = spec_file(tmp_path)
+    refused(invoke("plan", spec, "--set", override), tmp_path, files(tmp_path), wanted)
+
+
+def test_set_recorded_in_run_json_and_seen_by_the_fingerprint(tmp_path):
+    spec = spec_file(tmp_path, variants={"vanilla": {"kind": "vanilla"}})
+    r = invoke("run", spec, "--results", tmp_path / "res", "--device", "cpu", "-q",
+               "--set", "train.lr=2e-3")
+    assert r.exit_code == 0, r.output
+    run = json.loads((tmp_path / "res" / "tiny" / "5e8-xs-vanilla-s0" / "run.json").read_text())
+    assert run["spec"]["train"]["lr"] == 2e-3 and run["fingerprint"]["fields"]["train"]["lr"] == 2e-3
+    before = files(tmp_path)
+    r = invoke("run", spec, "--results", tmp_path / "res", "--device", "cpu")  # without it
+    assert r.exit_code == 2 and "5e8-xs-vanilla-s0: differs in train.lr" in r.stderr
+    assert files(tmp_path) == before
+    r = invoke("run", spec, "--results", tmp_path / "res", "--device", "cpu", "--json",
+               "--set", "train.lr=2e-3")
+    assert r.exit_code == 0 and json.loads(r.stdout)["failed"] == []
+
+
+def test_status_with_a_renaming_override(tmp_path):
+    spec = spec_file(tmp_path, variants={"vanilla": {"kind": "vanilla"}})
+    r = invoke("run", spec, "--results", tmp_path / "res", "--device", "cpu", "-q", "--set", "name=other")
+    assert r.exit_code == 0 and (tmp_path / "res" / "other").is_dir(), r.output
+    r = invoke("status", spec, "--results", tmp_path / "res", "--set", "name=other", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["state"] == "done", r.output
+    r = invoke("status", tmp_path / "res" / "other", "--set", "name=x")
+    one_problem(r, "--set: ", "is a results folder")
+
+
+def test_print_spec_shows_overrides_and_defaults(tmp_path):
+    spec = spec_file(tmp_path)
+    r = invoke("plan", spec, "--print-spec", "--set", "train.lr=1e-3")
+    assert r.exit_code == 0, r.output
+    resolved = yaml.safe_load(r.stdout)
+    assert resolved["train"]["lr"] == 1e-3 and resolved["train"]["warmup"] == 0.02  # a default
+    assert resolved["variants"]["mod"]["gate"] == "sigmoid"
+    from modexp.spec import load_spec, parse_spec
+
+    assert parse_spec(resolved) == load_spec(spec, ["train.lr=1e-3"])  # it round-trips
+
+
+# ---------------------------------------------------------------- 26.5: one error style
+@pytest.mark.parametrize("args, wanted", [
+    (["run", "{spec}", "--bogus"], ["modexp run: --bogus: no such option", "`modexp run --help`"]),
+    (["sample", "{tmp}", "--prompt", "a", "--seed", "x"], ["--seed: ", "valid integer"]),
+    (["plan"], ["SPEC: missing (usage: modexp plan [OPTIONS] SPEC)"]),
+    (["plna", "{spec}"], ["No such command 'plna'", "plan"]),
+    (["run", "{spec}", "--only"], ["--only", "requires an argument"]),
+    (["run", "{spec}", "--peak-tflops", "-1"], ["--peak-tflops: "]),
+])
+def test_usage_errors_in_modexps_style(tmp_path, args, wanted):
+    spec = spec_file(tmp_path)
+    before = files(tmp_path)
+    r = invoke(*[a.format(spec=spec, tmp=tmp_path) for a in args])
+    refused(r, tmp_path, before, *wanted)
+    assert "Usage:" not in r.output
+
+
+def test_no_arguments_still_print_help():
+    r = invoke()
+    assert "plan" in r.output and "error:" not in r.output
