@@ -329,6 +329,7 @@ def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<expe
         sys.stdout.write(json.dumps(asdict(res), indent=2) + "\n")
     else:
         print_sample(res, out)
+    _warn(res.warnings)
 
 
 @app.command()

@@ -194,6 +194,107 @@ def test_duplicate_seeds_refused(tmp_path):
             "seeds: each seed must appear once; 0 repeated in [0, 1, 0]")
 
 
+# ---------------------------------------------------------------- 27.5: sample and bench bounded
+@pytest.mark.parametrize("flag, value, wanted", [
+    ("--max-new-tokens", "1000000000", "--max-new-tokens: at most "),
+    ("--max-new-tokens", "0", "--max-new-tokens: must be at least 1"),
+    ("--seed", str(2 ** 70), "--seed: must lie in 0..2**64 - 1"),
+    ("--seed", "-1", "--seed: must lie in 0..2**64 - 1"),
+    ("--temperature", "nan", "--temperature: must be 0 (greedy) or between 1e-06 and 1e+06"),
+    ("--temperature", "1e-9", "--temperature: must be 0 (greedy) or between"),
+    ("--top-k", "0", "--top-k: must be at least 1"),
+])
+def test_sample_flags_bounded(trained, monkeypatch, flag, value, wanted):
+    import modexp.memory as M
+
+    monkeypatch.setattr(M, "cpu_available_bytes", lambda: 2 ** 30)  # 1 GiB free, whatever is
+    before = files(trained["exp"])
+    r = invoke("sample", trained["vanilla"], "--prompt", "def ", flag, value, "--device", "cpu")
+    refused(r, trained["exp"], before, wanted)
+
+
+def test_sample_prompt_past_memory(trained, monkeypatch):
+    import modexp.memory as M
+
+    monkeypatch.setattr(M, "cpu_available_bytes", lambda: 3 * 2 ** 20)  # 3 MiB free
+    r = invoke("sample", trained["vanilla"], "--prompt", "x" * 5000, "--max-new-tokens", "1",
+               "--device", "cpu")
+    line = one_problem(r, "--prompt: at most ", "tokens here; 1 x (5,000 prompt + 1 new) tokens")
+    assert "and cpu has 3 MiB free" in line
+
+
+def test_sample_non_utf8_prompt_bytes(trained, tmp_path):
+    """From the command line a 0xff byte arrives as a lone surrogate (surrogateescape): a
+    byte-level run decodes from byte 255 itself, and prints it as \\xff."""
+    prompt = os.fsdecode(b"def \xff")
+    r = invoke("sample", trained["vanilla"], "--prompt", prompt, "--max-new-tokens", "2",
+               "--temperature", "0", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    r2 = invoke("sample", trained["vanilla"], "--prompt", prompt, "--max-new-tokens", "2",
+                "--temperature", "0", "--device", "cpu")
+    assert r2.exit_code == 0 and r2.stdout.startswith("def \\xff"), r2.output
+    # a subprocess, as a shell passes the byte (not Python's own str)
+    code = ("import sys; from modexp.cli import app; sys.argv[0] = 'modexp'; app()")
+    p = subprocess.run([sys.executable, "-c", code, "sample", str(trained["vanilla"]), "--prompt",
+                        b"def \xff", "--max-new-tokens", "2", "--temperature", "0", "--device",
+                        "cpu", "--json"], capture_output=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr.decode()
+    assert json.loads(p.stdout)["tokens"] == json.loads(r.stdout)["tokens"]
+
+
+def test_tokenizer_run_refuses_non_utf8_prompt():
+    from modexp.data.codec import Codec
+    from modexp.models.sample import encode_prompt
+    from modexp.spec import SpecError
+
+    assert encode_prompt(os.fsdecode(b"a\xff"), 256, Codec("bytes")) == [97, 255]
+    with pytest.raises(SpecError) as e:
+        encode_prompt(os.fsdecode(b"a\xff"), 256, Codec("tokenizer", tokenizer=None))
+    assert e.value.problems == ["--prompt: character 1 (\\xff) is not text (a byte that is not "
+                                "UTF-8); this run's tokenizer needs UTF-8 text (a byte-level run "
+                                "takes any bytes)"]
+    with pytest.raises(SpecError):  # a surrogate no byte stands for
+        encode_prompt("a\ud800", 256, Codec("bytes"))
+
+
+def test_sample_warnings_on_stderr(trained):
+    r = invoke("sample", trained["vanilla"], "--prompt", "def ", "--max-new-tokens", "40",
+               "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.stdout and "passes the trained seq_len 32" in r.stderr
+
+
+@pytest.mark.parametrize("flag, value, wanted", [
+    ("--train-repeats", "0", "--train-repeats: must be at least 1 (or --no-train), got 0"),
+    ("--repeats", "0", "--repeats: must be at least 1, got 0"),
+    ("--batch-size", "0", "--batch-size: each must be at least 1, got 1, 0"),  # repeatable
+    ("--prompt-len", "0", "--prompt-len: must be at least 1, got 0"),
+    ("--new-tokens", "1", "--new-tokens: must be at least 2, got 1"),
+    ("--new-tokens", "1000000000", "--new-tokens: at most "),
+    ("--prompt-len", "1000000000", "--prompt-len: at most "),
+    ("--repeats", "100000000", "--repeats: at most "),  # 3.2 GB of prompts
+])
+def test_bench_flags_bounded(tmp_path, monkeypatch, flag, value, wanted):
+    import modexp.memory as M
+
+    monkeypatch.setattr(M, "cpu_available_bytes", lambda: 2 ** 30)  # 1 GiB free, whatever is
+    spec = spec_file(tmp_path)
+    before = files(tmp_path)
+    r = invoke("bench", spec, "--device", "cpu", "--batch-size", "1", "--prompt-len", "4",
+               "--new-tokens", "2", "--repeats", "1", flag, value)
+    refused(r, tmp_path, before, wanted)
+
+
+def test_bench_training_step_past_memory(tmp_path, monkeypatch):
+    import modexp.memory as M
+
+    monkeypatch.setattr(M, "cpu_available_bytes", lambda: 6 * 2 ** 20)
+    spec = spec_file(tmp_path, train={**TINY["train"], "batch_size": 512})
+    r = invoke("bench", spec, "--device", "cpu", "--batch-size", "1", "--prompt-len", "4",
+               "--new-tokens", "2", "--repeats", "1", "--train-repeats", "1")
+    one_problem(r, "--train: the training step of batch 512 x 32 needs about", "--no-train")
+
+
 # ---------------------------------------------------------------- 27.6: specs
 def test_duplicate_yaml_key_refused_with_its_line(tmp_path):
     spec = tmp_path / "spec.yaml"
