@@ -25,6 +25,8 @@ RoPE's paired path with its permuted weight copy); "bfloat16" is CUDA under bf16
 log-sum-exp instead of the probabilities); derived, not measured on a GPU.
 
 Another estimator part (activation checkpointing, FSDP shards) is one more named field.
+`generation_memory` estimates sampling; `device_available_bytes` reads what a machine has free;
+`fit_problems` is the check `modexp run` makes with them before it writes anything.
 """
 
 from __future__ import annotations
@@ -260,3 +262,31 @@ def device_available_bytes(device: str) -> int | None:
     import torch
 
     return int(torch.cuda.mem_get_info(torch.device(device))[0])
+
+
+def fit_problems(spec, runs, micro: dict[int, int], device: str, world: int = 1,
+                 local: int = 1) -> list[str]:
+    """One line per run (plan.RunPlan) of a spec whose training step cannot fit where it runs:
+    training_memory against the free memory, RAM for the CPU, shared by the `local` processes
+    of this machine, or under torchrun (`world` > 1) each rank's own GPU (LOCAL_RANK).
+    `micro`: batch size -> sequences per forward pass of one process. `modexp run` refuses
+    such runs before it writes anything."""
+    cuda = device.startswith("cuda")
+    if cuda and world > 1 and ":" not in device:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    free = device_available_bytes(device)
+    if free is None:
+        return []
+    here = 1 if cuda else local
+    models = {m.name: m for m in spec.models}
+    problems = []
+    for r in runs:
+        arch = F.arch_from_config(models[r.model], spec.variants[r.variant], r.vocab)
+        est = training_memory(arch, r.seq_len, micro[r.batch_size], "bfloat16" if cuda else "float32")
+        if est.total * here > free:
+            procs = f" x {here} processes" if here > 1 else ""
+            problems.append(f"{r.run_id}: a training step needs about {est.summary()}{procs}, "
+                            f"and {device} has {size(free)} free; allowed: a smaller "
+                            "train.micro_batch_size (gradient accumulation keeps the batch), "
+                            "a smaller model, or a machine with more memory")
+    return problems

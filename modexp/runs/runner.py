@@ -172,10 +172,14 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     exp_dir = Path(results) / spec.name
     if exp_dir.exists() and not exp_dir.is_dir():
         raise SpecError("--results", [f"{exp_dir} is a file, where the experiment's folder goes"])
-    too_big = memory_problems(spec, [r for r in runs if run_state(exp_dir / r.run_id) != "done"],
-                              micro, device, world)
+    from modexp.memory import fit_problems
+
+    too_big = fit_problems(spec, [r for r in runs if run_state(exp_dir / r.run_id) != "done"],
+                           micro, device, world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if too_big:
-        raise SpecError(str(spec_path), too_big)
+        more = len(too_big) - rundirs.MAX_LISTED
+        raise SpecError(str(spec_path), too_big[:rundirs.MAX_LISTED]
+                        + ([f"... and {more} more run(s)"] if more > 0 else []))
     from modexp.data.tokens import TokenData
 
     try:
@@ -192,39 +196,6 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
         raise SpecError(str(spec_path), [f"{', '.join(busy)}: being trained by another process; "
                                          "stop it before --move-aside"])
     return Prepared(spec, plan, runs, exp_dir, data, data_print, prints, aside, device)
-
-
-def memory_problems(spec: ExperimentSpec, runs: list[RunPlan], micro: dict[int, int],
-                    device: str, world: int) -> list[str]:
-    """One line per run whose training step cannot fit where it runs (memory.py's estimate
-    against the free memory: RAM for the CPU, shared by the processes of this machine; the
-    device's own for CUDA), so it is refused before anything is written. `micro`: batch size
-    -> sequences per forward pass of one process."""
-    from modexp import flops as F
-    from modexp.memory import device_available_bytes, size, training_memory
-
-    cuda = device.startswith("cuda")
-    if cuda and world > 1 and ":" not in device:  # torchrun: each rank on its local GPU
-        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-    free = device_available_bytes(device)
-    if free is None:
-        return []
-    here = 1 if cuda else int(os.environ.get("LOCAL_WORLD_SIZE", world))  # processes sharing RAM
-    models = {m.name: m for m in spec.models}
-    problems = []
-    for r in runs:
-        arch = F.arch_from_config(models[r.model], spec.variants[r.variant], r.vocab)
-        est = training_memory(arch, r.seq_len, micro[r.batch_size], "bfloat16" if cuda else "float32")
-        if est.total * here > free:
-            procs = f" x {here} processes" if here > 1 else ""
-            problems.append(f"{r.run_id}: a training step needs about {est.summary()}{procs}, "
-                            f"and {device} has {size(free)} free; allowed: a smaller "
-                            "train.micro_batch_size (gradient accumulation keeps the batch), "
-                            "a smaller model, or a machine with more memory")
-    if len(problems) > rundirs.MAX_LISTED:
-        problems = problems[:rundirs.MAX_LISTED] + [
-            f"... and {len(problems) - rundirs.MAX_LISTED} more run(s)"]
-    return problems
 
 
 def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None,
