@@ -272,6 +272,7 @@ def test_sample_warnings_on_stderr(trained):
     ("--new-tokens", "1", "--new-tokens: must be at least 2, got 1"),
     ("--new-tokens", "1000000000", "--new-tokens: at most "),
     ("--prompt-len", "1000000000", "--prompt-len: at most "),
+    ("--prompt-len", "100000", "--prompt-len: at most "),  # vanilla fits; MoD's routed prefill not
     ("--repeats", "100000000", "--repeats: at most "),  # 3.2 GB of prompts
 ])
 def test_bench_flags_bounded(tmp_path, monkeypatch, flag, value, wanted):
