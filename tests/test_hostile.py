@@ -286,6 +286,25 @@ def test_bench_flags_bounded(tmp_path, monkeypatch, flag, value, wanted):
     refused(r, tmp_path, before, wanted)
 
 
+def test_the_limit_named_fits_every_model(monkeypatch):
+    import re
+
+    import modexp.memory as M
+    from modexp import flops as F
+    from modexp.models.sample import check_generation_memory
+    from modexp.spec import parse_spec
+
+    spec = parse_spec(TINY)
+    archs = [F.arch_from_config(spec.models[0], spec.variants[v], 256) for v in ("vanilla", "mod")]
+    free = 2 ** 30
+    monkeypatch.setattr(M, "cpu_available_bytes", lambda: free)
+    (line,) = check_generation_memory(archs, 1, 10 ** 6, 2, "cpu", ("--new-tokens", "", "--prompt-len"))
+    most = int(re.match(r"--prompt-len: at most ([\d,]+) tokens", line).group(1).replace(",", ""))
+    assert all(M.generation_memory(a, 1, most, 1).total <= free for a in archs)
+    assert any(M.generation_memory(a, 1, most + 1, 1).total > free for a in archs)
+    assert M.generation_memory(archs[0], 1, 2 * most, 1).total <= free  # MoD set the limit
+
+
 def test_bench_training_step_past_memory(tmp_path, monkeypatch):
     import modexp.memory as M
 

@@ -241,13 +241,11 @@ def check_memory(pair: Pair, batch_sizes, prompt_len: int, new_tokens: int, warm
         return []
     batch = max(batch_sizes)  # the largest batch bounds them all
     one = batch * prompt_len * 8  # one run's int64 prompts; every run's are held
-    problems, decode = [], 0
-    for kind in ("vanilla", "mod"):  # vanilla's cache is larger, MoD's prefill may be
-        arch = _arch(pair, kind)
-        problems = problems or check_generation_memory(
-            arch, batch, prompt_len, new_tokens, device,
-            ("--new-tokens", "--batch-size", "--prompt-len"), one)
-        decode = max(decode, generation_memory(arch, batch, prompt_len, new_tokens).total)
+    # both: vanilla's KV cache is the larger, MoD's routed prefill grows with the prompt squared
+    archs = [_arch(pair, k) for k in ("vanilla", "mod")]
+    problems = check_generation_memory(archs, batch, prompt_len, new_tokens, device,
+                                       ("--new-tokens", "--batch-size", "--prompt-len"), one)
+    decode = max(generation_memory(a, batch, prompt_len, new_tokens).total for a in archs)
     if not problems and decode + runs * one > free:
         problems.append(f"--repeats: at most {(free - decode) // one - warmup:,} here: the prompts of "
                         f"{runs:,} runs (warm-up included) of {batch} x {prompt_len:,} tokens need "

@@ -125,32 +125,35 @@ def check_sampling(max_new_tokens: int | None, temperature: float, top_k: int | 
     return [m for ok, m in checks if not ok]
 
 
-def check_generation_memory(arch, batch: int, prompt_len: int, new_tokens: int, device: str,
+def check_generation_memory(archs, batch: int, prompt_len: int, new_tokens: int, device: str,
                             flags: tuple[str, str, str] = ("--max-new-tokens", "", "--prompt"),
                             extra: int = 0) -> list[str]:
-    """A problem if a generation cannot fit the free memory of `device` (memory.py's
-    estimate; `extra`: bytes the caller holds besides), naming the flag to change and its
-    limit: flags = (new tokens, batch size or '', prompt), tried in that order."""
+    """A problem if the generation of any model of `archs` (flops.Arch) cannot fit the free
+    memory of `device` (memory.py's estimate; `extra`: bytes the caller holds besides), naming
+    the flag to change and its limit: flags = (new tokens, batch size or '', prompt), tried
+    in that order."""
     new_flag, batch_flag, prompt_flag = flags
     from modexp.memory import device_available_bytes, generation_memory, largest_fitting, size
 
     free = device_available_bytes(device)
-    need = generation_memory(arch, batch, prompt_len, new_tokens)
-    if free is None or need.total + extra <= free:
+
+    def fits(b: int, p: int, n: int) -> bool:
+        return all(generation_memory(a, b, p, n).total + extra <= free for a in archs)
+
+    if free is None or fits(batch, prompt_len, new_tokens):
         return []
-    fits = lambda n: generation_memory(arch, batch, prompt_len, n).total + extra <= free  # noqa: E731
+    need = max((generation_memory(a, batch, prompt_len, new_tokens) for a in archs),
+               key=lambda e: e.total)
     what = (f"{batch} x ({prompt_len:,} prompt + {new_tokens:,} new) tokens need about "
             f"{need.summary()}, and {device} has {size(free)} free")
-    most = largest_fitting(fits, 1, new_tokens)
+    most = largest_fitting(lambda n: fits(batch, prompt_len, n), 1, new_tokens)
     if most >= 1:
         return [f"{new_flag}: at most {most:,} here; {what}"]
     if batch_flag and batch > 1:
-        rows = largest_fitting(lambda b: generation_memory(arch, b, prompt_len, 1).total + extra
-                               <= free, 1, batch)
+        rows = largest_fitting(lambda b: fits(b, prompt_len, 1), 1, batch)
         if rows >= 1:
             return [f"{batch_flag}: at most {rows:,} here; {what}"]
-    prompt = largest_fitting(lambda p: generation_memory(arch, 1, p, 1).total + extra <= free,
-                             1, prompt_len)
+    prompt = largest_fitting(lambda p: fits(1, p, 1), 1, prompt_len)
     return [f"{prompt_flag}: at most {max(prompt, 0):,} tokens here; {what}"]
 
 
@@ -181,7 +184,7 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = No
     n = max_new_tokens if max_new_tokens is not None else max(1, seq_len - len(ids))
     from modexp.flops import arch_from_config
 
-    too_big = check_generation_memory(arch_from_config(model.cfg, model.variant, plan["vocab"]),
+    too_big = check_generation_memory([arch_from_config(model.cfg, model.variant, plan["vocab"])],
                                       1, len(ids), n, device)
     if too_big:
         raise SpecError("modexp sample", too_big)
