@@ -1,4 +1,10 @@
-"""The `modexp` command line: each command parses its arguments and makes one library call."""
+"""The `modexp` command line: each command parses its arguments and makes one library call.
+
+Every message is printed as text, never as Rich markup (paths, spec values and library
+messages may hold brackets, as in `pip install 'modexp[data]'`); colour comes only from styles
+modexp adds. Bad input, from a spec, a flag or a usage error Typer finds (an unknown option,
+a bad number, a missing argument), is one line per problem on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,70 @@ import functools
 import json
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.text import Text
 
 from modexp.spec import SpecError
 
-app = typer.Typer(no_args_is_help=True,
+_click = getattr(typer.core, "_click", None)  # typer >= 0.20 vendors click; before, click itself
+if _click is None:
+    import click as _click
+
+
+@contextmanager
+def _usage_errors():
+    """A usage error in modexp's one-line style, exit 2; help on no arguments stays help."""
+    try:
+        yield
+    except getattr(_click.exceptions, "NoArgsIsHelpError", ()):
+        raise
+    except _click.exceptions.UsageError as e:
+        _print_problems(_usage_problem(e))
+        raise typer.Exit(2) from None
+
+
+class _Commands(typer.core.TyperGroup):
+    """modexp's command group: Typer's, with usage errors printed as modexp prints bad input
+    (one line naming the flag or argument, exit 2) instead of Rich's boxed panel."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors():
+            return super().invoke(ctx)
+
+
+def _usage_problem(e) -> SpecError:
+    """A click UsageError as SpecError(the command, one line naming the flag or argument)."""
+    cmd = e.ctx.command_path if e.ctx is not None else "modexp"
+    see = f"`{cmd} --help` lists what is allowed"
+    param = getattr(e, "param", None)
+    if isinstance(e, _click.exceptions.NoSuchOption):
+        close = f" (did you mean {', '.join(sorted(e.possibilities))}?)" if e.possibilities else ""
+        return SpecError(cmd, [f"{e.option_name}: no such option{close}; {see}"])
+    if param is not None:
+        name = param.opts[0] if param.param_type_name == "option" else str(param.name).upper()
+        if isinstance(e, _click.exceptions.MissingParameter):
+            args = [str(p.name).upper() for p in e.ctx.command.params
+                    if p.param_type_name == "argument"] if e.ctx is not None else []
+            return SpecError(cmd, [f"{name}: missing (usage: {cmd} [OPTIONS] {' '.join(args)}); {see}"])
+        return SpecError(cmd, [f"{name}: {e.message.rstrip('.')}; {see}"])
+    return SpecError(cmd, [f"{e.format_message().rstrip('.')}; {see}"])
+
+
+app = typer.Typer(no_args_is_help=True, cls=_Commands,
                   help="isoFLOP experiments for Mixture-of-Depths transformers.")
 # Piped output (logs, CI) gets wide tables rather than columns squeezed to 80 characters.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# markup=False: what a printer passes as a string is printed as it is.
+out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 
 
 _SHOW_TRACEBACK = {"on": False}
@@ -65,40 +123,60 @@ def _errors(command):
 def _warn(warnings: list[str]) -> None:
     """Warnings go to stderr, so stdout stays the command's result."""
     for w in dict.fromkeys(warnings):  # once each, in order
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        err.print(Text("warning:", style="yellow") + Text(f" {w}"), highlight=False, soft_wrap=True)
 
 
 DEVICE_HELP = "auto (cuda, then cpu), cpu, cuda or cuda:N."
+SET_HELP = ("PATH=VALUE: set a spec field before it is validated, e.g. train.lr=1e-3, "
+            "models[1].d_model=64 or models.1.d_model (value: YAML; repeatable).")
+
+
+def _print_problems(e: SpecError) -> None:
+    """One bullet per problem on stderr, printed as text."""
+    err.print(Text("error:", style="red") + Text(f" {len(e.problems)} problem(s) in {e.source}"),
+              highlight=False, soft_wrap=True)
+    for p in e.problems:
+        # no "--shard: --shard:" and no "--set: --set x=1: ..."
+        where = "" if p.startswith((f"{e.source}:", f"{e.source} ")) else f"{e.source}: "
+        err.print(Text(f"  - {where}{p}"), highlight=False, soft_wrap=True)
 
 
 def _fail(e: SpecError) -> None:
     """Bad input: one bullet per problem on stderr, exit code 2, no traceback (unless -v)."""
     if _SHOW_TRACEBACK["on"] and sys.exc_info()[0] is not None:
         traceback.print_exc()
-    err.print(f"[red]error:[/] {len(e.problems)} problem(s) in {e.source}", highlight=False)
-    for p in e.problems:
-        where = "" if p.startswith(f"{e.source}:") else f"{e.source}: "  # no "--shard: --shard:"
-        err.print(f"  - {where}{p}", highlight=False, soft_wrap=True)
+    _print_problems(e)
     raise typer.Exit(2)
 
 
 @app.command()
 @_errors
 def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
-         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (with each "
+                                      "run's memory estimate)."),
          suggest_grid: bool = typer.Option(False, "--suggest-grid", help="Print, as YAML to paste, "
                                            "sizes bracketing each budget's estimated optimum."),
+         print_spec: bool = typer.Option(False, "--print-spec", help="Print the resolved spec "
+                                         "(YAML: --set overrides and defaults applied) and exit."),
          results: Path = typer.Option(Path("results"), help="Results root: finished runs of this "
-                                      "spec there refine the optimum estimate.")) -> None:
+                                      "spec there refine the optimum estimate."),
+         overrides: list[str] = typer.Option(None, "--set", help=SET_HELP)) -> None:
     """Budgets, FLOPs per step and FLOP-matched step counts of every run (no training)."""
     from modexp.analysis.tables import print_plan
     from modexp.grid import plan_file, suggest_grid_file
+    from modexp.spec.load import resolved_spec_yaml
 
     try:
+        if print_spec:
+            sys.stdout.write(resolved_spec_yaml(spec, overrides or ()))
+            return
         if suggest_grid:
+            if overrides:
+                raise SpecError("--set", ["--set: --suggest-grid reads the spec file as written; "
+                                          "give --set without --suggest-grid"])
             sys.stdout.write(suggest_grid_file(spec, results))
             return
-        _, p = plan_file(spec, results)
+        _, p = plan_file(spec, results, overrides or ())
     except SpecError as e:
         _fail(e)
     if as_json:
@@ -130,7 +208,9 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
         quiet: bool = typer.Option(False, "-q", "--quiet", help="Only warnings and errors."),
         verbose: bool = typer.Option(False, "-v", "--verbose", help="Also each run's plan as it starts."),
         status_every: float = typer.Option(60.0, help="Seconds between status lines when stderr "
-                                           "is not a terminal (batch logs).")) -> None:
+                                           "is not a terminal (batch logs)."),
+        overrides: list[str] = typer.Option(None, "--set", help=SET_HELP + " Recorded in each "
+                                            "run's resolved spec (run.json).")) -> None:
     """Train every run of the spec, FLOP-matched and resumable; finished runs are skipped.
 
     Under `torchrun --nproc_per_node N -m modexp run SPEC` each run trains with DDP over N
@@ -146,7 +226,7 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
     try:
         report = run_sweep(spec, results, only, parse_shard(shard), retry_failed, device,
                            progress=ui, move_aside=move_aside, loggers=logger or (),
-                           peak_tflops=peak_tflops)
+                           peak_tflops=peak_tflops, overrides=overrides or ())
     except SpecError as e:
         if not main_rank:  # every rank fails alike; one copy of the message is enough
             raise typer.Exit(2)
@@ -160,8 +240,9 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
     if plot_after:
         plot(report.experiment_dir, "png", results, False)
     if report.failed:
-        err.print(f"[red]{len(report.failed)} run(s) failed:[/] {', '.join(report.failed)} "
-                  "(see error.log in each run folder; --retry-failed retries them)")
+        err.print(Text(f"{len(report.failed)} run(s) failed:", style="red")
+                  + Text(f" {', '.join(report.failed)} (see error.log in each run folder; "
+                         "--retry-failed retries them)"), highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -169,12 +250,14 @@ def run(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
 @_errors
 def status(path: Path = typer.Argument(..., help="A spec (YAML) or its results folder."),
            results: Path = typer.Option(Path("results"), help="Results root, for a spec."),
-           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+           overrides: list[str] = typer.Option(None, "--set", help=SET_HELP + " For a spec: "
+                                               "the run's --set, if it renamed the experiment.")) -> None:
     """Each run's state (planned, running, interrupted, done, failed, corrupt), progress and losses."""
     from modexp.runs.status import print_status, sweep_status
 
     try:
-        rows = sweep_status(path, results)
+        rows = sweep_status(path, results, overrides or ())
     except SpecError as e:
         _fail(e)
     if as_json:
@@ -215,8 +298,12 @@ def plot(path: Path = typer.Argument(..., help="A results folder (or the spec th
         _fail(e)
     from dataclasses import replace
 
-    print_report(replace(report, warnings=[]), out)
+    # warnings and missing runs on stderr, as text (print_report would style them with markup)
+    print_report(replace(report, warnings=[], missing=[]), out)
     _warn(report.warnings)
+    if report.missing:
+        err.print(Text(f"missing ({len(report.missing)}):", style="yellow")
+                  + Text(f" {', '.join(report.missing)}"), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -243,6 +330,7 @@ def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<expe
         sys.stdout.write(json.dumps(asdict(res), indent=2) + "\n")
     else:
         print_sample(res, out)
+    _warn(res.warnings)
 
 
 @app.command()

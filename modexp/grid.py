@@ -213,10 +213,11 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(float, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", budget_tag(v)))
 
 
-def plan_file(path, results: Path | None = None) -> tuple[ExperimentSpec, Plan]:
-    """Load, validate and plan a spec file (what `modexp plan` calls); with a results root,
-    warn per budget and family where the grid does not bracket the estimated optimum."""
-    spec, plan = plan_spec_file(path)
+def plan_file(path, results: Path | None = None, overrides=()) -> tuple[ExperimentSpec, Plan]:
+    """Load, validate and plan a spec file with its `--set` overrides (what `modexp plan`
+    calls); with a results root, warn per budget and family where the grid does not bracket
+    the estimated optimum."""
+    spec, plan = plan_spec_file(path, overrides)
     if results is not None:
         plan.warnings += bracket_warnings(spec, Path(results) / spec.name)
     return spec, plan

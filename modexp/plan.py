@@ -13,8 +13,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 from modexp import flops as F
 from modexp.data.facts import resolved_spec
+from modexp.memory import training_memory
 from modexp.naming import run_id
 from modexp.spec import ExperimentSpec, SpecError, load_spec
+
+STEP_LIMIT = 2 ** 32
+"""Most steps a run may take: the data sampler seeds step s's batch with s as one 32-bit word
+(modexp/data/tokens.py batch_seed, steps 0..steps-1), and refuses s >= 2**32."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class RunPlan:
     router: str | None = None  # MoD: learned | random (the stochastic-routing control)
     family: str | None = None  # shape family the analysis fits it in (ModelConfig.family_name)
     n_layers: int | None = None  # the model's depth (the analysis needs no spec to group runs)
+    memory: dict | None = None  # memory.training_memory's parts in bytes: one process, float32
 
     def to_dict(self) -> dict:
         """Plain data for JSON."""
@@ -91,7 +97,8 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
         eval_steps=eval_steps(steps, spec.train.eval_points),
         capacities=list(arch.capacities) or [None] * model.n_layers, lr=spec.lr(model),
         router=getattr(variant, "router", None), family=model.family_name,
-        n_layers=model.n_layers)
+        n_layers=model.n_layers,
+        memory=training_memory(arch, T, min(spec.train.micro_batch_size or B, B)).to_dict())
 
 
 def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
@@ -109,9 +116,9 @@ def routes_no_layer(spec: ExperimentSpec, model, vname: str) -> bool:
 
 
 def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int | None = None) -> Plan:
-    """Plan every run; raise SpecError for a budget below one step, or for a variant left with
-    no run. A MoD variant is not planned on a model it routes no layer of (one warning line
-    per variant, naming the models). `train_tokens` sets epochs."""
+    """Plan every run; raise SpecError for a budget below one step or past STEP_LIMIT steps,
+    or for a variant left with no run. A MoD variant is not planned on a model it routes no
+    layer of (one warning line per variant, naming the models). `train_tokens` sets epochs."""
     runs, problems, skipped = [], [], {}
     for i, (budget, models) in enumerate(spec.grids()):
         for model in models:
@@ -126,6 +133,14 @@ def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int |
                             f"budgets[{i}]: {budget:g} FLOPs is less than one training step of "
                             f"model {model.name} / variant {vname} ({r.flops_per_step:.3g} FLOPs); "
                             f"allowed: >= {r.flops_per_step:.3g}")
+                        break
+                    if r.steps > STEP_LIMIT:
+                        problems.append(
+                            f"budgets[{i}]: {budget:g} FLOPs is {r.steps:,} steps of model "
+                            f"{model.name} / variant {vname}, past the data sampler's "
+                            f"{STEP_LIMIT:,} (each step's batch is seeded by a 32-bit step "
+                            f"number); allowed: <= {STEP_LIMIT * r.flops_per_step:.3g} FLOPs "
+                            "for this model, or a larger model or batch")
                         break
                     runs.append(r)
     planned = {r.variant for r in runs}
@@ -176,7 +191,8 @@ def plan_resolved(spec: ExperimentSpec, source: str = "<spec>") -> tuple[Experim
     return spec, plan
 
 
-def plan_file(path) -> tuple[ExperimentSpec, Plan]:
-    """Load, validate and plan a spec file with its data source (`modexp plan` adds the bracket
-    warnings of modexp/grid.py, which sits above the planner and plans candidate sizes with it)."""
-    return plan_resolved(load_spec(path), str(path))
+def plan_file(path, overrides=()) -> tuple[ExperimentSpec, Plan]:
+    """Load, validate and plan a spec file with its `--set` overrides and its data source
+    (`modexp plan` adds the bracket warnings of modexp/grid.py, which sits above the planner
+    and plans candidate sizes with it)."""
+    return plan_resolved(load_spec(path, overrides), str(path))

@@ -44,7 +44,7 @@ def test_batch_log_lines_and_json_summary(write_spec, tmp_path):
     steps = json.loads((tmp_path / "res" / "tiny" / run_id / "run.json").read_text())["plan"]["steps"]
     lines = [l for l in r.stderr.splitlines() if " step " in l]
     assert lines, r.stderr
-    m = re.fullmatch(rf"{run_id} step (\d+)/{steps} \(([\d.]+)% of sweep FLOPs\) loss [\d.]+ "
+    m = re.fullmatch(rf"{run_id} step (\d+)/{steps} \(([\d.]+)% of sweep FLOPs\) lm loss [\d.]+ "
                      r"[\d,]+ tok/s ETA \d+:\d\d:\d\d", lines[-1])
     assert m and float(m.group(2)) == pytest.approx(100 * int(m.group(1)) / steps, abs=0.1)
     assert f"done {run_id}" in r.stderr

@@ -1,6 +1,7 @@
 """Spec validation, the planner, and `modexp plan` (bad input: exit 2, field named)."""
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,17 @@ def test_run_ids_are_stable_and_readable():
     assert budget_tag(3e12) == "3e12" and budget_tag(1.5e19) == "1.5e19"
     ids = [r.run_id for r in build_plan(parse_spec(TINY)).runs]
     assert ids == ["2e9-xs-vanilla-s0", "2e9-xs-mod-s0"]
+
+
+def test_budget_tags_parse_back_to_their_budget():
+    """Distinct budgets, distinct tags (issue 27: [2e8, 2.0000001e8] shared '2e8'), and every
+    budget of up to six significant digits keeps the tag it had."""
+    assert budget_tag(2e8) == "2e8" and budget_tag(2.0000001e8) == "2.0000001e8"
+    assert budget_tag(1.23456e12) == "1.23456e12" and budget_tag(3.3e10) == "3.3e10"
+    rng = random.Random(0)
+    for _ in range(5000):
+        b = rng.random() * 10 ** rng.randint(-3, 24)
+        assert float(budget_tag(b)) == b
 
 
 def test_budget_below_one_step_refused(write_spec):

@@ -174,12 +174,14 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
     device = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
-    if prompt_len < 1 or new_tokens < 2 or repeats < 1 or not batch_sizes or min(batch_sizes) < 1:
-        raise SpecError("bench", ["need prompt_len >= 1, new_tokens >= 2, repeats >= 1 and a "
-                                  f"batch size >= 1; got --prompt-len {prompt_len}, --new-tokens "
-                                  f"{new_tokens}, --repeats {repeats}, --batch-size "
-                                  f"{', '.join(map(str, batch_sizes)) or 'none'}"])
+    bad = check_counts(batch_sizes, prompt_len, new_tokens, warmup, repeats, train, train_repeats)
+    if bad:
+        raise SpecError("modexp bench", bad)
     pair = resolve(target, model, device)
+    too_big = check_memory(pair, batch_sizes, prompt_len, new_tokens, warmup, repeats,
+                           train_batch or pair.spec.train.batch_size if train else None, device)
+    if too_big:
+        raise SpecError("modexp bench", too_big)
     if pair.variants["mod"].causal == "none":
         raise SpecError(str(target), ["the MoD variant has causal: none: it cannot decode token "
                                       "by token (use causal: predictor or aux_loss)"])
@@ -209,6 +211,57 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
     if memory:
         report.memory = bench_memory(pair, prompts[:1], new_tokens, device, steppers)
     return report
+
+
+def check_counts(batch_sizes, prompt_len: int, new_tokens: int, warmup: int, repeats: int,
+                 train: bool, train_repeats: int) -> list[str]:
+    """One problem per count flag below what a measurement needs (a median needs one timed
+    run; a decode timing needs two new tokens: the first comes from the prefill)."""
+    checks = ((prompt_len >= 1, f"--prompt-len: must be at least 1, got {prompt_len}"),
+              (new_tokens >= 2, f"--new-tokens: must be at least 2, got {new_tokens}"),
+              (repeats >= 1, f"--repeats: must be at least 1, got {repeats}"),
+              (warmup >= 0, f"warmup: must be at least 0, got {warmup}"),
+              (not train or train_repeats >= 1, f"--train-repeats: must be at least 1 (or "
+                                                f"--no-train), got {train_repeats}"),
+              (bool(batch_sizes) and min(batch_sizes, default=0) >= 1,
+               f"--batch-size: each must be at least 1, got {', '.join(map(str, batch_sizes)) or 'none'}"))
+    return [m for ok, m in checks if not ok]
+
+
+def check_memory(pair: Pair, batch_sizes, prompt_len: int, new_tokens: int, warmup: int,
+                 repeats: int, train_batch: int | None, device: str) -> list[str]:
+    """A problem per workload that cannot fit the free memory (memory.py's estimates): the
+    largest decode batch with the prompts of every run held (warm-up included), and the
+    training step of both models at once (each holds its weights, grads and AdamW state)."""
+    from modexp.memory import device_available_bytes, generation_memory, size, training_memory
+    from modexp.models.sample import check_generation_memory
+
+    free, runs = device_available_bytes(device), warmup + repeats
+    if free is None:
+        return []
+    batch = max(batch_sizes)  # the largest batch bounds them all
+    one = batch * prompt_len * 8  # one run's int64 prompts; every run's are held
+    # both: vanilla's KV cache is the larger, MoD's routed prefill grows with the prompt squared
+    archs = [_arch(pair, k) for k in ("vanilla", "mod")]
+    problems = check_generation_memory(archs, batch, prompt_len, new_tokens, device,
+                                       ("--new-tokens", "--batch-size", "--prompt-len"), one)
+    decode = max(generation_memory(a, batch, prompt_len, new_tokens).total for a in archs)
+    if not problems and decode + runs * one > free:
+        problems.append(f"--repeats: at most {(free - decode) // one - warmup:,} here: the prompts of "
+                        f"{runs:,} runs (warm-up included) of {batch} x {prompt_len:,} tokens need "
+                        f"{size(runs * one)}, and {device} has {size(free)} free")
+    if train_batch is not None:
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        steps = [training_memory(_arch(pair, k), pair.spec.data.seq_len, train_batch, dtype)
+                 for k in ("vanilla", "mod")]
+        held = sum(e.params + e.grads + e.optimizer for e in steps)
+        peak = held + max(e.total - e.params - e.grads - e.optimizer for e in steps)
+        if peak > free:
+            problems.append(f"--train: the training step of batch {train_batch} x "
+                            f"{pair.spec.data.seq_len} needs about {size(peak)} for both "
+                            f"models, and {device} has {size(free)} free; allowed: --no-train, "
+                            "or a spec with a smaller train.batch_size")
+    return problems
 
 
 def check_capacity(pair: Pair, r: Ratio, prompt_len: int, steps: int) -> None:

@@ -67,8 +67,26 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 
 
 def encode_prompt(text: str, vocab: int, codec) -> list[int]:
-    """Prompt text -> ids with the run's codec (bytes, tokenizer, or whitespace-separated ids)."""
-    ids = codec.encode(text)
+    """Prompt text -> ids with the run's codec (bytes, tokenizer, or whitespace-separated ids).
+
+    A byte that is not UTF-8 reaches Python from the command line as a lone surrogate
+    (surrogateescape, U+DC80..U+DCFF): a byte-level run takes it back as that very byte, its
+    token; a tokenizer takes text only, so there it is refused, with its position.
+    """
+    bad = next((i for i, c in enumerate(text) if unicodedata.category(c) == "Cs"), None)
+    if bad is not None and codec.kind == "bytes":
+        try:
+            ids = list(text.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:  # a surrogate no byte stands for (a Python caller's)
+            ids = None
+    elif bad is not None:
+        ids = None
+    else:
+        ids = codec.encode(text)
+    if ids is None:
+        raise SpecError("--prompt", [f"--prompt: character {bad} ({escape_controls(text[bad])}) is "
+                                     "not text (a byte that is not UTF-8); this run's tokenizer "
+                                     "needs UTF-8 text (a byte-level run takes any bytes)"])
     if not ids:
         raise SpecError("--prompt", ["the prompt is empty; sampling needs at least one token"])
     if not all(0 <= i < vocab for i in ids):
@@ -78,9 +96,66 @@ def encode_prompt(text: str, vocab: int, codec) -> list[int]:
 
 def escape_controls(text: str) -> str:
     """Control characters (other than newline and tab) as escapes, e.g. \\x1b: a sampled
-    byte must not move the cursor, clear the screen or recolour the terminal."""
-    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc"
-                   else c.encode("unicode_escape").decode("ascii") for c in text)
+    byte must not move the cursor, clear the screen or recolour the terminal; a non-UTF-8
+    byte of the prompt (a lone surrogate) as the byte it stands for, \\xff."""
+    def show(c: str) -> str:
+        if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs"):
+            return c
+        if 0xDC80 <= ord(c) <= 0xDCFF:  # surrogateescape's stand-in for one raw byte
+            return f"\\x{ord(c) - 0xDC00:02x}"
+        return c.encode("unicode_escape").decode("ascii")
+    return "".join(map(show, text))
+
+
+SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed takes 0..2**64 - 1
+TEMPERATURES = (1e-6, 1e6)
+"""The positive temperatures allowed (0 is greedy): outside, sampling only degenerates, to
+greedy up to float rounding below, to uniform above (the Gumbel noise drowns the logits)."""
+
+
+def check_sampling(max_new_tokens: int | None, temperature: float, top_k: int | None,
+                   seed: int) -> list[str]:
+    """One problem per sampling flag out of its range (checked before a model is loaded)."""
+    lo, hi = TEMPERATURES
+    checks = ((max_new_tokens is None or max_new_tokens >= 1, "--max-new-tokens: must be at least 1"),
+              (temperature == 0 or lo <= temperature <= hi,
+               f"--temperature: must be 0 (greedy) or between {lo:g} and {hi:g}, got {temperature}"),
+              (top_k is None or top_k >= 1, "--top-k: must be at least 1 (a k of the vocabulary "
+                                            "size or more samples from all tokens)"),
+              (0 <= seed < SEED_LIMIT, f"--seed: must lie in 0..2**64 - 1, got {seed}"))
+    return [m for ok, m in checks if not ok]
+
+
+def check_generation_memory(archs, batch: int, prompt_len: int, new_tokens: int, device: str,
+                            flags: tuple[str, str, str] = ("--max-new-tokens", "", "--prompt"),
+                            extra: int = 0) -> list[str]:
+    """A problem if the generation of any model of `archs` (flops.Arch) cannot fit the free
+    memory of `device` (memory.py's estimate; `extra`: bytes the caller holds besides), naming
+    the flag to change and its limit: flags = (new tokens, batch size or '', prompt), tried
+    in that order."""
+    new_flag, batch_flag, prompt_flag = flags
+    from modexp.memory import device_available_bytes, generation_memory, largest_fitting, size
+
+    free = device_available_bytes(device)
+
+    def fits(b: int, p: int, n: int) -> bool:
+        return all(generation_memory(a, b, p, n).total + extra <= free for a in archs)
+
+    if free is None or fits(batch, prompt_len, new_tokens):
+        return []
+    need = max((generation_memory(a, batch, prompt_len, new_tokens) for a in archs),
+               key=lambda e: e.total)
+    what = (f"{batch} x ({prompt_len:,} prompt + {new_tokens:,} new) tokens need about "
+            f"{need.summary()}, and {device} has {size(free)} free")
+    most = largest_fitting(lambda n: fits(batch, prompt_len, n), 1, new_tokens)
+    if most >= 1:
+        return [f"{new_flag}: at most {most:,} here; {what}"]
+    if batch_flag and batch > 1:
+        rows = largest_fitting(lambda b: fits(b, prompt_len, 1), 1, batch)
+        if rows >= 1:
+            return [f"{batch_flag}: at most {rows:,} here; {what}"]
+    prompt = largest_fitting(lambda p: fits(1, p, 1), 1, prompt_len)
+    return [f"{prompt_flag}: at most {max(prompt, 0):,} tokens here; {what}"]
 
 
 def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = None,
@@ -94,11 +169,7 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = No
     from modexp.runs.device import resolve_device
 
     device = resolve_device(device)
-    bad = [m for ok, m in ((max_new_tokens is None or max_new_tokens >= 1,
-                            "--max-new-tokens: must be at least 1"),
-                           (temperature >= 0, "--temperature: must be >= 0 (0 = greedy)"),
-                           (top_k is None or top_k >= 1, "--top-k: must be at least 1"))
-           if not ok]
+    bad = check_sampling(max_new_tokens, temperature, top_k, seed)
     if bad:
         raise SpecError("modexp sample", bad)
     model, run, step = load_run(run_dir, device)
@@ -112,6 +183,12 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = No
     ids = encode_prompt(prompt, plan["vocab"], codec)
     seq_len = spec["data"]["seq_len"]
     n = max_new_tokens if max_new_tokens is not None else max(1, seq_len - len(ids))
+    from modexp.flops import arch_from_config
+
+    too_big = check_generation_memory([arch_from_config(model.cfg, model.variant, plan["vocab"])],
+                                      1, len(ids), n, device)
+    if too_big:
+        raise SpecError("modexp sample", too_big)
     warnings = []
     if len(ids) + n > seq_len:
         warnings.append(f"prompt ({len(ids)}) + new tokens ({n}) = {len(ids) + n} passes the "
@@ -131,7 +208,8 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = No
 
 
 def print_sample(res: SampleResult, console) -> None:
-    """The continuation, then one line of routing statistics (rich console)."""
+    """The continuation, then one line of routing statistics (rich console), as text. The
+    warnings are the caller's to print, on stderr (`modexp sample` keeps stdout the sample)."""
     from rich.text import Text
 
     console.print(Text(escape_controls(res.prompt), style="dim") + Text(res.text))
@@ -139,9 +217,7 @@ def print_sample(res: SampleResult, console) -> None:
              f"{res.tokens_per_s:,.0f} tok/s")
     if res.routing is not None:
         stats += f"; {res.routing.summary()}"
-    console.print(stats, style="cyan", highlight=False)
-    for w in res.warnings:
-        console.print(f"warning: {w}", style="yellow", highlight=False)
+    console.print(Text(stats, style="cyan"), highlight=False)
 
 
 # ---------------------------------------------------------------- both kinds of one size (bench)

@@ -13,7 +13,8 @@ tokenizer) is a change of data. A builtin source keeps its name (its content is 
 Python's, recorded beside it).
 It leaves out how the run is executed or shown, which may change on resume without changing
 the numbers it is meant to produce: log_every, checkpoint_every, micro_batch_size (gradient
-accumulation over the same global batch), compile, the device and the process count.
+accumulation over the same global batch), compile, loggers (dashboards mirror metrics.jsonl),
+the device and the process count.
 
 No torch here: status and analysis read fingerprints from run.json without it.
 """
@@ -27,7 +28,7 @@ import sys
 from modexp.data.verify import verified_hashes
 from modexp.spec import ROUTER_ONLY
 
-EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile")
+EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile", "loggers")
 """train.* fields left out of the fingerprint: they change how a run executes, not its result."""
 PLAN_FIELDS = ("budget", "model", "variant", "kind", "seed", "convention", "seq_len", "batch_size",
                "vocab", "flops_per_step", "steps", "total_flops", "warmup_steps", "eval_steps",

@@ -3,6 +3,11 @@
 The Trainer only knows the Logger protocol (`log(row)`). Tee sends each row to metrics.jsonl
 first (the source of truth: its errors propagate) and then to each dashboard; a dashboard that
 raises is reported once on stderr and dropped, so it never fails a run.
+
+TensorBoard writes its event file from a thread of its own, which on an error (a read-only
+folder, a full disk) prints its traceback and ends; the writer raises the same error at its
+next call from the training thread. So such threads print nothing here (`_quiet_writer_threads`)
+and their error reaches the Tee from that next call, or from close: one warning, no traceback.
 """
 
 from __future__ import annotations
@@ -11,21 +16,24 @@ import json
 import math
 import re
 import sys
+import threading
+import weakref
 
 LOGGERS = ("tensorboard", "wandb")
 _EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
-def check_loggers(names) -> list[str]:
-    """One problem per unknown logger or one whose package is missing (checked before runs)."""
+def check_loggers(names, where: str = "--logger") -> list[str]:
+    """One problem per unknown logger or one whose package is missing (checked before runs),
+    labelled with where the names came from: `--logger` or the spec's `train.loggers`."""
     import importlib.util
 
     problems = []
     for n in names:
         if n not in LOGGERS:
-            problems.append(f"--logger: {n!r} not allowed; allowed: {', '.join(LOGGERS)}")
+            problems.append(f"{where}: {n!r} not allowed; allowed: {', '.join(LOGGERS)}")
         elif importlib.util.find_spec(n) is None:
-            problems.append(f"--logger: {n} needs the `{_EXTRA[n]}` extra "
+            problems.append(f"{where}: {n} needs the `{_EXTRA[n]}` extra "
                             f"(pip install 'modexp[{_EXTRA[n]}]')")
     return problems
 
@@ -44,24 +52,60 @@ def scalars(row: dict) -> dict[str, float]:
     return out
 
 
+_THREAD_ERRORS: "weakref.WeakKeyDictionary[threading.Thread, BaseException]" = weakref.WeakKeyDictionary()
+
+
+def _is_writer_thread(thread) -> bool:
+    """TensorBoard's event-writer thread (tensorboard.summary.writer's _AsyncWriterThread)."""
+    return type(thread).__module__.startswith("tensorboard.")
+
+
+def _quiet_writer_threads() -> None:
+    """Keep the errors of TensorBoard's writer threads (for TensorBoardLogger to raise) instead
+    of printing their tracebacks; every other thread keeps the hook it had. Installed once."""
+    previous = threading.excepthook
+    if getattr(previous, "modexp_quiet", False):
+        return
+
+    def hook(args):
+        if args.thread is not None and _is_writer_thread(args.thread):
+            _THREAD_ERRORS[args.thread] = args.exc_value
+            return
+        previous(args)
+
+    hook.modexp_quiet = True
+    threading.excepthook = hook
+
+
 class TensorBoardLogger:
     """Event files under RUN_DIR/tensorboard; the spec and plan entry as text; on resume,
-    events after the checkpoint's step are purged (they are logged again)."""
+    events after the checkpoint's step are purged (they are logged again). An error of the
+    writer's own thread is raised by the next log or close (the Tee warns once)."""
 
     def __init__(self, run_dir, run_id: str, spec: dict, plan: dict, step: int):
         from torch.utils.tensorboard import SummaryWriter
 
+        _quiet_writer_threads()
+        before = set(threading.enumerate())
         self.w = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step or None)
+        self.threads = [t for t in threading.enumerate() if t not in before and _is_writer_thread(t)]
         if not step:
             self.w.add_text("spec", _code(spec), 0)
             self.w.add_text("plan", _code(plan), 0)
 
+    def _raise_thread_error(self) -> None:
+        for t in self.threads:
+            if t in _THREAD_ERRORS:
+                raise _THREAD_ERRORS.pop(t)
+
     def log(self, row: dict) -> None:
+        self._raise_thread_error()
         for k, v in scalars(row).items():
             self.w.add_scalar(k, v, row["step"])
 
     def close(self) -> None:
         self.w.close()
+        self._raise_thread_error()
 
 
 class WandbLogger:

@@ -1,8 +1,13 @@
 """Progress for a sweep on stderr: rich bars on a terminal, plain status lines in a batch log.
 
-On a terminal: an overall bar in FLOPs and one bar per run (step, loss, tok/s, ETA). Otherwise
-(a Slurm log, CI): one plain line per running run every `every` seconds. verbosity -1 (quiet):
-only failures; 1 (verbose): also each run's plan as it starts.
+On a terminal: an overall bar in FLOPs and one bar per run (step, LM loss, tok/s, ETA).
+Otherwise (a Slurm log, CI): one plain line per running run every `every` seconds. verbosity -1
+(quiet): only failures; 1 (verbose): also each run's plan as it starts.
+
+The loss shown is the LM's cross-entropy (`lm_loss` of the logged row), labelled "lm loss":
+the loss MoD backpropagates adds its router or predictor BCE, which no figure compares.
+Every line is printed as text, never as Rich markup (an error message may hold brackets);
+colour comes from styles modexp adds.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 
 class SweepProgress:
@@ -19,16 +25,24 @@ class SweepProgress:
     def __init__(self, console: Console, verbosity: int = 0, every: float = 60.0):
         self.console, self.verbosity, self.every = console, verbosity, every
         self.live = console.is_terminal and verbosity >= 0
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                             console=console, transient=False, disable=not self.live)
+        self.bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                             MofNCompleteColumn(), TextColumn("{task.fields[info]}", markup=False),
+                             TimeRemainingColumn(), console=console, transient=False,
+                             disable=not self.live)
         self.overall = self.current = None
         self.run = None
         self.done_flops = 0.0
+        self.lm_loss: tuple[int, float] | None = None  # (step, LM loss) of the last train row
 
-    def _say(self, text: str, level: int = 0) -> None:
+    def _say(self, text: str | Text, level: int = 0, style: str | None = None) -> None:
         if self.verbosity >= level:
-            self.console.print(text, highlight=False, soft_wrap=True)
+            line = text if isinstance(text, Text) else Text(text, style=style or "")
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+    def row(self, row: dict) -> None:
+        """A logged metrics row (runner.py passes each on): keeps the train rows' LM loss."""
+        if row.get("kind") == "train" and isinstance(row.get("lm_loss"), (int, float)):
+            self.lm_loss = (row["step"], float(row["lm_loss"]))
 
     def start_sweep(self, runs) -> None:
         """Open the overall bar, counted in percent of the sweep's training FLOPs."""
@@ -44,7 +58,8 @@ class SweepProgress:
                   f"{run.batch_size}x{run.seq_len} tokens, {run.total_flops:.3g} FLOPs", level=1)
 
     def step(self, step: int, loss: float | None) -> None:
-        """Advance the bars; refresh loss and tokens/s when a logged loss arrives."""
+        """Advance the bars; refresh the LM loss and tokens/s when a logged loss arrives
+        (`loss`, the backpropagated one, shows only where no row gave the LM's)."""
         if self.first is None:
             self.first, self.t0 = step - 1, time.time()
         self.bars.update(self.current, completed=step)
@@ -53,13 +68,15 @@ class SweepProgress:
         if loss is None:
             return
         now = time.time()
+        shown = (f"lm loss {self.lm_loss[1]:.3f}" if self.lm_loss and self.lm_loss[0] == step
+                 else f"loss {loss:.3f}")
         tok_s = (step - self.first) * self.run.batch_size * self.run.seq_len / max(now - self.t0, 1e-9)
-        self.bars.update(self.current, info=f"loss {loss:.3f}  {tok_s:,.0f} tok/s")
+        self.bars.update(self.current, info=f"{shown}  {tok_s:,.0f} tok/s")
         if not self.live and now - self.last_line >= self.every:
             self.last_line = now
             eta = (self.run.steps - step) * (now - self.t0) / max(step - self.first, 1)
             self._say(f"{self.run.run_id} step {step}/{self.run.steps} "
-                      f"({100 * self.done_flops / self.total:.1f}% of sweep FLOPs) loss {loss:.3f} "
+                      f"({100 * self.done_flops / self.total:.1f}% of sweep FLOPs) {shown} "
                       f"{tok_s:,.0f} tok/s ETA {_hms(eta)}")
 
     def skip_run(self, run, why: str) -> None:
@@ -68,19 +85,21 @@ class SweepProgress:
         self.done_flops += run.total_flops
         reason = {"done": "already done", "failed": "failed earlier (--retry-failed to retry)",
                   "locked": "locked by another process"}[why]
-        self._say(f"[dim]skip {run.run_id}: {reason}[/]")
+        self._say(f"skip {run.run_id}: {reason}", style="dim")
 
     def end_run(self, run, summary: dict) -> None:
         """One line with the run's outcome (failures even when quiet)."""
         if self.current is not None:
             self.bars.remove_task(self.current)
         if summary["state"] == "failed":
-            self._say(f"[red]failed[/] {run.run_id}: {summary['error']}", level=-1)
+            self._say(Text("failed", style="red") + Text(f" {run.run_id}: {summary['error']}"),
+                      level=-1)
             return
         causal = summary.get("final_eval_loss_causal")
         extra = f", causal {causal:.4f}" if causal is not None else ""
-        self._say(f"[green]done[/] {run.run_id}: eval loss {summary['final_eval_loss']:.4f}"
-                  f"{extra}, {summary['tokens_per_s']:,.0f} tok/s, {summary['wall_time']:.0f} s")
+        self._say(Text("done", style="green") + Text(
+            f" {run.run_id}: eval loss {summary['final_eval_loss']:.4f}{extra}, "
+            f"{summary['tokens_per_s']:,.0f} tok/s, {summary['wall_time']:.0f} s"))
 
     def end_sweep(self) -> None:
         """Close the bars (the overall one at exactly 100%, whatever the float rounding)."""
@@ -117,8 +136,8 @@ class PrepareProgress:
     def __init__(self, console: Console, every: float = 10.0):
         self.console, self.every = console, every
         self.live = console.is_terminal
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(),
-                             TextColumn("{task.fields[mb]}"), TimeRemainingColumn(),
+        self.bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                             TextColumn("{task.fields[mb]}", markup=False), TimeRemainingColumn(),
                              console=console, transient=True, disable=not self.live)
         self.task = None
 

@@ -146,13 +146,14 @@ def run_state(run_dir: Path) -> str:
 
 
 def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, world=None,
-            device: str = "auto", move_aside: bool = False) -> Prepared:
-    """Validate everything a sweep needs before any training: spec, plan, data, device, the
-    results folder and the runs already in it (fingerprints).
+            device: str = "auto", move_aside: bool = False, overrides=()) -> Prepared:
+    """Validate everything a sweep needs before any training: spec (with its `--set`
+    overrides), plan, device, memory, data, the results folder and the runs already in it
+    (fingerprints).
 
     `world`: the process count (default: torchrun's WORLD_SIZE), which must split the batch.
     """
-    spec, plan = plan_file(spec_path)
+    spec, plan = plan_file(spec_path, overrides=overrides)
     if not select_runs(plan, only):
         raise SpecError(str(spec_path), [f"--only: no run id matches {only}; "
                                          f"runs: {', '.join(r.run_id for r in plan.runs)}"])
@@ -162,8 +163,8 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     from modexp.training.train import split_batch
 
     try:
-        for batch in sorted({r.batch_size for r in runs} or {spec.train.batch_size}):
-            split_batch(batch, spec.train.micro_batch_size, world)
+        micro = {batch: split_batch(batch, spec.train.micro_batch_size, world)[0]
+                 for batch in sorted({r.batch_size for r in runs} or {spec.train.batch_size})}
     except ValueError as e:
         raise SpecError(str(spec_path), [str(e)]) from None
     device = resolve_device(device)
@@ -171,6 +172,14 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     exp_dir = Path(results) / spec.name
     if exp_dir.exists() and not exp_dir.is_dir():
         raise SpecError("--results", [f"{exp_dir} is a file, where the experiment's folder goes"])
+    from modexp.memory import fit_problems
+
+    too_big = fit_problems(spec, [r for r in runs if run_state(exp_dir / r.run_id) != "done"],
+                           micro, device, world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    if too_big:
+        more = len(too_big) - rundirs.MAX_LISTED
+        raise SpecError(str(spec_path), too_big[:rundirs.MAX_LISTED]
+                        + ([f"... and {more} more run(s)"] if more > 0 else []))
     from modexp.data.tokens import TokenData
 
     try:  # the data, checked against its own records (sizes, token ids, sha256s) first
@@ -190,11 +199,12 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
 
 
 def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None,
-              say=None, loggers=()) -> dict:
+              say=None, loggers=(), on_row=None) -> dict:
     """Build the model, resume from the newest good checkpoint, train to the end; the summary.
 
     `say`: where notes on passed-over checkpoints or a start from zero go (never silent).
-    `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's."""
+    `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's.
+    `on_row`: also sees each logged row (the progress line takes the LM loss from it)."""
     import torch
 
     from modexp.models.build import build_model
@@ -210,7 +220,8 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     if ctx.is_main and names:
         plan_row = json.loads(json.dumps(run.to_dict()))  # JSON-able, as run.json holds it
         writer = Tee(writer, names, run_dir, run.run_id, spec_to_dict(spec), plan_row)
-    trainer = Trainer(model, run, spec.train, data, writer, run_dir / CKPT_FILE, ctx, on_step)
+    trainer = Trainer(model, run, spec.train, data, writer if on_row is None else _Tap(writer, on_row),
+                      run_dir / CKPT_FILE, ctx, on_step)
     step = trainer.resume()
     if ctx.is_main:
         logged = writer.last_step()
@@ -226,6 +237,17 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     finally:
         if isinstance(writer, Tee):
             writer.close()
+
+
+class _Tap:
+    """The Trainer's logger, also handing each row to `see` (metrics.jsonl first)."""
+
+    def __init__(self, inner, see):
+        self.inner, self.see = inner, see
+
+    def log(self, row: dict) -> None:
+        self.inner.log(row)
+        self.see(row)
 
 
 def _stderr(msg: str) -> None:
@@ -273,10 +295,10 @@ def _decide(run_dir: Path, retry_failed: bool, say) -> str:
 
 def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=False,
               device="auto", progress=None, move_aside=False, loggers=(),
-              peak_tflops=None) -> SweepReport:
+              peak_tflops=None, overrides=()) -> SweepReport:
     """Train every selected run of a spec (what `modexp run` calls). `progress`: a Progress UI;
     `loggers`: dashboards to feed besides the spec's train.loggers; `peak_tflops`: for MFU
-    (None: a known GPU's peak or the cached CPU peak).
+    (None: a known GPU's peak or the cached CPU peak); `overrides`: `--set PATH=VALUE`s.
 
     Under torchrun every rank calls this; rank 0 decides (locks, skips), writes and reports.
     An environment failure (disk full, out of memory, device lost) leaves the run interrupted
@@ -286,8 +308,9 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
 
     from modexp.runs.loggers import check_loggers
 
-    p = prepare(spec_path, results, only, shard, device=device, move_aside=move_aside)
-    bad = check_loggers([*p.spec.train.loggers, *loggers])
+    p = prepare(spec_path, results, only, shard, device=device, move_aside=move_aside,
+                overrides=overrides)
+    bad = check_loggers(p.spec.train.loggers, "train.loggers") + check_loggers(loggers, "--logger")
     if bad:
         raise SpecError(str(spec_path), bad)
     ctx = setup_context(p.device, peak_tflops)
@@ -336,7 +359,7 @@ def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=()) -> str:
     ui.start_run(run)
     try:
         summary = train_one(p.spec, run, run_dir, p.data, ctx, on_step=ui.step, say=_stderr,
-                            loggers=loggers)
+                            loggers=loggers, on_row=getattr(ui, "row", None))
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the checkpoint continues it
     except Exception as exc:  # a run's failure must not stop the sweep

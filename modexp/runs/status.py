@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from modexp.runs.metrics import METRICS_FILE, SUMMARY_FILE, read_json, read_metrics
 from modexp.runs.failures import INTERRUPTED_FILE
@@ -13,19 +14,23 @@ from modexp.runs.runner import PLAN_FILE, run_state
 from modexp.spec import SpecError, load_spec
 
 
-def experiment_dir(path: str | Path, results: str | Path = "results") -> Path:
-    """A results folder as given, or results/<name> for a spec file."""
+def experiment_dir(path: str | Path, results: str | Path = "results", overrides=()) -> Path:
+    """A results folder as given, or results/<name> for a spec file (its `--set` overrides
+    applied: one may rename the experiment)."""
     path = Path(path)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        return Path(results) / load_spec(path).name
+        return Path(results) / load_spec(path, overrides).name
     if not path.is_dir():
         raise SpecError(str(path), ["no such results folder or spec file"])
+    if overrides:
+        raise SpecError("--set", [f"--set: {path} is a results folder, whose runs keep the spec "
+                                  "they were trained with; --set applies to a spec file"])
     return path
 
 
-def sweep_status(path: str | Path, results: str | Path = "results") -> list[dict]:
+def sweep_status(path: str | Path, results: str | Path = "results", overrides=()) -> list[dict]:
     """One dict per planned run: run_id, state, steps, progress in FLOPs, final eval losses."""
-    exp = experiment_dir(path, results)
+    exp = experiment_dir(path, results, overrides)
     if not (exp / PLAN_FILE).exists():
         raise SpecError(str(exp), [f"no {PLAN_FILE}: nothing has been run here yet (modexp run SPEC)"])
     try:
@@ -69,13 +74,17 @@ def _one(run_dir: Path, plan: dict) -> dict:
             "error": "; ".join(problems) or summary.get("error") or note.get("error")}
 
 
-def _routed(r: dict) -> str:
+def _routed(r: dict) -> Text:
     """Causal routed fraction per layer vs capacity; '!' marks a layer > 2 points off."""
     fracs, caps = r.get("routed_frac_causal"), r.get("capacity")
+    out = Text()
     if not fracs or not caps or len(fracs) != len(caps):
-        return ""
-    return " ".join(f"{f:.1%}/{c:.1%}" + ("[red]![/]" if abs(f - c) > 0.02 else "")
-                    for f, c in zip(fracs, caps))
+        return out
+    for i, (f, c) in enumerate(zip(fracs, caps)):
+        out.append(f"{' ' if i else ''}{f:.1%}/{c:.1%}")
+        if abs(f - c) > 0.02:
+            out.append("!", style="red")
+    return out
 
 
 def _accuracy(r: dict) -> str:
@@ -87,7 +96,8 @@ def _accuracy(r: dict) -> str:
 
 
 def print_status(rows: list[dict], console: Console) -> None:
-    """A rich table of the sweep."""
+    """A rich table of the sweep; every cell is text (Text), never markup: an error may hold
+    brackets."""
     t = Table(title="sweep status")
     for col in ("run id", "state", "steps", "FLOPs done", "eval loss", "causal loss",
                 "routed causal/capacity", "causal decision acc [95%]", "error"):
@@ -96,8 +106,8 @@ def print_status(rows: list[dict], console: Console) -> None:
               "corrupt": "red"}
     for r in rows:
         fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-        t.add_row(r["run_id"], f"[{colour.get(r['state'], 'white')}]{r['state']}[/]",
+        t.add_row(Text(r["run_id"]), Text(r["state"], style=colour.get(r["state"], "white")),
                   f"{r['step']}/{r['steps']}", f"{100 * r['progress']:.0f}%",
                   fmt(r["final_eval_loss"]), fmt(r["final_eval_loss_causal"]), _routed(r),
-                  _accuracy(r), r["error"] or "")
+                  Text(_accuracy(r)), Text(r["error"] or ""))
     console.print(t)

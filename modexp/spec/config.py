@@ -312,6 +312,15 @@ class ExperimentSpec(_Strict):
         """The model's own batch size, else train.batch_size."""
         return model.batch_size if model.batch_size is not None else self.train.batch_size
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_once(cls, v: list[int]) -> list[int]:
+        twice = sorted({s for s in v if v.count(s) > 1})
+        if twice:  # the same run id twice: the second would find the first "already done"
+            raise ValueError(f"each seed must appear once; {', '.join(map(str, twice))} "
+                             f"repeated in {v}")
+        return v
+
     @field_validator("name")
     @classmethod
     def _one_safe_folder(cls, v: str) -> str:
