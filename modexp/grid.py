@@ -32,7 +32,7 @@ import yaml
 
 from modexp import flops as F
 from modexp.naming import budget_tag
-from modexp.plan import Plan, build_plan, routes_no_layer
+from modexp.plan import STEP_LIMIT, Plan, build_plan, routes_no_layer
 from modexp.plan import plan_file as plan_spec_file
 from modexp.spec import ExperimentSpec, ModelConfig, SpecError, VanillaVariant, parse_spec, spec_to_dict
 
@@ -175,8 +175,11 @@ def suggest_grid(spec: ExperimentSpec, results: Path | None = None) -> tuple[str
         for i, (budget, _) in enumerate(spec.grids()):
             ok = [m for m in cands if plannable(spec, m, budget, spec.variants_at(i))]
             if not ok:
+                small = budget < flop_params(cands[0], spec) * 6 * spec.data.seq_len * spec.batch_size(cands[0])
+                why = ("one step of the smallest exceeds it" if small else
+                       f"the largest would take more than the data sampler's {STEP_LIMIT:,} steps")
                 notes.append(f"# budget {budget_tag(budget)}, family {fam}: no ladder size can be "
-                             "planned at this budget (one step of the smallest exceeds it)")
+                             f"planned at this budget ({why})")
                 continue
             nf = [flop_params(m, spec) for m in ok]
             j = min(range(len(ok)), key=lambda k: abs(math.log(nf[k] / est(budget))))

@@ -89,10 +89,11 @@ def test_bracket_warnings_name_the_family_that_misses():
     assert len(warns) == 1 and warns[0].startswith("budgets[0]: the grid of family L1 (")
 
 
-@pytest.mark.parametrize("budgets", [[3e7, 1e11], [1e22]])
+@pytest.mark.parametrize("budgets", [[3e7, 1e11], [1e19]])
 def test_suggest_grid_never_proposes_sizes_plan_refuses(budgets):
     """At a tiny budget the smallest ladder sizes take more than the budget in one step; at a
-    huge one the ladder ends below the estimate: whatever is printed plans as it stands."""
+    huge one the ladder ends below the estimate (1e19: above ~1e20 the sampler's step limit
+    refuses every size of this spec's ladder): whatever is printed plans as it stands."""
     from modexp.plan import build_plan
 
     spec = parse_spec(two_depths(budgets=budgets, variants=TINY["variants"]))
@@ -115,6 +116,12 @@ def test_a_budget_no_size_fits_is_left_out_with_a_note():
     text, _ = suggest_grid(spec)
     assert [b["flops"] for b in yaml.safe_load(text)["budgets"]] == ["1e11"]
     assert "# budget 1e3, family L1: no ladder size can be planned at this budget" in text
+
+
+def test_a_budget_past_the_step_limit_says_so():
+    text, _ = suggest_grid(parse_spec(two_depths(budgets=[1e21, 1e11])))
+    assert "# budget 1e21, family L2: no ladder size can be planned at this budget (the largest " \
+           "would take more than the data sampler's 4,294,967,296 steps)" in text
 
 
 def test_a_family_of_mixed_depths_keeps_its_own_sizes():

@@ -106,7 +106,8 @@ def test_install_hint_keeps_its_extra(tmp_path, monkeypatch, where):
 
 
 def test_warning_with_a_closing_tag(tmp_path):
-    spec = spec_file(tmp_path, data={"source": str(tmp_path / "no[/x].txt"), "seq_len": 32})
+    spec = spec_file(tmp_path, data={"source": str(tmp_path / "no[/x].txt"), "seq_len": 32,
+                                     "vocab_size": 256})  # missing data without a vocab: an error
     r = invoke("plan", spec)
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     assert f"warning: data.source: {tmp_path / 'no[/x].txt'}" in r.stderr
