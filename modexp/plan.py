@@ -123,6 +123,8 @@ def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int |
     for i, (budget, models) in enumerate(spec.grids()):
         for model in models:
             for vname in spec.variants_at(i):
+                if not spec.trains(i, model, vname):  # budgets[i].variant_families
+                    continue
                 if routes_no_layer(spec, model, vname):
                     skipped.setdefault((vname, model.name), model)
                     continue

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from modexp.cli import app
 from modexp.naming import budget_tag
-from modexp.plan import build_plan, eval_steps, plan_file
+from modexp.plan import build_plan, eval_steps, plan_file, routes_no_layer
 from modexp.spec import SpecError, load_spec, parse_spec
 
 from conftest import TINY
@@ -23,7 +23,11 @@ runner = CliRunner()
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_spec_loads_and_plans(path):
     spec, plan = plan_file(path)
-    runs = sum(len(models) * len(spec.variants_at(i)) for i, (_, models) in enumerate(spec.grids()))
+    # every (model, variant) a budget trains (variant_families), but a MoD variant on a model it
+    # routes no layer of (the planner skips it with a warning)
+    runs = sum(1 for i, (_, models) in enumerate(spec.grids()) for m in models
+               for v in spec.variants_at(i)
+               if spec.trains(i, m, v) and not routes_no_layer(spec, m, v))
     assert len(plan.runs) == runs * len(spec.seeds)
     for r in plan.runs:
         assert abs(r.total_flops - r.budget) <= r.flops_per_step / 2
@@ -41,6 +45,32 @@ def test_residual_bound_and_same_budget_for_every_run():
     van = next(r for r in plan.runs if r.kind == "vanilla" and r.budget == 1e10)
     assert mod.steps > van.steps  # cheaper steps, more of them, same FLOPs
     assert mod.fwd_ratio_vs_vanilla < 1 and van.fwd_ratio_vs_vanilla == 1
+
+
+def test_variant_families_train_a_variant_on_the_named_families_only():
+    models = [{"name": "a", "n_layers": 2, "d_model": 32, "n_heads": 2},
+              {"name": "b", "n_layers": 4, "d_model": 32, "n_heads": 2}]
+    budgets = [{"flops": 2e9, "models": ["a", "b"], "variant_families": {"mod": ["L4"]}}, 4e9]
+    plan = build_plan(parse_spec(dict(TINY, models=models, budgets=budgets)))
+    trained = {(r.budget, r.model, r.variant) for r in plan.runs}
+    assert trained == {(2e9, "a", "vanilla"), (2e9, "b", "vanilla"), (2e9, "b", "mod"),
+                       (4e9, "a", "vanilla"), (4e9, "b", "vanilla"), (4e9, "a", "mod"),
+                       (4e9, "b", "mod")}
+
+
+@pytest.mark.parametrize("only, problem", [
+    ({"nope": ["L4"]}, "budgets[0].variant_families.nope: unknown variant 'nope'"),
+    ({"mod": ["L3"]}, "budgets[0].variant_families.mod: unknown family 'L3' (allowed: "
+                      "families of this budget's models: L2, L4)"),
+    ({"mod": []}, "budgets[0].variant_families.mod: unknown family (none given)"),
+])
+def test_variant_families_name_known_variants_and_families(only, problem):
+    models = [{"name": "a", "n_layers": 2, "d_model": 32, "n_heads": 2},
+              {"name": "b", "n_layers": 4, "d_model": 32, "n_heads": 2}]
+    with pytest.raises(SpecError) as e:
+        parse_spec(dict(TINY, models=models,
+                        budgets=[{"flops": 2e9, "models": ["a", "b"], "variant_families": only}]))
+    assert any(problem in p for p in e.value.problems), e.value.problems
 
 
 def test_eval_points_are_budget_fractions():

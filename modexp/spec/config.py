@@ -208,6 +208,11 @@ class BudgetGrid(_Strict):
     """Names of `models` entries trained at this budget."""
     variants: list[str] | None = Field(None, min_length=1)
     """Names of `variants` trained at this budget (default: all), e.g. a control at one budget."""
+    variant_families: dict[str, list[str]] | None = None
+    """Variant -> the shape families (ModelConfig.family_name: "L8", ...) it is trained on at
+    this budget; a variant not named here is trained on every model of the budget. E.g.
+    `{random: [L8]}` puts a control in the deepest family only, beside the variants it
+    controls, without paying for it at every depth."""
 
 
 # A mapping is a grid, anything else a number: one error per bad budget, not one per union arm.
@@ -304,6 +309,11 @@ class ExperimentSpec(_Strict):
         names = getattr(self.budgets[i], "variants", None)
         return [v for v in self.variants if names is None or v in names]
 
+    def trains(self, i: int, model: ModelConfig, vname: str) -> bool:
+        """Whether budget i trains variant vname on this model (its variant_families)."""
+        only = getattr(self.budgets[i], "variant_families", None) or {}
+        return vname not in only or model.family_name in only[vname]
+
     def lr(self, model: ModelConfig) -> float:
         """The model's own lr, else train.lr."""
         return model.lr if model.lr is not None else self.train.lr
@@ -366,11 +376,35 @@ def _cross_problems(spec: ExperimentSpec) -> list[str]:
         if bad:
             problems.append(f"budgets[{i}].variants: unknown variant {', '.join(map(repr, bad))} "
                             f"(allowed: names from variants: {', '.join(spec.variants)})")
+        problems += _variant_family_problems(spec, i, b)
     mb = spec.train.micro_batch_size
     for m in spec.models:
         if mb is not None and m.batch_size is not None and m.batch_size % mb:
             problems.append(f"models: {m.name}.batch_size ({m.batch_size}) must be a multiple of "
                             f"train.micro_batch_size ({mb})")
+    return problems
+
+
+def _variant_family_problems(spec: ExperimentSpec, i: int, b) -> list[str]:
+    """budgets[i].variant_families must name variants trained at the budget and families
+    among its models, and leave each named variant at least one family."""
+    only = getattr(b, "variant_families", None) or {}
+    if not isinstance(b, BudgetGrid):
+        return []
+    trained = spec.variants_at(i)
+    by_name = {m.name: m for m in spec.models}
+    families = sorted({by_name[n].family_name for n in b.models if n in by_name})
+    problems = []
+    for vname, fams in only.items():
+        where = f"budgets[{i}].variant_families.{vname}"
+        if vname not in trained:
+            problems.append(f"{where}: unknown variant {vname!r} (allowed: variants trained at "
+                            f"this budget: {', '.join(trained)})")
+            continue
+        bad = [f for f in fams if f not in families]
+        if bad or not fams:
+            problems.append(f"{where}: unknown family {', '.join(map(repr, bad)) or '(none given)'} "
+                            f"(allowed: families of this budget's models: {', '.join(families)})")
     return problems
 
 
