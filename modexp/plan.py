@@ -15,7 +15,7 @@ from modexp import flops as F
 from modexp.data.facts import resolved_spec
 from modexp.memory import training_memory
 from modexp.naming import run_id
-from modexp.spec import ExperimentSpec, SpecError, load_spec
+from modexp.spec import RANDOM_DRAWS, ExperimentSpec, SpecError, load_spec
 
 STEP_LIMIT = 2 ** 32
 """Most steps a run may take: the data sampler seeds step s's batch with s as one 32-bit word
@@ -53,6 +53,7 @@ class RunPlan:
     epochs: float | None = None  # training tokens / training-split tokens
     lr: float | None = None  # peak lr of this run (the model's own, else train.lr)
     router: str | None = None  # MoD: learned | random (the stochastic-routing control)
+    draws: str | None = None  # router: random: how its weights are drawn (spec.RANDOM_DRAWS)
     family: str | None = None  # shape family the analysis fits it in (ModelConfig.family_name)
     n_layers: int | None = None  # the model's depth (the analysis needs no spec to group runs)
     memory: dict | None = None  # memory.training_memory's parts in bytes: one process, float32
@@ -97,6 +98,7 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
         eval_steps=eval_steps(steps, spec.train.eval_points),
         capacities=list(arch.capacities) or [None] * model.n_layers, lr=spec.lr(model),
         router=getattr(variant, "router", None), family=model.family_name,
+        draws=RANDOM_DRAWS if getattr(variant, "router", None) == "random" else None,
         n_layers=model.n_layers,
         memory=training_memory(arch, T, min(spec.train.micro_batch_size or B, B)).to_dict())
 

@@ -21,7 +21,8 @@ V = 64
 VARIANTS = {"vanilla": VanillaVariant(kind="vanilla"),
             "predictor": ModVariant(kind="mod", capacity=0.25, causal="predictor"),
             "aux_loss": ModVariant(kind="mod", capacity=0.25, causal="aux_loss"),
-            "none": ModVariant(kind="mod", capacity=0.25, causal="none")}
+            "none": ModVariant(kind="mod", capacity=0.25, causal="none"),
+            "random": ModVariant(kind="mod", capacity=0.25, router="random")}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,7 +35,7 @@ def tokens(B: int, T: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name", ["vanilla", "predictor", "aux_loss"])
+@pytest.mark.parametrize("name", ["vanilla", "predictor", "aux_loss", "random"])
 @pytest.mark.parametrize("reference", [False, True])
 @pytest.mark.parametrize("B", [1, 2])
 def test_a_forward_hook_on_every_block_fires_in_training_evaluation_and_decoding(name, reference, B):
@@ -59,7 +60,7 @@ def test_a_forward_hook_on_every_block_fires_in_training_evaluation_and_decoding
     assert set(calls.values()) == {passes + 6}
 
 
-@pytest.mark.parametrize("name", ["vanilla", "predictor", "aux_loss", "none"])
+@pytest.mark.parametrize("name", ["vanilla", "predictor", "aux_loss", "none", "random"])
 def test_training_compiles_to_one_graph_over_micro_batches(name):
     """Nothing mutable appended in the forward (the threshold quantiles come back in its
     output), static shapes, RoPE tables made at build: one graph, no graph break, and no

@@ -274,6 +274,7 @@ def generate(model, prompt: Tensor, max_new_tokens: int, temperature: float = 0.
     """
     was_training = model.training
     model.eval()
+    model.set_draws(0, 0)  # drawn routing (random_routing.py): rows 0..B-1 of the eval pattern
     B, P = prompt.shape
     dev = prompt.device
     model.rotary.reserve(P + max_new_tokens)  # RoPE for every position, before any forward

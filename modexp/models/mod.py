@@ -70,10 +70,6 @@ class RoutedBlock(Block):
                  kernels: Kernels):
         super().__init__(cfg, kernels)
         self.capacity, self.gate = capacity, variant.gate
-        self.random = RandomRouting(layer) if variant.router == "random" else None
-        if self.random is not None:  # the control: no router, no decision, gate 1
-            self.router = self.decision = None
-            return
         # skip_init: no draw from the global RNG here; init_weights fills it from its own stream
         self.router = skip_init(nn.Linear, cfg.d_model, 1, bias=False)  # own router per layer
         self.decision = Decision(cfg.d_model, variant, capacity)
@@ -81,8 +77,6 @@ class RoutedBlock(Block):
     @torch.no_grad()
     def init_weights(self, router_gen: torch.Generator, predictor_gen: torch.Generator) -> None:
         """N(0, 0.02) router weights (GPT-2) and the predictor's, each from its own generator."""
-        if self.router is None:  # random routing: nothing learned to initialise
-            return
         nn.init.normal_(self.router.weight, 0.0, 0.02, generator=router_gen)
         self.decision.init_weights(predictor_gen)
 
@@ -95,8 +89,6 @@ class RoutedBlock(Block):
         (causal only): empty, it receives the routed tokens' keys and values (prefill); once
         it holds a prompt (decoding), x is one new token per row: a decode step (`step`).
         """
-        if self.random is not None:
-            return self._forward_random(x, pos, routing, cache)
         if cache is not None and cache.decoding:
             return self.kernels.routed_step(self, x, pos, cache), None
         r = self.router_logits(x)  # (B, T)
@@ -171,8 +163,7 @@ class RoutedBlock(Block):
         """Decode step: one new token per row x (B, 1, d) at position pos. A row whose token
         routes runs the block on its own cache rows (its earlier routed tokens); a row whose
         token skips neither reads nor writes this layer's cache, and passes x unchanged."""
-        r = self.router_logits(x)  # (B, 1)
-        go = self.decision.decide_next(self.decision.logit(x, r), cache.decision)  # (B,)
+        r, go = self.step_decision(x, pos, cache)
         cache.decisions.append(go)
         ids = go.nonzero().flatten().tolist()  # host sync: shapes depend on it
         if not ids:
@@ -183,24 +174,10 @@ class RoutedBlock(Block):
         f = self.update(x.index_select(0, at), pos, None, cache.rows(ids, at))
         return x.index_add(0, at, self.gated(r.index_select(0, at), f).to(x.dtype))
 
-    def _forward_random(self, x: Tensor, pos: Positions, routing: str,
-                        cache: KVCache | None) -> tuple[Tensor, RouteInfo]:
-        """The stochastic-routing control: top-k of uniform scores (topk), or each token with
-        probability `capacity` (causal); the update is x + f (gate 1: no router to weigh it)."""
-        B, T, _ = x.shape
-        u = self.random.uniform(B, T, self.training).to(x.device)  # (B, T) in [0, 1)
-        ones = torch.ones_like(u)  # the "router logits" the gate ignores
-        if routing == "topk":
-            if cache is not None:
-                raise ValueError(TOPK_CACHE)
-            idx = topk_positions(u, routed_k(self.capacity, T))  # (B, k) uniform, sorted
-            n = torch.full((), idx.numel(), dtype=torch.long, device=x.device)
-            return self._run_topk(x, pos, ones, idx), RouteInfo(idx, None, n, None, None, None, None)
-        if routing != "causal":
-            raise ValueError(f"routing must be 'topk' or 'causal', got {routing!r}")
-        decision = u < self.capacity  # (B, T): Bernoulli(capacity), the causal analogue
-        out, idx, valid = self._run_causal(x, pos, ones, decision, cache)
-        return out, RouteInfo(idx, valid, decision.sum(), None, None, None, None)
+    def step_decision(self, x: Tensor, pos: Positions, cache: KVCache) -> tuple[Tensor, Tensor]:
+        """The new token's router logit (B, 1) and whether its decision routes it (B,)."""
+        r = self.router_logits(x)  # (B, 1)
+        return r, self.decision.decide_next(self.decision.logit(x, r), cache.decision)
 
     def router_logits(self, x: Tensor) -> Tensor:
         """Router logits (B, T) in fp32 even under autocast: bf16 would tie scores at top-k."""
@@ -209,8 +186,6 @@ class RoutedBlock(Block):
 
     def gated(self, r: Tensor, f: Tensor) -> Tensor:
         """g(r) * f for r (B, k), f (B, k, d): the router weight on the gradient path."""
-        if self.random is not None:  # random routing: gate 1 (no router to put on the path)
-            return f
         g = torch.sigmoid(r) if self.gate == "sigmoid" else r
         return g.unsqueeze(-1) * f
 
@@ -226,32 +201,6 @@ class RoutedBlock(Block):
                 decision = d.decide(logit)
             aux, ploss = (loss, None) if d.method == "aux_loss" else (None, loss)
         return RouteInfo(idx, valid, n_routed, member, decision, aux, ploss, quantile)
-
-
-class RandomRouting(nn.Module):
-    """Reproducible draws for random routing, apart from the global torch RNG stream.
-
-    Each training forward draws from a generator seeded by (run seed, layer, forward count);
-    the count is a buffer, so a checkpoint carries it and a resumed run draws what an
-    uninterrupted one would. Evaluation (eval mode) draws from a fixed seed per layer, so
-    every evaluation of a run scores the same routing. The run seed is the one torch was
-    seeded with when the model was built (runner: torch.manual_seed(run.seed)).
-    """
-
-    def __init__(self, layer: int):
-        super().__init__()
-        self.layer = layer
-        self.register_buffer("state", torch.tensor([torch.initial_seed() % 2**31, 0]))  # seed, count
-
-    def uniform(self, B: int, T: int, training: bool) -> Tensor:
-        """(B, T) uniform [0, 1) scores on the CPU (bit-identical on every device)."""
-        seed, count = (int(v) for v in self.state)
-        if training:
-            self.state[1] += 1
-        else:
-            count = -1  # evaluation: the same draw every time
-        g = torch.Generator().manual_seed(((seed * 1_000_003 + self.layer) * 1_000_003 + count) % 2**63)
-        return torch.rand(B, T, generator=g)
 
 
 def topk_positions(r: Tensor, k: int) -> Tensor:

@@ -26,6 +26,7 @@ from modexp.models.block import Block
 from modexp.models.decision import Decision, at_least_fp32
 from modexp.models.mod import RoutedBlock, route_losses, route_stats, stream_seed
 from modexp.models.ops import REFERENCE, Kernels
+from modexp.models.random_routing import RandomRoutedBlock
 from modexp.models.rope import Positions, Rotary
 from modexp.spec import ModelConfig, ModVariant, VanillaVariant
 
@@ -69,8 +70,9 @@ class Transformer(nn.Module):
         caps = variant.capacities(n) if variant.kind == "mod" else [None] * n
         # The same Block for every layer (a routed one adds its router), so vanilla weights
         # load into a MoD model unchanged.
+        routed = RandomRoutedBlock if getattr(variant, "router", None) == "random" else RoutedBlock
         self.blocks = nn.ModuleList(Block(model, kernels) if c is None
-                                    else RoutedBlock(model, variant, c, i, kernels)
+                                    else routed(model, variant, c, i, kernels)
                                     for i, c in enumerate(caps))
         self.norm = nn.RMSNorm(model.d_model)
         self.head = nn.Linear(model.d_model, vocab, bias=False)
@@ -112,6 +114,20 @@ class Transformer(nn.Module):
     def tracked(self) -> list[Decision]:
         """The decisions whose threshold training calibrates: ForwardOutput.quantiles' order."""
         return [d for d in self.decisions() if d.tracks]
+
+    def drawn(self) -> list[tuple[str, RandomRoutedBlock]]:
+        """(name, block) of every layer whose routing is drawn (the random-routing control)."""
+        return [(f"blocks.{i}", b) for i, b in self.routed() if isinstance(b, RandomRoutedBlock)]
+
+    def set_draws(self, step: int, row: int) -> None:
+        """Where the next forward's routing draws sit: the training step and the global batch
+        row of its first sequence (random_routing.py; eval mode ignores the step)."""
+        for _, b in self.drawn():
+            b.random.set(step, row)
+
+    def rank_local_buffers(self) -> list[str]:
+        """Buffers each DDP rank sets for itself (the draws' first row): never broadcast."""
+        return [f"{name}.random.{b}" for name, _ in self.drawn() for b in ("step", "row")]
 
     def predictor_parameters(self) -> list[nn.Parameter]:
         """The causal predictors' parameters: trained apart from the LM (own optimiser, clip)."""

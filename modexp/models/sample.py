@@ -52,9 +52,6 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
                                        "(modexp run SPEC)"])
     run = read_json(run_dir / RUN_FILE)
     spec, plan = parse_spec(run["spec"], str(run_dir / RUN_FILE)), run["plan"]
-    if plan.get("router") == "random":  # no decision to decode with: a training-time control
-        raise SpecError(str(run_dir), ["router: random (the routing control) has no causal "
-                                       "decision to sample with; sample a learned-router run"])
     model_cfg = next(m for m in spec.models if m.name == plan["model"])
     model = build_model(model_cfg, spec.variants[plan["variant"]], plan["vocab"],
                         seq_len=spec.data.seq_len, device=device)

@@ -46,6 +46,7 @@ def fingerprint_fields(spec: dict, plan: dict, data: dict) -> dict:
     variant = spec["variants"][plan["variant"]]
     if variant.get("router") == "random":  # no router: its settings change nothing it computes
         variant = {k: v for k, v in variant.items() if k not in ROUTER_ONLY}
+        entry["draws"] = plan.get("draws")  # a run.json drawn otherwise (before: uniform) has none
     return {"model": model, "variant": variant, "train": train,
             "data": {**spec["data"], "source": source_identity(spec["data"].get("source")),
                      "sha256": data.get("sha256"), "python": data.get("python"),

@@ -5,11 +5,11 @@ in it at once, one line per field, as `SpecError` (the CLI turns it into exit co
 import: `modexp plan` must stay fast.
 """
 
-from modexp.spec.config import (ROUTER_ONLY, BudgetGrid, DataConfig, ExperimentSpec,
+from modexp.spec.config import (RANDOM_DRAWS, ROUTER_ONLY, BudgetGrid, DataConfig, ExperimentSpec,
                                 FlopsConfig, ModelConfig, ModVariant, SpecError, TrainConfig,
                                 VanillaVariant)
 from modexp.spec.load import load_spec, parse_spec, spec_to_dict
 
-__all__ = ["ROUTER_ONLY", "BudgetGrid", "DataConfig", "ExperimentSpec", "FlopsConfig",
+__all__ = ["RANDOM_DRAWS", "ROUTER_ONLY", "BudgetGrid", "DataConfig", "ExperimentSpec", "FlopsConfig",
            "ModelConfig", "ModVariant", "SpecError", "TrainConfig", "VanillaVariant",
            "load_spec", "parse_spec", "spec_to_dict"]

@@ -125,9 +125,15 @@ class VanillaVariant(_Strict):
     kind: Literal["vanilla"]
 
 
-ROUTER_ONLY = ("causal", "gate", "aux_loss_weight", "predictor_hidden", "predictor_lr",
+ROUTER_ONLY = ("causal", "aux_loss_weight", "predictor_hidden", "predictor_lr",
                "threshold", "prefix_prior")
-"""ModVariant fields that only a learned router uses: random routing has no router to set."""
+"""ModVariant fields that only a learned router uses: random routing has no router to set
+(its gate it shares: the drawn weights are gated as learned ones are)."""
+
+
+RANDOM_DRAWS = "normal/splitmix64(seed, layer, step, row, position)"
+"""How router: random draws its weights (models/random_routing.py), recorded in each such run's
+plan entry and fingerprint: runs drawn otherwise (the uniform gate-1 draws of before) differ."""
 
 
 class ModVariant(_Strict):
@@ -144,8 +150,10 @@ class ModVariant(_Strict):
     """How sampling decides per token: a predictor MLP, the router logit (aux BCE loss), or none.
     With aux_loss_weight 0 the decision is the router's own logit, unshaped by any loss: the
     shipped CPU specs' choice (as accurate as a predictor there, at no FLOPs; README)."""
-    gate: Literal["identity", "sigmoid"] = "sigmoid"
-    """g(r) scaling the block update. Paper: identity; sigmoid bounds it (NaN-free default)."""
+    gate: Literal["identity", "sigmoid", "one"] = "sigmoid"
+    """g(r) scaling the block update. Paper: identity; sigmoid bounds it (NaN-free default).
+    `one` (router: random only): the update unscaled, x + f(x): the gate-1 control, which asks
+    whether the chosen tokens matter once the gate is fixed."""
     aux_loss_weight: float = Field(0.01, ge=0)
     """Weight of the router BCE loss (causal: aux_loss) added to the LM loss."""
     predictor_hidden: int = Field(64, ge=1)
@@ -163,8 +171,10 @@ class ModVariant(_Strict):
     8 and 16 scored alike, best of 0-128."""
     router: Literal["learned", "random"] = "learned"
     """`learned`: top-k of a learned router. `random`: the paper's stochastic-routing control
-    (fig. 3): k tokens per sequence uniformly at random, gate 1, no router or predictor; its
-    causal evaluation routes each token with probability `capacity` (a Bernoulli draw)."""
+    (Raposo et al. 2024, fig. 3): router weights drawn per token from N(0, 1), top-k of them,
+    each chosen token's update scaled by `gate` of its drawn weight; no router matmul or
+    predictor. Its causal routing (evaluation, sampling) routes a token iff its draw exceeds
+    the Gaussian's (1 - capacity) quantile (modexp/models/random_routing.py)."""
 
     @model_validator(mode="after")
     def _random_takes_no_router_settings(self):
@@ -176,7 +186,10 @@ class ModVariant(_Strict):
                         and getattr(self, f) != type(self).model_fields[f].default
                         and (f, getattr(self, f)) != ("threshold", "calibrated"))
         if self.router == "random" and unused:
-            raise ValueError(f"router: random has no router, gate or predictor; remove {', '.join(unused)}")
+            raise ValueError(f"router: random has no router or predictor; remove {', '.join(unused)}")
+        if self.router == "learned" and self.gate == "one":
+            raise ValueError("gate: one is the random-routing control's (router: random); a learned "
+                             "router is trained through its gate: use sigmoid or identity")
         return self
 
     @field_validator("layers")

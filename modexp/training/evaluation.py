@@ -11,7 +11,10 @@ import torch
 def eval_pass(model, batches, routing: str, device: torch.device, autocast) -> dict:
     """Mean LM loss over the validation batches (all ranks see all of them), plus routing stats."""
     losses, counts, per_seq = [], {}, {}
+    row = 0  # drawn routing sees each held-out sequence at its own row, whatever the chunking
     for x, y in batches:
+        model.set_draws(0, row)
+        row += x.size(0)
         with autocast():
             out = model(x.to(device), y.to(device), routing=routing)
         losses.append(out.lm_loss.float())

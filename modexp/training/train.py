@@ -127,6 +127,9 @@ class Trainer:
         if self.ctx.world == 1:
             return model
         ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        # each rank's draws start at its own global row: never overwritten by rank 0's
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, model.rank_local_buffers())
         # every parameter gets a gradient each step (routers via the gate, predictors via
         # their BCE), so DDP needs no search for unused parameters
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -191,6 +194,7 @@ class Trainer:
         for i in range(self.accum):
             rows = slice(base + i * self.micro, base + (i + 1) * self.micro)
             x, y = self.data.train_batch(self.plan.seed, step, self.cfg.batch_size, rows)
+            self.raw.set_draws(step, rows.start)  # drawn routing: at (step, global batch row)
             yield x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
 
     def train_step(self) -> dict[str, torch.Tensor]:
