@@ -201,3 +201,32 @@ def test_plot_draws_families_and_equal_size_differences(tmp_path):
     t = rep.table
     assert list(t.columns[:3]) == ["budget", "model", "family"]
     assert t[t.model == "isoFLOP optimum"].family.iloc[0] == "vanilla L1; mod L2"
+
+
+def test_a_control_in_one_family_is_also_compared_within_that_family(tmp_path):
+    """budgets[].variant_families puts the control in one family; its like-for-like comparison
+    is with the treatment's envelope over that family, not the treatment's best family."""
+    variants = dict(EVERY_LAYER, rand={"kind": "mod", "capacity": 0.25, "route_every": 1,
+                                       "router": "random"})
+    names = [f"L{L}d{d}" for L, ws in DEPTH_WIDTHS.items() for d in ws]
+    budgets = [{"flops": 1e9, "models": names, "variant_families": {"rand": ["L1"]}}]
+    runs = depth_sweep(tmp_path, {("vanilla", 1): (2.5e4, 2.60), ("vanilla", 2): (2.5e4, 2.62),
+                                  ("mod", 1): (2.5e4, 2.50), ("mod", 2): (3.5e4, 2.38),
+                                  ("rand", 1): (2.5e4, 2.55)}, variants=variants, budgets=budgets)
+    assert {r.family for r in runs if r.variant == "rand"} == {"L1"}
+    c = verdict_json(tmp_path)["budgets"][0]["verdict"]["controls"]["rand"]
+    overall, same = c["vs_treatments"]["mod"], c["vs_treatments_same_families"]["mod"]
+    assert overall["delta_loss"] == pytest.approx(2.55 - 2.38, abs=0.01)  # vs MoD's best, L2
+    assert same["families"] == ["L1"]
+    assert same["delta_loss"] == pytest.approx(2.55 - 2.50, abs=0.01)  # vs MoD in L1
+    assert same["reading"] == "higher" and same["delta_loss_ci"][0] > 0
+
+
+def test_a_control_in_every_family_has_no_separate_same_family_comparison(tmp_path):
+    variants = dict(EVERY_LAYER, rand={"kind": "mod", "capacity": 0.25, "route_every": 1,
+                                       "router": "random"})
+    depth_sweep(tmp_path, {("vanilla", 1): (2.5e4, 2.60), ("vanilla", 2): (2.5e4, 2.62),
+                           ("mod", 1): (2.5e4, 2.50), ("mod", 2): (3.5e4, 2.38),
+                           ("rand", 1): (2.5e4, 2.55), ("rand", 2): (3.5e4, 2.45)}, variants=variants)
+    c = verdict_json(tmp_path)["budgets"][0]["verdict"]["controls"]["rand"]
+    assert c["vs_treatments_same_families"]["mod"] is None and c["vs_treatments"]["mod"]

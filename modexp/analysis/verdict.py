@@ -222,10 +222,31 @@ def budget_verdict(an: Analysis, budget: float, sides: dict | None = None,
                        / side["vanilla"]["forward_flops_per_token"], "gain": gain("mod")}
     out["treatments"] = {v: _role_json(an, budget, s, v, base, gain(v)) for v in s["treatments"]}
     out["controls"] = {v: _role_json(an, budget, s, v, base, gain(v)) | {
-        "vs_treatments": {t: _vs(s["score"][v], s["score"][t]) for t in s["treatments"]}}
+        "vs_treatments": {t: _vs(s["score"][v], s["score"][t]) for t in s["treatments"]},
+        "vs_treatments_same_families": {t: _vs_same_families(s["score"][v], s["score"][t])
+                                        for t in s["treatments"]}}
         for v in s["controls"]}
     out["random"] = {v: _random_json(s["score"][v], mod, base) for v in s["controls"]}
     return out
+
+
+def _vs_same_families(control: dict, treatment: dict) -> dict | None:
+    """A control trained on some of a treatment's families only (budgets[].variant_families,
+    e.g. the paper's control in the deepest family) against the treatment's envelope over
+    those same families: like for like, where the treatment's overall optimum may sit in a
+    family the control never ran in. None when the control spans the treatment's families
+    (then `vs_treatments` is this comparison) or either side has no family fits."""
+    fams, t_fams = control.get("families"), treatment.get("families")
+    if not isinstance(fams, dict) or not isinstance(t_fams, dict) or not set(fams) < set(t_fams):
+        return None
+    members = [t_fams[f] for f in fams]
+    span = (min(m["params_min"] for m in members), max(m["params_max"] for m in members))
+    span = (math.log10(span[0]), math.log10(span[1])) if all(map(np.isfinite, span)) \
+        else (math.inf, -math.inf)
+    restricted = envelope(members, span) | {"name": treatment["variant"],
+                                            "variant": treatment["variant"]}
+    got = _vs(control, restricted)
+    return None if got is None else got | {"families": sorted(fams)}
 
 
 def _why(base: dict | None, mod: dict | None, treatments: list[str]) -> str:

@@ -116,6 +116,10 @@ def _budget_lines(b: dict) -> list[str]:
         for other in ("vs_mod", "vs_vanilla"):
             if r[other]:
                 lines.append(f"  random routing {name} " + _delta_text(r[other], other.replace("_", " ")))
+        for t, d in vd["controls"][name].get("vs_treatments_same_families", {}).items():
+            if d:
+                lines.append(f"  random routing {name} " + _delta_text(
+                    d, f"vs {t} in the same families ({', '.join(d['families'])})"))
         lines.append(f"  random routing {name}: " + _gain_text(vd["controls"][name]["gain"], name))
     return lines + [""]
 
