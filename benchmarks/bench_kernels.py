@@ -8,7 +8,7 @@ once with one kernel set back to its reference (modexp/models/ops.REFERENCE), in
 (above 1: the kernel is faster), with its quartiles. "all" sets every kernel back: modexp
 without modexp/kernels/.
 
-    python benchmarks/bench_kernels.py [--spec experiments/quickstart.yaml] [--model l]
+    python benchmarks/bench_kernels.py [--spec experiments/quickstart.yaml] [--model NAME]
         [--repeats 21] [--threads 2]
 """
 

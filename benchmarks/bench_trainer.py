@@ -9,7 +9,7 @@ one process, in alternating chunks of --chunk steps (interleaved, so load drift 
 - bare: forward, backward, AdamW on prefetched batches, nothing else.
 overhead = median over chunks of (Trainer chunk / bare chunk) - 1; target (issue 15) <= 5%.
 
-    python benchmarks/bench_trainer.py [--spec experiments/quickstart.yaml] [--model m]
+    python benchmarks/bench_trainer.py [--spec experiments/quickstart.yaml] [--model NAME]
 """
 
 from __future__ import annotations
