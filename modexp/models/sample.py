@@ -252,13 +252,15 @@ def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
     """A run folder, a results folder, a spec file (or spec) -> the pair of models to compare."""
     from modexp.runs.metrics import RUN_FILE, read_json
     from modexp.runs.runner import CKPT_FILE, PLAN_FILE
+    from modexp.data.facts import resolved_spec
     from modexp.spec import load_spec, parse_spec
 
     if not isinstance(target, (str, Path)):  # an ExperimentSpec already loaded (scripts)
         return _pair(target, _largest(target, model), {}, {}, device)
     target = Path(target)
     if target.is_file() or target.suffix in (".yaml", ".yml"):
-        spec = load_spec(target)
+        # the vocabulary a prepared token folder records, as `plan` and `run` resolve it
+        spec, _ = resolved_spec(load_spec(target), str(target))
         return _pair(spec, _largest(spec, model), {}, {}, device)
     if (target / RUN_FILE).is_file():  # a run: its size, with its sibling of the other kind
         run = read_json(target / RUN_FILE)
