@@ -13,7 +13,8 @@ each name is checked against the thing itself, not a list kept here:
   list/dict element types; a dotted name that resolves under the modexp package
   (`flops.decode_flops`) is code, not a key;
 - paths under experiments/, benchmarks/, docs/, tests/ and modexp/, and relative Markdown
-  links between the docs pages, must exist.
+  links between the docs pages, must exist;
+- an example spec (a fenced yaml block with `name:` and `budgets:`) must validate.
 A problem is reported as FILE:LINE: the name and what exists instead.
 """
 
@@ -281,6 +282,40 @@ def test_readme_stale_entries_still_occur():
     problems = problems_in((ROOT / "README.md").read_text(encoding="utf-8"), "README.md")
     fixed = [s for s in README_STALE if not any(s in p for p in problems)]
     assert not fixed, f"README.md no longer has these problems; remove them from README_STALE: {fixed}"
+
+
+def spec_blocks(text: str) -> list[tuple[int, str]]:
+    """(line, YAML) of every fenced yaml block that is a whole spec (has name: and budgets:)."""
+    return [(text[:m.start()].count("\n") + 2, m.group(1))
+            for m in re.finditer(r"```ya?ml\n(.*?)```", text, re.S)
+            if re.search(r"^name:", m.group(1), re.M) and re.search(r"^budgets:", m.group(1), re.M)]
+
+
+@pytest.mark.parametrize("name", DOCS)
+def test_example_specs_in_the_docs_are_valid(name):
+    import yaml
+
+    from modexp.spec import SpecError, parse_spec
+
+    problems = []
+    for line, block in spec_blocks((ROOT / name).read_text(encoding="utf-8")):
+        try:
+            parse_spec(yaml.safe_load(block), f"{name}:{line}")
+        except SpecError as e:
+            problems.append(str(e))
+    assert not problems, "\n".join(problems)
+
+
+def test_spec_blocks_finds_and_rejects_a_bad_example():
+    import yaml
+
+    from modexp.spec import SpecError, parse_spec
+
+    text = "intro\n\n```yaml\nname: x\nbudgets: [1e9]\nmodels: []\nvariants: {}\n```\n"
+    (line, block), = spec_blocks(text)
+    assert line == 4
+    with pytest.raises(SpecError):
+        parse_spec(yaml.safe_load(block))
 
 
 BROKEN = """# A page with one mistake of each kind
