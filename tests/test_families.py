@@ -230,3 +230,16 @@ def test_a_control_in_every_family_has_no_separate_same_family_comparison(tmp_pa
                            ("rand", 1): (2.5e4, 2.55), ("rand", 2): (3.5e4, 2.45)}, variants=variants)
     c = verdict_json(tmp_path)["budgets"][0]["verdict"]["controls"]["rand"]
     assert c["vs_treatments_same_families"]["mod"] is None and c["vs_treatments"]["mod"]
+
+
+def test_a_family_label_is_out_of_the_fingerprint_a_width_in_it():
+    """models[].family only groups runs for the analysis: renaming it refuses no finished run."""
+    from modexp.runs.fingerprint import fingerprint
+
+    def prints(**model):
+        spec = parse_spec(dict(depth_spec(seeds=(0,)), models=[
+            {"name": "m", "n_layers": 2, "d_model": 16, "n_heads": 2, **model}]))
+        return fingerprint(spec_to_dict(spec), build_plan(spec).runs[0].to_dict(), {"sha256": "x"})
+
+    assert prints()["sha256"] == prints(family="wide")["sha256"]
+    assert prints()["sha256"] != prints(d_model=24)["sha256"]

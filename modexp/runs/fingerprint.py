@@ -30,6 +30,8 @@ from modexp.spec import ROUTER_ONLY
 
 EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile", "loggers")
 """train.* fields left out of the fingerprint: they change how a run executes, not its result."""
+ANALYSIS_ONLY = ("family",)
+"""models[] fields left out of the fingerprint: labels the analysis groups runs by."""
 PLAN_FIELDS = ("budget", "model", "variant", "kind", "seed", "convention", "seq_len", "batch_size",
                "vocab", "flops_per_step", "steps", "total_flops", "warmup_steps", "eval_steps",
                "capacities")
@@ -41,6 +43,9 @@ SEED_FIELDS = ("seed",)
 def fingerprint_fields(spec: dict, plan: dict, data: dict) -> dict:
     """The fingerprinted settings of one run, from its resolved spec, plan entry and data hash."""
     model = next(m for m in spec["models"] if m["name"] == plan["model"])
+    # the family is a label for the analysis (ModelConfig.family): renaming it changes nothing
+    # the run computes, so it never refuses a finished run
+    model = {k: v for k, v in model.items() if k not in ANALYSIS_ONLY}
     train = {k: v for k, v in spec["train"].items() if k not in EXECUTION_ONLY}
     entry = {k: plan.get(k) for k in PLAN_FIELDS}
     variant = spec["variants"][plan["variant"]]

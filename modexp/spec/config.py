@@ -143,7 +143,8 @@ class ModVariant(_Strict):
     capacity: float = Field(0.125, gt=0, le=1)
     """Fraction of each sequence a routed block processes: k = max(1, floor(capacity * T))."""
     route_every: int = Field(2, ge=1)
-    """Route every n-th block, the first block dense (paper: every other block, n = 2)."""
+    """Route every n-th block: layers n-1, 2n-1, ... (paper: every other block, n = 2, the
+    first block dense; n = 1 routes every block, the first too)."""
     layers: dict[int, Annotated[float, Field(gt=0, le=1)]] | None = None
     """Explicit per-layer capacities {layer_index: capacity}; overrides capacity/route_every."""
     causal: Literal["predictor", "aux_loss", "none"] = "predictor"
