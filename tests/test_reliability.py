@@ -215,8 +215,9 @@ def test_corrupt_checkpoint_falls_back_then_starts_over(fast, tmp_path, capfd):
 def test_disk_full_during_checkpoint_is_one_line_and_resumable(fast, tmp_path, monkeypatch):
     real = checkpoint._write_file
 
-    def full(path, data):
-        path.write_bytes(data[: len(data) // 2])
+    def full(path, state):
+        real(path, state)  # the disk fills half way through the checkpoint
+        os.truncate(path, path.stat().st_size // 2)
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(checkpoint, "_write_file", full)
@@ -317,11 +318,11 @@ def _chaos_child(spec: str, results: str, kill_at: int) -> None:
 
     real_write, real_log, real_manifest = C._write_file, M.MetricsWriter.log, C.write_json_atomic
 
-    def write_file(path, data):
-        with open(path, "wb") as f:  # half the checkpoint on disk when the kill comes
-            f.write(data[: len(data) // 2])
+    def write_file(path, state):
+        real_write(path, state)  # half the checkpoint on disk when the kill comes
+        os.truncate(path, path.stat().st_size // 2)
         tick()
-        real_write(path, data)
+        return real_write(path, state)
 
     def log(self, row):
         tick()

@@ -212,6 +212,8 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     from modexp.training.train import Trainer
 
     model_cfg = next(m for m in spec.models if m.name == run.model)
+    if spec.train.compile:  # a fresh compile cache per run: a sweep's earlier models would
+        torch._dynamo.reset()  # fill dynamo's recompile limit, and every later run train eager
     torch.manual_seed(run.seed)  # the seed fixes init; data order is fixed by (seed, step)
     model = build_model(model_cfg, spec.variants[run.variant], run.vocab, seq_len=run.seq_len,
                         device=ctx.device)

@@ -50,6 +50,7 @@ class Context:
     world: int = 1
     owns_group: bool = False  # setup_context started the process group, so teardown ends it
     peak_flops: float | None = None  # per device, for MFU: given, a known GPU's or measured
+    compile_backend: object = "inductor"  # torch.compile's backend (tests pass a counting one)
 
     @property
     def is_main(self) -> bool:
@@ -118,7 +119,7 @@ class Trainer:
         self.ddp = self._ddp(self.raw)
         # compile outside DDP: Dynamo then splits graphs at DDP's buckets, so gradient
         # all-reduce overlaps the backward; no_sync stays on self.ddp (run eagerly, not traced)
-        self.model = torch.compile(self.ddp) if cfg.compile else self.ddp
+        self.model = torch.compile(self.ddp, backend=ctx.compile_backend) if cfg.compile else self.ddp
         self.step, self.wall_offset, self.last_eval, self.notes = 0, 0.0, {}, []
         self.eval_time = 0.0
         self.micro, self.accum = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world)
@@ -150,8 +151,10 @@ class Trainer:
         """Load the newest good checkpoint if any; return the step to continue from.
 
         Files passed over (corrupt, or killed mid-save) are described in self.notes."""
-        state, self.notes = checkpoint.load(self.ckpt_path, self.ctx.device,
-                                            set_aside=self.ctx.is_main)
+        # onto the CPU, memory-mapped: load_state_dict copies each tensor to the device, and
+        # the RNG states stay the CPU ByteTensors torch.set_rng_state requires (loaded onto a
+        # GPU they raised TypeError, so no run could resume there)
+        state, self.notes = checkpoint.load(self.ckpt_path, "cpu", set_aside=self.ctx.is_main)
         if state is None:
             self._check_same_step()
             return 0
@@ -161,9 +164,9 @@ class Trainer:
         if self.pred_opt is not None:
             self.pred_opt.load_state_dict(state["pred_opt"])
             self.pred_sched.load_state_dict(state["pred_sched"])
-        torch.set_rng_state(state["cpu_rng"])
+        torch.set_rng_state(state["cpu_rng"].cpu())
         if "cuda_rng" in state and self.ctx.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.ctx.device)
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.ctx.device)
         self.step, self.wall_offset = state["step"], state["wall_time"]
         self.last_eval, self.eval_time = state["last_eval"], state.get("eval_time", 0.0)
         self._check_same_step()
@@ -265,12 +268,14 @@ class Trainer:
     def fit(self) -> dict:
         """Train from the current step to plan.steps; return the summary of the finished run."""
         plan, start_wall = self.plan, time.time() - self.wall_offset
-        eval_at, bad = set(plan.eval_steps), torch.zeros((), dtype=torch.bool)
+        # `bad` stays on the device, read only on logged and checkpointed steps: no host
+        # sync per step (the loss's .cpu() each step stalled the GPU's queue)
+        eval_at, bad = set(plan.eval_steps), torch.zeros((), dtype=torch.bool, device=self.ctx.device)
         t_log, step_log = time.time(), self.step
         self.raw.train()
         while self.step < plan.steps:
             sums = self.train_step()
-            bad |= ~torch.isfinite(sums["loss"].detach().cpu())
+            bad |= ~torch.isfinite(sums["loss"])
             s, loss = self.step, None
             log_now = s % self.cfg.log_every == 0 or s in eval_at or s == plan.steps
             ckpt_now = s in eval_at or s % self.cfg.checkpoint_every == 0 or s == plan.steps
