@@ -145,3 +145,176 @@ def test_steps_between_logs_read_nothing_back_from_the_device(spec_file, tmp_pat
     assert len(quiet) >= 8
     assert {s: per_step[s] for s in quiet if per_step[s]} == {}
     assert per_step[5]  # a logged step reads its numbers (the counting works)
+
+
+# ---------------------------------------------------------------- 5. preemption, retention
+
+
+VOLATILE = {"wall_time", "tokens_per_s", "flops_per_s", "mfu"}
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    from modexp.runs.metrics import read_metrics
+
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_checkpoints_and_the_same_command_resumes(spec_file, tmp_path, sig):
+    """A real signal to a real `modexp run`: it saves the step it reached, exits 2 with one
+    line saying so, leaves the run interrupted; the same command then finishes it with the
+    rows of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from modexp.runs.metrics import read_json
+    from modexp.runs.runner import run_sweep
+
+    spec = spec_file(budget=8e7, log_every=1, checkpoint_every=1000, eval_points=1)
+    run_sweep(spec, tmp_path / "straight")
+    (run_id,) = [d.name for d in (tmp_path / "straight" / "gpu").iterdir() if d.is_dir()]
+    run_dir = tmp_path / "res" / "gpu" / run_id
+    cmd = [sys.executable, "-m", "modexp", "run", str(spec), "--results", str(tmp_path / "res"), "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.jsonl").exists() and len(_rows(run_dir)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert f"stopped by {sig} at step" in out and "Traceback" not in out and out.count("\n  - ") == 1
+    step = int(out.split("at step ")[1].split(",")[0])
+    total = len(_rows(tmp_path / "straight" / "gpu" / run_id))
+    assert 3 <= step < total  # stopped mid-run
+    assert read_json(run_dir / "ckpt.sha256.json")["ckpt.pt"]["step"] == step
+    assert (run_dir / "interrupted.json").exists() and not (run_dir / "summary.json").exists()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _rows(run_dir) == _rows(tmp_path / "straight" / "gpu" / run_id)
+
+
+@pytest.mark.parametrize("keep", ["last", "none", "every:3"])
+def test_checkpoint_retention_after_the_run(spec_file, tmp_path, keep):
+    """train.keep: while training two checkpoints exist; once done, `last` keeps ckpt.pt,
+    `none` none, `every:3` ckpt.pt and every 3rd step's, each checksummed and loadable; the
+    run's fingerprint is the same whatever keep says (a finished sweep is not refused)."""
+    from modexp.runs import checkpoint
+    from modexp.runs.metrics import read_json
+    from modexp.runs.runner import run_sweep
+
+    report = run_sweep(spec_file(keep=keep), tmp_path / "res")
+    (run_id,) = report.outcomes
+    run_dir = tmp_path / "res" / "gpu" / run_id
+    ckpts = sorted(f.name for f in run_dir.glob("ckpt*.pt"))
+    steps = read_json(run_dir / "summary.json")["step"]
+    if keep == "none":
+        assert ckpts == [] and not (run_dir / "ckpt.sha256.json").exists()
+    else:
+        want = ["ckpt.pt"] + ([f"ckpt.step{s}.pt" for s in range(3, steps + 1, 3)] if keep != "last" else [])
+        assert ckpts == sorted(want)
+        manifest = read_json(run_dir / "ckpt.sha256.json")
+        assert sorted(manifest) == sorted(want)
+        for name in want:
+            assert checkpoint.file_sha256(run_dir / name) == manifest[name]["sha256"]
+        if keep != "last":
+            state, notes = checkpoint.load(run_dir / "ckpt.step3.pt", set_aside=False)
+            assert state["step"] == 3 and not notes
+    other = "last" if keep != "last" else "none"  # the other setting finds the run done
+    again = run_sweep(spec_file(keep=other), tmp_path / "res")
+    assert again.outcomes == {run_id: "skipped"}
+
+
+# ---------------------------------------------------------------- 6. the GPU peak table
+
+
+def test_gpu_peaks_are_looked_up_by_exact_name():
+    """A name gets its own product's figure, never another's by substring: H100 NVL was given
+    H100 SXM's 989, L40 got L4's 121, A10G the A10's 125."""
+    from modexp.training.mfu import gpu_peak_flops
+
+    assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_peak_flops("NVIDIA H100 NVL") == 835.5e12
+    assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_peak_flops("NVIDIA H200") == 989e12
+    assert gpu_peak_flops("NVIDIA L40") == 181.05e12 and gpu_peak_flops("NVIDIA L4") == 121e12
+    assert gpu_peak_flops("NVIDIA B200") == 2250e12
+    assert gpu_peak_flops(" NVIDIA A100-SXM4-80GB ") == 312e12
+    for unknown in ("NVIDIA A10G", "NVIDIA H100 NVL 2", "H100", "nvidia h200", "NVIDIA L4 Super"):
+        assert gpu_peak_flops(unknown) is None, unknown
+    assert gpu_peak_flops("NVIDIA H200", "fp8") is None
+
+
+def test_processes_on_one_node_scan_the_data_once(spec_file, tmp_path, monkeypatch):
+    """Four processes preparing the same sweep at once (torchrun's ranks, a Slurm array's
+    tasks): the dataset is hashed by one of them; the others wait, then read its hashes."""
+    import threading
+    import time
+
+    from modexp.cache import CACHE_ENV
+    from modexp.data import verify
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    spec, reads, real = spec_file(), [], open
+
+    def counting_open(f, *a, **k):
+        if str(f).endswith("corpus.txt"):
+            reads.append(threading.get_ident())
+            time.sleep(0.5)  # a big dataset: the others arrive while it is read
+        return real(f, *a, **k)
+
+    monkeypatch.setattr(verify, "open", counting_open, raising=False)  # shadows the builtin
+    errors = []
+
+    def prepare():
+        try:
+            runner.prepare(spec, tmp_path / "res")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=prepare) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(reads) == 1, (errors, len(reads))
+
+
+# ---------------------------------------------------------------- 4. micro-batch per model
+
+
+def test_each_model_runs_its_own_micro_batch_without_changing_the_run(spec_file, tmp_path):
+    """models[].micro_batch_size overrides train.micro_batch_size for that size: the plan
+    carries it, the Trainer accumulates over it, and it is not fingerprinted (a finished run
+    is found done under another micro-batch); one that does not divide the size's batch is
+    refused naming the model."""
+    import yaml as _yaml
+
+    from modexp.plan import plan_file
+    from modexp.runs.runner import run_sweep
+    from modexp.spec import SpecError
+
+    path = spec_file(batch_size=4, micro_batch_size=4)
+    spec = _yaml.safe_load(path.read_text())
+    spec["models"].append({"name": "s", "n_layers": 2, "d_model": 32, "n_heads": 2, "micro_batch_size": 1})
+    path.write_text(_yaml.safe_dump(spec))
+    _, plan = plan_file(path)
+    assert {r.model: r.micro_batch_size for r in plan.runs} == {"xs": 4, "s": 1}
+    p = runner.prepare(path, tmp_path / "res")
+    run = next(r for r in p.runs if r.model == "s")
+    trainer = _trainer(p, run, T.Context(device=torch.device("cpu")), tmp_path)
+    assert (trainer.micro, trainer.accum) == (1, 4)
+    report = run_sweep(path, tmp_path / "res", only=[run.run_id])
+    assert report.outcomes == {run.run_id: "done"}
+    spec["models"][1]["micro_batch_size"] = 2
+    path.write_text(_yaml.safe_dump(spec))
+    assert run_sweep(path, tmp_path / "res", only=[run.run_id]).outcomes == {run.run_id: "skipped"}
+    spec["models"][1]["micro_batch_size"] = 3
+    path.write_text(_yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match=r"s\.micro_batch_size \(3\) must divide its batch_size \(4\)"):
+        plan_file(path)

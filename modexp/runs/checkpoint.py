@@ -1,4 +1,5 @@
-"""Checkpoints you can trust: checksummed, the last two kept, a corrupt one never loaded.
+"""Checkpoints you can trust: checksummed, the last two kept while training, a corrupt one
+never loaded; after the run, what train.keep keeps (`retire`).
 
 Layout in a run folder: ckpt.pt (newest), ckpt.prev.pt (the one before) and ckpt.sha256.json,
 the sha256 and step of each. A save streams torch.save into .ckpt.pt.tmp, hashing the bytes
@@ -79,8 +80,15 @@ def _manifest(run_dir: Path) -> dict | None:
     return obj if isinstance(obj, dict) else {}
 
 
-def save(state: dict, path: Path) -> None:
-    """Atomically write a checkpoint, keep the previous one, record both checksums."""
+def step_file(step: int) -> str:
+    """The name a checkpoint kept by `train.keep: every:N` has: ckpt.step<step>.pt."""
+    return f"ckpt.step{step}.pt"
+
+
+def save(state: dict, path: Path, keep_every: int | None = None) -> None:
+    """Atomically write a checkpoint, keep the previous one, record both checksums; with
+    keep_every, a step that is a multiple of it also stays as ckpt.step<step>.pt (a hard
+    link to the same bytes, listed in the manifest with its checksum)."""
     path = Path(path)
     tmp, prev = _tmp(path), path.with_name(PREV_FILE)
     try:
@@ -96,7 +104,31 @@ def save(state: dict, path: Path) -> None:
     entries = {path.name: {"sha256": sha, "step": state.get("step")}}
     if kept is not None and prev.exists():
         entries[PREV_FILE] = kept
+    entries |= {k: v for k, v in old.items() if k.startswith("ckpt.step") and (path.parent / k).exists()}
+    step = state.get("step")
+    if keep_every and isinstance(step, int) and step % keep_every == 0:
+        kept_as = path.with_name(step_file(step))
+        kept_as.unlink(missing_ok=True)
+        os.link(path, kept_as)
+        entries[kept_as.name] = entries[path.name]
     write_json_atomic(path.parent / MANIFEST_FILE, entries)
+
+
+def retire(run_dir: Path, keep: str) -> list[str]:
+    """After a run is done, remove the checkpoints train.keep does not keep; their names.
+
+    `last` and `every:N` remove ckpt.prev.pt (ckpt.pt is the final one), `none` every
+    checkpoint and the manifest."""
+    run_dir = Path(run_dir)
+    names = [PREV_FILE] if keep != "none" else \
+        [CKPT_FILE, PREV_FILE, MANIFEST_FILE, *(f.name for f in run_dir.glob("ckpt.step*.pt"))]
+    gone = [n for n in names if (run_dir / n).exists()]
+    for n in gone:
+        (run_dir / n).unlink()
+    manifest = _manifest(run_dir)
+    if keep != "none" and manifest and PREV_FILE in manifest:
+        write_json_atomic(run_dir / MANIFEST_FILE, {k: v for k, v in manifest.items() if k != PREV_FILE})
+    return gone
 
 
 def load(path: Path, device="cpu", weights_only: bool = False,

@@ -14,6 +14,7 @@ Python's, recorded beside it).
 It leaves out how the run is executed or shown, which may change on resume without changing
 the numbers it is meant to produce: log_every, checkpoint_every, micro_batch_size (gradient
 accumulation over the same global batch), compile, loggers (dashboards mirror metrics.jsonl),
+keep (which checkpoints stay on disk),
 the device and the process count.
 
 No torch here: status and analysis read fingerprints from run.json without it.
@@ -28,8 +29,10 @@ import sys
 from modexp.data.verify import verified_hashes
 from modexp.spec import ROUTER_ONLY
 
-EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile", "loggers")
+EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile", "loggers", "keep")
 """train.* fields left out of the fingerprint: they change how a run executes, not its result."""
+MODEL_EXECUTION_ONLY = ("micro_batch_size",)
+"""models[].* fields left out of the fingerprint, for the same reason."""
 PLAN_FIELDS = ("budget", "model", "variant", "kind", "seed", "convention", "seq_len", "batch_size",
                "vocab", "flops_per_step", "steps", "total_flops", "warmup_steps", "eval_steps",
                "capacities")
@@ -41,6 +44,7 @@ SEED_FIELDS = ("seed",)
 def fingerprint_fields(spec: dict, plan: dict, data: dict) -> dict:
     """The fingerprinted settings of one run, from its resolved spec, plan entry and data hash."""
     model = next(m for m in spec["models"] if m["name"] == plan["model"])
+    model = {k: v for k, v in model.items() if k not in MODEL_EXECUTION_ONLY}
     train = {k: v for k, v in spec["train"].items() if k not in EXECUTION_ONLY}
     entry = {k: plan.get(k) for k in PLAN_FIELDS}
     variant = spec["variants"][plan["variant"]]
