@@ -70,7 +70,7 @@ def test_resume_restores_cpu_rng_whatever_device_the_run_trains_on(spec_file, tm
 # ---------------------------------------------------------------- 2. one graph per run
 
 
-def test_every_run_of_a_sweep_compiles_one_graph_with_no_break(spec_file, tmp_path, monkeypatch):
+def test_every_run_of_a_sweep_compiles_one_graph_with_no_break(spec_file, tmp_path, request):
     """Three runs in one process through the Trainer (train.compile: true), vanilla and MoD
     with each learned causal mode, 16 micro-batches per step: each run compiles one graph,
     with no graph break and no recompile. Dynamo's recompile limit is set to 1, so a compile
@@ -80,7 +80,9 @@ def test_every_run_of_a_sweep_compiles_one_graph_with_no_break(spec_file, tmp_pa
     from torch._dynamo.utils import counters
 
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(torch._dynamo.config, limit, 1)
+    patched = torch._dynamo.config.patch(**{limit: 1})  # dynamo's own patch: monkeypatch's
+    patched.__enter__()  # undo hid the option from later tests
+    request.addfinalizer(lambda: patched.__exit__(None, None, None))
     variants = {"vanilla": {"kind": "vanilla"}, "mod": MOD,
                 "aux": {**MOD, "causal": "aux_loss"}, "none": {**MOD, "causal": "none"}}
     p = runner.prepare(spec_file(budget=4e7, variants=variants, batch_size=16, micro_batch_size=1,
