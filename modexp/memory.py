@@ -269,7 +269,7 @@ def fit_problems(spec, runs, micro: dict[int, int], device: str, world: int = 1,
     """One line per run (plan.RunPlan) of a spec whose training step cannot fit where it runs:
     training_memory against the free memory, RAM for the CPU, shared by the `local` processes
     of this machine, or under torchrun (`world` > 1) each rank's own GPU (LOCAL_RANK).
-    `micro`: batch size -> sequences per forward pass of one process. `modexp run` refuses
+    `micro`: run id (or batch size) -> sequences per forward pass of one process. `modexp run` refuses
     such runs before it writes anything."""
     cuda = device.startswith("cuda")
     if cuda and world > 1 and ":" not in device:
@@ -282,7 +282,8 @@ def fit_problems(spec, runs, micro: dict[int, int], device: str, world: int = 1,
     problems = []
     for r in runs:
         arch = F.arch_from_config(models[r.model], spec.variants[r.variant], r.vocab)
-        est = training_memory(arch, r.seq_len, micro[r.batch_size], "bfloat16" if cuda else "float32")
+        m = micro[r.run_id] if r.run_id in micro else micro[r.batch_size]
+        est = training_memory(arch, r.seq_len, m, "bfloat16" if cuda else "float32")
         if est.total * here > free:
             procs = f" x {here} processes" if here > 1 else ""
             problems.append(f"{r.run_id}: a training step needs about {est.summary()}{procs}, "

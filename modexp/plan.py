@@ -57,6 +57,7 @@ class RunPlan:
     family: str | None = None  # shape family the analysis fits it in (ModelConfig.family_name)
     n_layers: int | None = None  # the model's depth (the analysis needs no spec to group runs)
     memory: dict | None = None  # memory.training_memory's parts in bytes: one process, float32
+    micro_batch_size: int | None = None  # sequences per forward pass (the model's, else train's)
 
     def to_dict(self) -> dict:
         """Plain data for JSON."""
@@ -100,7 +101,8 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
         router=getattr(variant, "router", None), family=model.family_name,
         draws=RANDOM_DRAWS if getattr(variant, "router", None) == "random" else None,
         n_layers=model.n_layers,
-        memory=training_memory(arch, T, min(spec.train.micro_batch_size or B, B)).to_dict())
+        memory=training_memory(arch, T, min(spec.micro_batch_size(model) or B, B)).to_dict(),
+        micro_batch_size=spec.micro_batch_size(model))
 
 
 def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:

@@ -205,8 +205,9 @@ def test_corrupt_checkpoint_falls_back_then_starts_over(fast, tmp_path, capfd):
     assert _rows(run_dir) == want
     # both checkpoints bad: a clear start from zero, same result
     (run_dir / "summary.json").unlink()
-    for f in ("ckpt.pt", "ckpt.prev.pt"):
-        (run_dir / f).write_bytes((run_dir / f).read_bytes()[:100])
+    for f in ("ckpt.pt", "ckpt.prev.pt"):  # after the run only ckpt.pt is kept (train.keep)
+        if (run_dir / f).exists():
+            (run_dir / f).write_bytes((run_dir / f).read_bytes()[:100])
     run_sweep(spec, tmp_path / "res")
     assert "starting over from step 0" in capfd.readouterr().err
     assert _rows(run_dir) == want
@@ -215,8 +216,9 @@ def test_corrupt_checkpoint_falls_back_then_starts_over(fast, tmp_path, capfd):
 def test_disk_full_during_checkpoint_is_one_line_and_resumable(fast, tmp_path, monkeypatch):
     real = checkpoint._write_file
 
-    def full(path, data):
-        path.write_bytes(data[: len(data) // 2])
+    def full(path, state):
+        real(path, state)  # the disk fills half way through the checkpoint
+        os.truncate(path, path.stat().st_size // 2)
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(checkpoint, "_write_file", full)
@@ -238,8 +240,7 @@ def test_bad_files_and_flags_are_one_line_errors(fast, tmp_path):
     run_sweep(spec, res, only=[RUN])
     exp, run_dir = res / "fast", res / "fast" / RUN
     assert stat.S_IMODE((run_dir / "summary.json").stat().st_mode) == 0o666 & ~_umask()
-    good_prev = (run_dir / "ckpt.prev.pt").read_bytes()
-    (run_dir / "ckpt.prev.pt").unlink()
+    assert not (run_dir / "ckpt.prev.pt").exists()  # train.keep: last, the final checkpoint only
     good = (run_dir / "ckpt.pt").read_bytes()
     for bad in (b"", good[: len(good) // 2], b"\x00garbage" * 50):
         (run_dir / "ckpt.pt").write_bytes(bad)
@@ -248,7 +249,6 @@ def test_bad_files_and_flags_are_one_line_errors(fast, tmp_path):
             r = _cli(*args)
             assert r.exit_code == 2 and "no usable checkpoint" in r.output, (bad[:10], r.output)
     (run_dir / "ckpt.pt").write_bytes(good)
-    (run_dir / "ckpt.prev.pt").write_bytes(good_prev)
     assert _cli("bench", run_dir, "--batch-size", "0").exit_code == 2
     for cmd in (["sample", run_dir, "--prompt", "a"], ["bench", run_dir]):
         r = _cli(*cmd, "--device", "foo")
@@ -317,11 +317,11 @@ def _chaos_child(spec: str, results: str, kill_at: int) -> None:
 
     real_write, real_log, real_manifest = C._write_file, M.MetricsWriter.log, C.write_json_atomic
 
-    def write_file(path, data):
-        with open(path, "wb") as f:  # half the checkpoint on disk when the kill comes
-            f.write(data[: len(data) // 2])
+    def write_file(path, state):
+        real_write(path, state)  # half the checkpoint on disk when the kill comes
+        os.truncate(path, path.stat().st_size // 2)
         tick()
-        real_write(path, data)
+        return real_write(path, state)
 
     def log(self, row):
         tick()

@@ -1,10 +1,15 @@
-"""Checkpoints you can trust: checksummed, the last two kept, a corrupt one never loaded.
+"""Checkpoints you can trust: checksummed, the last two kept while training, a corrupt one
+never loaded; after the run, what train.keep keeps (`retire`).
 
 Layout in a run folder: ckpt.pt (newest), ckpt.prev.pt (the one before) and ckpt.sha256.json,
-the sha256 and step of each. A save writes .ckpt.pt.tmp (fsynced), moves ckpt.pt to
+the sha256 and step of each. A save streams torch.save into .ckpt.pt.tmp, hashing the bytes
+on their way to the file (no in-memory copy of the checkpoint), fsyncs it, moves ckpt.pt to
 ckpt.prev.pt, renames the temp file to ckpt.pt, then rewrites the manifest: a kill at any
 point leaves at least one file whose hash the manifest lists. A load accepts only such a file
-(or, for a folder written before manifests existed, one torch can read), newest first; a
+(or, for a folder written before manifests existed, one torch can read), newest first, its
+hash taken by streaming the file and the file then memory-mapped (torch.load(mmap=True)) onto
+the CPU: a 2.7B run's checkpoint is never held twice in host RAM, and tensors such as the RNG
+states stay CPU tensors whatever device the run trains on; a
 rejected file is renamed *.corrupt (kept for inspection, never promoted by a later save).
 torch is imported only to save and load, so `modexp status` stays torch-free.
 """
@@ -12,7 +17,6 @@ torch is imported only to save and load, so `modexp status` stays torch-free.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from pathlib import Path
 
@@ -29,12 +33,40 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write and fsync (ENOSPC and friends surface here as OSError)."""
+class _HashingFile:
+    """A write-only file that hashes what passes through it (what torch.save writes to)."""
+
+    def __init__(self, f):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _write_file(path: Path, state: dict) -> str:
+    """torch.save state to path as it streams, fsynced; its sha256 (ENOSPC and friends
+    surface here as OSError)."""
+    import torch
+
     with open(path, "wb") as f:
-        f.write(data)
+        out = _HashingFile(f)
+        torch.save(state, out)
         f.flush()
         os.fsync(f.fileno())
+    return out.sha.hexdigest()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file read `chunk` bytes at a time (never the whole file in memory)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def _manifest(run_dir: Path) -> dict | None:
@@ -48,17 +80,19 @@ def _manifest(run_dir: Path) -> dict | None:
     return obj if isinstance(obj, dict) else {}
 
 
-def save(state: dict, path: Path) -> None:
-    """Atomically write a checkpoint, keep the previous one, record both checksums."""
-    import torch
+def step_file(step: int) -> str:
+    """The name a checkpoint kept by `train.keep: every:N` has: ckpt.step<step>.pt."""
+    return f"ckpt.step{step}.pt"
 
+
+def save(state: dict, path: Path, keep_every: int | None = None) -> None:
+    """Atomically write a checkpoint, keep the previous one, record both checksums; with
+    keep_every, a step that is a multiple of it also stays as ckpt.step<step>.pt (a hard
+    link to the same bytes, listed in the manifest with its checksum)."""
     path = Path(path)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
     tmp, prev = _tmp(path), path.with_name(PREV_FILE)
     try:
-        _write_file(tmp, data)
+        sha = _write_file(tmp, state)
     except BaseException:
         tmp.unlink(missing_ok=True)  # never leave half a checkpoint behind (disk full, killed)
         raise
@@ -67,15 +101,42 @@ def save(state: dict, path: Path) -> None:
     if path.exists():
         os.replace(path, prev)
     os.replace(tmp, path)
-    entries = {path.name: {"sha256": hashlib.sha256(data).hexdigest(), "step": state.get("step")}}
+    entries = {path.name: {"sha256": sha, "step": state.get("step")}}
     if kept is not None and prev.exists():
         entries[PREV_FILE] = kept
+    entries |= {k: v for k, v in old.items() if k.startswith("ckpt.step") and (path.parent / k).exists()}
+    step = state.get("step")
+    if keep_every and isinstance(step, int) and step % keep_every == 0:
+        kept_as = path.with_name(step_file(step))
+        kept_as.unlink(missing_ok=True)
+        os.link(path, kept_as)
+        entries[kept_as.name] = entries[path.name]
     write_json_atomic(path.parent / MANIFEST_FILE, entries)
+
+
+def retire(run_dir: Path, keep: str) -> list[str]:
+    """After a run is done, remove the checkpoints train.keep does not keep; their names.
+
+    `last` and `every:N` remove ckpt.prev.pt (ckpt.pt is the final one), `none` every
+    checkpoint and the manifest."""
+    run_dir = Path(run_dir)
+    names = [PREV_FILE] if keep != "none" else \
+        [CKPT_FILE, PREV_FILE, MANIFEST_FILE, *(f.name for f in run_dir.glob("ckpt.step*.pt"))]
+    gone = [n for n in names if (run_dir / n).exists()]
+    for n in gone:
+        (run_dir / n).unlink()
+    manifest = _manifest(run_dir)
+    if keep != "none" and manifest and PREV_FILE in manifest:
+        write_json_atomic(run_dir / MANIFEST_FILE, {k: v for k, v in manifest.items() if k != PREV_FILE})
+    return gone
 
 
 def load(path: Path, device="cpu", weights_only: bool = False,
          set_aside: bool = True) -> tuple[dict | None, list[str]]:
     """(state of the newest good checkpoint or None, notes on every file passed over).
+
+    `device`: torch.load's map_location; the trainer loads onto the CPU (memory-mapped) and
+    copies into its modules, so the RNG states it restores stay CPU tensors.
 
     With set_aside, rejected files are renamed *.corrupt (the trainer does this under the
     run's lock; readers such as `modexp sample` leave the folder alone).
@@ -89,13 +150,12 @@ def load(path: Path, device="cpu", weights_only: bool = False,
     for f in (path, path.with_name(PREV_FILE)):
         if not f.exists():
             continue
-        data = f.read_bytes()
         why = None
-        if manifest is not None and hashlib.sha256(data).hexdigest() not in good:
+        if manifest is not None and file_sha256(f) not in good:
             why = "its sha256 does not match the recorded checksum (killed while saving, or corrupted)"
         else:
             try:
-                state = torch.load(io.BytesIO(data), map_location=device, weights_only=weights_only)
+                state = torch.load(f, map_location=device, weights_only=weights_only, mmap=True)
                 if not isinstance(state, dict) or "model" not in state or "step" not in state:
                     raise ValueError("not a modexp checkpoint")
             except Exception as e:  # truncated, garbage, empty: torch raises many kinds

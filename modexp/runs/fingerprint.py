@@ -14,6 +14,7 @@ Python's, recorded beside it).
 It leaves out how the run is executed or shown, which may change on resume without changing
 the numbers it is meant to produce: log_every, checkpoint_every, micro_batch_size (gradient
 accumulation over the same global batch), compile, loggers (dashboards mirror metrics.jsonl),
+keep (which checkpoints stay on disk),
 the device and the process count.
 
 No torch here: status and analysis read fingerprints from run.json without it.
@@ -28,10 +29,12 @@ import sys
 from modexp.data.verify import verified_hashes
 from modexp.spec import ROUTER_ONLY
 
-EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile", "loggers")
+EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile", "loggers", "keep")
 """train.* fields left out of the fingerprint: they change how a run executes, not its result."""
 ANALYSIS_ONLY = ("family",)
 """models[] fields left out of the fingerprint: labels the analysis groups runs by."""
+MODEL_EXECUTION_ONLY = ("micro_batch_size",)
+"""models[].* fields left out of the fingerprint, for the same reason."""
 PLAN_FIELDS = ("budget", "model", "variant", "kind", "seed", "convention", "seq_len", "batch_size",
                "vocab", "flops_per_step", "steps", "total_flops", "warmup_steps", "eval_steps",
                "capacities")
@@ -45,7 +48,7 @@ def fingerprint_fields(spec: dict, plan: dict, data: dict) -> dict:
     model = next(m for m in spec["models"] if m["name"] == plan["model"])
     # the family is a label for the analysis (ModelConfig.family): renaming it changes nothing
     # the run computes, so it never refuses a finished run
-    model = {k: v for k, v in model.items() if k not in ANALYSIS_ONLY}
+    model = {k: v for k, v in model.items() if k not in ANALYSIS_ONLY + MODEL_EXECUTION_ONLY}
     train = {k: v for k, v in spec["train"].items() if k not in EXECUTION_ONLY}
     entry = {k: plan.get(k) for k in PLAN_FIELDS}
     variant = spec["variants"][plan["variant"]]

@@ -22,9 +22,10 @@ from pathlib import Path
 from modexp.data.corpus import SourceError
 from modexp.plan import Plan, RunPlan, plan_file
 from modexp.runs import fingerprint, rundirs
-from modexp.runs.checkpoint import CKPT_FILE, clean_stale_temp
+from modexp.runs.checkpoint import CKPT_FILE, clean_stale_temp, retire
 from modexp.runs.failures import clear_records, describe, is_environment_error, record_failure, record_interruption
 from modexp.runs.metrics import RUN_FILE, SUMMARY_FILE, MetricsWriter, read_json, write_json_atomic
+from modexp.runs.signals import StopSignals
 from modexp.spec import ExperimentSpec, SpecError, spec_to_dict
 
 PLAN_FILE, LOCK_FILE = rundirs.PLAN_FILE, ".lock"
@@ -163,8 +164,9 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     from modexp.training.train import split_batch
 
     try:
-        micro = {batch: split_batch(batch, spec.train.micro_batch_size, world)[0]
-                 for batch in sorted({r.batch_size for r in runs} or {spec.train.batch_size})}
+        if not runs:  # an empty shard still checks the spec's own batch split
+            split_batch(spec.train.batch_size, spec.train.micro_batch_size, world)
+        micro = {r.run_id: split_batch(r.batch_size, r.micro_batch_size, world)[0] for r in runs}
     except ValueError as e:
         raise SpecError(str(spec_path), [str(e)]) from None
     device = resolve_device(device)
@@ -183,8 +185,9 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     from modexp.data.tokens import TokenData
 
     try:  # the data, checked against its own records (sizes, token ids, sha256s) first
-        data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction, spec.data.vocab)
-        data_print = fingerprint.data_fingerprint(data.source)
+        with _one_scan_per_node():
+            data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction, spec.data.vocab)
+            data_print = fingerprint.data_fingerprint(data.source)
     except (SourceError, ValueError) as e:
         raise SpecError(str(spec_path), [f"data.source: {e}"]) from None
     prints = rundirs.new_fingerprints(spec_to_dict(spec), [r.to_dict() for r in plan.runs], data_print)
@@ -198,13 +201,38 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     return Prepared(spec, plan, runs, exp_dir, data, data_print, prints, aside, device)
 
 
+@contextmanager
+def _one_scan_per_node():
+    """Hash and scan the data one process at a time per machine (an flock in modexp's cache
+    folder): the first of torchrun's ranks or of a Slurm array's tasks on a node reads the
+    whole dataset, the others wait, then find its hashes and token maxima in the cache (keyed
+    by the files' stat keys) instead of reading it again each. Works before any process group
+    exists, and across array tasks, which share none. Without a writable cache folder each
+    process scans on its own."""
+    from modexp.cache import cache_dir
+
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        fd = os.open(cache_dir() / ".data-scan.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None,
-              say=None, loggers=(), on_row=None) -> dict:
+              say=None, loggers=(), on_row=None, stop_signal=None) -> dict:
     """Build the model, resume from the newest good checkpoint, train to the end; the summary.
 
     `say`: where notes on passed-over checkpoints or a start from zero go (never silent).
     `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's.
-    `on_row`: also sees each logged row (the progress line takes the LM loss from it)."""
+    `on_row`: also sees each logged row (the progress line takes the LM loss from it).
+    `stop_signal`: returns the name of a stop signal received (the Trainer checkpoints and
+    raises Preempted)."""
     import torch
 
     from modexp.models.build import build_model
@@ -212,6 +240,8 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     from modexp.training.train import Trainer
 
     model_cfg = next(m for m in spec.models if m.name == run.model)
+    if spec.train.compile:  # a fresh compile cache per run: a sweep's earlier models would
+        torch._dynamo.reset()  # fill dynamo's recompile limit, and every later run train eager
     torch.manual_seed(run.seed)  # the seed fixes init; data order is fixed by (seed, step)
     model = build_model(model_cfg, spec.variants[run.variant], run.vocab, seq_len=run.seq_len,
                         device=ctx.device)
@@ -221,7 +251,7 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
         plan_row = json.loads(json.dumps(run.to_dict()))  # JSON-able, as run.json holds it
         writer = Tee(writer, names, run_dir, run.run_id, spec_to_dict(spec), plan_row)
     trainer = Trainer(model, run, spec.train, data, writer if on_row is None else _Tap(writer, on_row),
-                      run_dir / CKPT_FILE, ctx, on_step)
+                      run_dir / CKPT_FILE, ctx, on_step, stop_signal)
     step = trainer.resume()
     if ctx.is_main:
         logged = writer.last_step()
@@ -323,7 +353,8 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
     ui = progress if progress is not None and ctx.is_main else _QuietProgress()
     ui.start_sweep(p.runs)
     try:
-        _sweep(p, ctx, ui, report, retry_failed, loggers)
+        with StopSignals() as stop:  # SIGTERM / SIGUSR1: checkpoint, then exit resumable
+            _sweep(p, ctx, ui, report, retry_failed, loggers, stop)
     except EnvironmentFailure:
         ui.end_sweep()  # close the bars before the one-line error
         raise
@@ -332,9 +363,13 @@ def run_sweep(spec_path, results="results", only=None, shard=None, retry_failed=
     return report
 
 
-def _sweep(p: Prepared, ctx, ui, report: SweepReport, retry_failed: bool, loggers=()) -> None:
+def _sweep(p: Prepared, ctx, ui, report: SweepReport, retry_failed: bool, loggers=(),
+           stop=lambda: None) -> None:
     for run in p.runs:
         run_dir = p.exp_dir / run.run_id
+        if _agree(ctx, stop()) is not None:  # arrived between runs: start no other
+            raise Stopped(str(p.exp_dir), [f"stopped by {_agree(ctx, stop())} before {run.run_id}; "
+                                           "rerun the same command to go on"])
         with (run_lock(run_dir) if ctx.is_main else _held()) as got:
             decision = _agree(ctx, _decide(run_dir, retry_failed, _stderr) if got else "locked")
             if decision != "train":
@@ -342,7 +377,7 @@ def _sweep(p: Prepared, ctx, ui, report: SweepReport, retry_failed: bool, logger
                     decision, decision)
                 ui.skip_run(run, decision)
                 continue
-            report.outcomes[run.run_id] = _train_locked(p, run, run_dir, ctx, ui, loggers)
+            report.outcomes[run.run_id] = _train_locked(p, run, run_dir, ctx, ui, loggers, stop)
 
 
 @contextmanager
@@ -350,8 +385,10 @@ def _held():
     yield True
 
 
-def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=()) -> str:
+def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=(), stop=None) -> str:
     """Train one run under its lock; record the outcome in summary.json (rank 0)."""
+    from modexp.training.train import Preempted
+
     if ctx.is_main and not (run_dir / RUN_FILE).exists():
         write_json_atomic(run_dir / RUN_FILE, {"plan": run.to_dict(), "spec": spec_to_dict(p.spec),
                                                "data": p.data_print,
@@ -359,9 +396,14 @@ def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=()) -> str:
     ui.start_run(run)
     try:
         summary = train_one(p.spec, run, run_dir, p.data, ctx, on_step=ui.step, say=_stderr,
-                            loggers=loggers, on_row=getattr(ui, "row", None))
+                            loggers=loggers, on_row=getattr(ui, "row", None), stop_signal=stop)
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the checkpoint continues it
+    except Preempted as exc:  # every rank stops at the same step (Trainer._stop_requested)
+        if ctx.is_main:
+            record_interruption(run_dir, exc)
+        raise Stopped(str(run_dir), [f"{exc}; the run is left interrupted: rerun the same "
+                                     "command to resume it from that step"]) from None
     except Exception as exc:  # a run's failure must not stop the sweep
         if is_environment_error(exc):  # the machine failed, not the run: leave it resumable
             if ctx.is_main:
@@ -381,12 +423,17 @@ def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=()) -> str:
     if ctx.is_main:
         write_json_atomic(run_dir / SUMMARY_FILE, {"run_id": run.run_id, **summary})
         clear_records(run_dir)
+        retire(run_dir, p.spec.train.keep)  # the checkpoints train.keep does not keep
     ui.end_run(run, summary)
     return "done"
 
 
 class EnvironmentFailure(SpecError):
     """The machine failed (disk, memory, device): exit 2, the run left resumable."""
+
+
+class Stopped(EnvironmentFailure):
+    """A stop signal ended the sweep (preemption, a time limit): exit 2, the run resumable."""
 
 
 class _QuietProgress:

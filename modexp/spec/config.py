@@ -88,6 +88,10 @@ class ModelConfig(_Strict):
     isoFLOP curve: smaller models usually want a larger one)."""
     batch_size: int | None = Field(None, ge=1)
     """Global sequences per step for this size, overriding train.batch_size."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Sequences per forward pass for this size, overriding train.micro_batch_size: a 60M
+    model fills a GPU at a micro-batch a 2.7B one cannot hold. Gradient accumulation makes up
+    the same global batch, so results do not change (not fingerprinted)."""
     family: str | None = Field(None, pattern=r"^[A-Za-z0-9_.=*+-]+$")
     """The shape family this size belongs to: the analysis fits one isoFLOP parabola per
     family and takes the compute-optimum over families (modexp/analysis/envelope.py).
@@ -267,6 +271,12 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(200, ge=1)
     """Steps between atomic checkpoints (one is also written at every eval point)."""
+    keep: str = Field("last", pattern=r"^(last|none|every:[1-9][0-9]*)$")
+    """Checkpoints kept on disk. While a run trains there are always two (ckpt.pt and
+    ckpt.prev.pt, so a damaged save falls back on the one before); once it is done, `last`
+    keeps the final checkpoint only (what sample and bench load), `none` deletes them all,
+    `every:N` also keeps the checkpoint of every N-th step (ckpt.step<N>.pt, hard links,
+    checksummed in the manifest) from the start. Leaves results unchanged (not fingerprinted)."""
     compile: bool = False
     """torch.compile the model (top-k training path; static shapes)."""
     loggers: list[Literal["tensorboard", "wandb"]] = []
@@ -293,6 +303,11 @@ class TrainConfig(_Strict):
         if mb is not None and self.batch_size % mb:
             raise ValueError(f"micro_batch_size: must divide batch_size ({self.batch_size}), got {mb}")
         return self
+
+    @property
+    def keep_every(self) -> int | None:
+        """N of `keep: every:N`, else None."""
+        return int(self.keep.split(":")[1]) if self.keep.startswith("every:") else None
 
 
 class ExperimentSpec(_Strict):
@@ -335,6 +350,11 @@ class ExperimentSpec(_Strict):
     def batch_size(self, model: ModelConfig) -> int:
         """The model's own batch size, else train.batch_size."""
         return model.batch_size if model.batch_size is not None else self.train.batch_size
+
+    def micro_batch_size(self, model: ModelConfig) -> int | None:
+        """The model's own micro-batch size, else train.micro_batch_size (None: the whole
+        per-process batch in one pass)."""
+        return model.micro_batch_size if model.micro_batch_size is not None else self.train.micro_batch_size
 
     @field_validator("seeds")
     @classmethod
@@ -393,7 +413,11 @@ def _cross_problems(spec: ExperimentSpec) -> list[str]:
         problems += _variant_family_problems(spec, i, b)
     mb = spec.train.micro_batch_size
     for m in spec.models:
-        if mb is not None and m.batch_size is not None and m.batch_size % mb:
+        if m.micro_batch_size is not None:
+            if spec.batch_size(m) % m.micro_batch_size:
+                problems.append(f"models: {m.name}.micro_batch_size ({m.micro_batch_size}) must "
+                                f"divide its batch_size ({spec.batch_size(m)})")
+        elif mb is not None and m.batch_size is not None and m.batch_size % mb:
             problems.append(f"models: {m.name}.batch_size ({m.batch_size}) must be a multiple of "
                             f"train.micro_batch_size ({mb})")
     return problems

@@ -8,21 +8,51 @@ import math
 import torch
 
 
-def eval_pass(model, batches, routing: str, device: torch.device, autocast) -> dict:
-    """Mean LM loss over the validation batches (all ranks see all of them), plus routing stats."""
+def eval_pass(model, batches, routing: str, device: torch.device, autocast,
+              rank: int = 0, world: int = 1) -> dict:
+    """Mean LM loss over the validation batches, plus routing stats.
+
+    Under DDP (world > 1) each rank scores every world-th batch and the scores are gathered
+    back in the batches' order, so every rank gets the row one process computes over all of
+    them (same batches, same sums in the same order), for 1/world of the work."""
+    starts = [0]  # drawn routing sees each held-out sequence at its own row, whatever the chunking
+    for x, _ in batches[:-1]:
+        starts.append(starts[-1] + x.size(0))
+    mine = [_score(model, x, y, routing, device, autocast, start)
+            for (x, y), start in list(zip(batches, starts))[rank::world]]
+    if world == 1:
+        return _summarize(mine, routing)
+    import torch.distributed as dist
+
+    parts = [None] * world
+    dist.all_gather_object(parts, [_to_cpu(s) for s in mine])
+    return _summarize([parts[i % world][i // world] for i in range(len(batches))], routing)
+
+
+def _score(model, x, y, routing: str, device, autocast, start: int) -> tuple:
+    """One batch, its first sequence at held-out row `start`: (its mean LM loss, its summed
+    stats, its per-sequence stats)."""
+    model.set_draws(0, start)
+    with autocast():
+        out = model(x.to(device), y.to(device), routing=routing)
+    seq = {k: v.float() / x.size(1) for k, v in out.stats.items() if k.endswith("_seq")}  # (R, B)
+    return out.lm_loss.float(), {k: v.float() for k, v in out.stats.items() if not k.endswith("_seq")}, seq
+
+
+def _to_cpu(score: tuple) -> tuple:
+    loss, counts, seq = score
+    return loss.cpu(), {k: v.cpu() for k, v in counts.items()}, {k: v.cpu() for k, v in seq.items()}
+
+
+def _summarize(scores: list[tuple], routing: str) -> dict:
+    """The row of a pass from its batches' scores, in the batches' order."""
     losses, counts, per_seq = [], {}, {}
-    row = 0  # drawn routing sees each held-out sequence at its own row, whatever the chunking
-    for x, y in batches:
-        model.set_draws(0, row)
-        row += x.size(0)
-        with autocast():
-            out = model(x.to(device), y.to(device), routing=routing)
-        losses.append(out.lm_loss.float())
-        for k, v in out.stats.items():
-            if k.endswith("_seq"):  # (R, B): one column per sequence, (R, N) over the batches
-                per_seq.setdefault(k, []).append(v.float() / x.size(1))
-            else:
-                counts[k] = counts.get(k, 0) + v.float()
+    for loss, stats, seq in scores:
+        losses.append(loss)
+        for k, v in stats.items():
+            counts[k] = counts.get(k, 0) + v
+        for k, v in seq.items():  # (R, B): one column per sequence, (R, N) over the batches
+            per_seq.setdefault(k, []).append(v)
     row = {"eval_loss": torch.stack(losses).mean().item(), "causal_ok": "pred_tp" in counts}
     if "routed" in counts:
         row["routed_frac"] = (counts["routed"] / counts["tokens"]).tolist()

@@ -11,6 +11,7 @@ import math
 import os
 import resource
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,15 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class Preempted(RuntimeError):
+    """A stop signal (SIGTERM, or Slurm's --signal=USR1) arrived: the run checkpointed the
+    step it had reached and stopped, so the same command resumes it there."""
+
+    def __init__(self, signal_name: str, step: int):
+        self.signal_name, self.step = signal_name, step
+        super().__init__(f"stopped by {signal_name} at step {step}, checkpoint saved")
+
+
 class Logger(Protocol):
     """Where rows go (metrics file, progress bar); the trainer does not know which."""
 
@@ -50,6 +60,7 @@ class Context:
     world: int = 1
     owns_group: bool = False  # setup_context started the process group, so teardown ends it
     peak_flops: float | None = None  # per device, for MFU: given, a known GPU's or measured
+    compile_backend: object = "inductor"  # torch.compile's backend (tests pass a counting one)
 
     @property
     def is_main(self) -> bool:
@@ -99,11 +110,16 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, plan: RunPlan, cfg: TrainConfig, data: TokenData,
                  logger: Logger, ckpt_path: Path, ctx: Context,
-                 on_step: Callable[[int, float | None], None] | None = None):
+                 on_step: Callable[[int, float | None], None] | None = None,
+                 stop_signal: Callable[[], str | None] | None = None):
         if plan.lr is not None:  # per-size lr and batch size live in the plan entry (spec.models[])
             cfg = cfg.model_copy(update={"lr": plan.lr, "batch_size": plan.batch_size})
+        if plan.micro_batch_size is not None:  # the model's own, else train's (plan.py)
+            cfg = cfg.model_copy(update={"micro_batch_size": plan.micro_batch_size})
         self.plan, self.cfg, self.data, self.logger, self.ctx = plan, cfg, data, logger, ctx
         self.ckpt_path, self.on_step = ckpt_path, on_step or (lambda step, loss: None)
+        # the name of a stop signal received (runner's handler), checked after every step
+        self.stop_signal = stop_signal or (lambda: None)
         self.raw = model.to(ctx.device)
         if ctx.device.type == "cuda":  # summary's peak_mem_bytes: this run's, not the sweep's
             torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -118,7 +134,7 @@ class Trainer:
         self.ddp = self._ddp(self.raw)
         # compile outside DDP: Dynamo then splits graphs at DDP's buckets, so gradient
         # all-reduce overlaps the backward; no_sync stays on self.ddp (run eagerly, not traced)
-        self.model = torch.compile(self.ddp) if cfg.compile else self.ddp
+        self.model = torch.compile(self.ddp, backend=ctx.compile_backend) if cfg.compile else self.ddp
         self.step, self.wall_offset, self.last_eval, self.notes = 0, 0.0, {}, []
         self.eval_time = 0.0
         self.micro, self.accum = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world)
@@ -131,8 +147,11 @@ class Trainer:
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             model, model.rank_local_buffers())
         # every parameter gets a gradient each step (routers via the gate, predictors via
-        # their BCE), so DDP needs no search for unused parameters
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # their BCE), so DDP needs no search for unused parameters. No buffer broadcast
+        # before each forward: the buffers are the RoPE tables (made at build), the decision
+        # thresholds (folded from all-reduced quantiles, so equal on every rank: calibrate.py)
+        # and random routing's draw counter (advanced alike on every rank)
+        return ddp_wrap(model, ids)
 
     # ------------------------------------------------------------ checkpoints
     def save(self, wall: float) -> None:
@@ -147,14 +166,16 @@ class Trainer:
             state |= {"pred_opt": self.pred_opt.state_dict(), "pred_sched": self.pred_sched.state_dict()}
         if self.ctx.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
-        checkpoint.save(state, self.ckpt_path)
+        checkpoint.save(state, self.ckpt_path, self.cfg.keep_every)
 
     def resume(self) -> int:
         """Load the newest good checkpoint if any; return the step to continue from.
 
         Files passed over (corrupt, or killed mid-save) are described in self.notes."""
-        state, self.notes = checkpoint.load(self.ckpt_path, self.ctx.device,
-                                            set_aside=self.ctx.is_main)
+        # onto the CPU, memory-mapped: load_state_dict copies each tensor to the device, and
+        # the RNG states stay the CPU ByteTensors torch.set_rng_state requires (loaded onto a
+        # GPU they raised TypeError, so no run could resume there)
+        state, self.notes = checkpoint.load(self.ckpt_path, "cpu", set_aside=self.ctx.is_main)
         if state is None:
             self._check_same_step()
             return 0
@@ -164,9 +185,9 @@ class Trainer:
         if self.pred_opt is not None:
             self.pred_opt.load_state_dict(state["pred_opt"])
             self.pred_sched.load_state_dict(state["pred_sched"])
-        torch.set_rng_state(state["cpu_rng"])
+        torch.set_rng_state(state["cpu_rng"].cpu())
         if "cuda_rng" in state and self.ctx.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.ctx.device)
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.ctx.device)
         self.step, self.wall_offset = state["step"], state["wall_time"]
         self.last_eval, self.eval_time = state["last_eval"], state.get("eval_time", 0.0)
         self._check_same_step()
@@ -242,12 +263,13 @@ class Trainer:
         if final:  # exact thresholds with the final weights (calibrate.py)
             calibrate_on_training(self.raw, self.data, self.plan.seed, self.step,
                                   (self.cfg.batch_size, self.micro), self.ctx.device, self._autocast)
-        row = eval_pass(self.raw, batches, "topk", self.ctx.device, self._autocast)
+        shard = (self.ctx.rank, self.ctx.world)  # each rank scores its share of the batches
+        row = eval_pass(self.raw, batches, "topk", self.ctx.device, self._autocast, *shard)
         row["eval_sequences"] = sum(x.size(0) for x, _ in batches)
         if row.pop("causal_ok"):
             # the decision thresholds both passes scored (calibrate.py)
             row["threshold"] = [float(d.threshold) for d in self.raw.decisions()]
-            causal = eval_pass(self.raw, batches, "causal", self.ctx.device, self._autocast)
+            causal = eval_pass(self.raw, batches, "causal", self.ctx.device, self._autocast, *shard)
             row |= {"eval_loss_causal": causal["eval_loss"],
                     "routed_frac_causal": causal["routed_frac"],
                     "routed_frac_causal_ci": causal["routed_frac_ci"],
@@ -269,12 +291,14 @@ class Trainer:
     def fit(self) -> dict:
         """Train from the current step to plan.steps; return the summary of the finished run."""
         plan, start_wall = self.plan, time.time() - self.wall_offset
-        eval_at, bad = set(plan.eval_steps), torch.zeros((), dtype=torch.bool)
+        # `bad` stays on the device, read only on logged and checkpointed steps: no host
+        # sync per step (the loss's .cpu() each step stalled the GPU's queue)
+        eval_at, bad = set(plan.eval_steps), torch.zeros((), dtype=torch.bool, device=self.ctx.device)
         t_log, step_log = time.time(), self.step
         self.raw.train()
         while self.step < plan.steps:
             sums = self.train_step()
-            bad |= ~torch.isfinite(sums["loss"].detach().cpu())
+            bad |= ~torch.isfinite(sums["loss"])
             s, loss = self.step, None
             log_now = s % self.cfg.log_every == 0 or s in eval_at or s == plan.steps
             ckpt_now = s in eval_at or s % self.cfg.checkpoint_every == 0 or s == plan.steps
@@ -300,7 +324,26 @@ class Trainer:
             if s in eval_at or ckpt_now:  # train rows' throughput covers training steps only
                 t_log, step_log = time.time(), s
             self.on_step(s, loss)
+            stop = self._stop_requested(log_now or ckpt_now)
+            if stop is not None and s < plan.steps:
+                if not ckpt_now:
+                    if bad.item():
+                        raise Diverged(f"loss is not finite (NaN/inf) by step {s}")
+                    self.save(time.time() - start_wall)
+                raise Preempted(stop, s)
         return self._summary(self.last_eval, time.time() - start_wall)
+
+    def _stop_requested(self, synced: bool) -> str | None:
+        """The stop signal's name once this process (one process) or any rank (torchrun) got
+        one. Ranks agree on steps that reduce across them anyway (logged or checkpointed), so
+        they stop at the same step; one process checks every step, a host flag (no sync)."""
+        if self.ctx.world == 1:
+            return self.stop_signal()
+        if not synced:
+            return None
+        names = [None] * self.ctx.world
+        dist.all_gather_object(names, self.stop_signal())
+        return next((n for n in names if n is not None), None)
 
     def _all_ranks(self, sums: dict, bad: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """The global batch's mean losses/stats, and whether any rank saw a non-finite loss.
@@ -359,6 +402,17 @@ class Trainer:
                 **peak_memory(self.ctx.device)}
 
 
+def ddp_wrap(model: torch.nn.Module, device_ids: list[int] | None) -> torch.nn.Module:
+    """DistributedDataParallel without a buffer broadcast before each forward. torch 2.13
+    deprecates broadcast_buffers for forward_sync_buffers, whose False still syncs buffers at
+    init; its own warning says to keep broadcast_buffers=False until then, so it is kept and
+    the warning silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                         broadcast_buffers=False)
+
+
 def _accumulate(sums: dict, out, accum: int) -> None:
     """Average losses over micro-batches; routed fraction per routed layer."""
     for name in ("loss", "lm_loss", "aux_loss", "predictor_loss"):
@@ -383,6 +437,8 @@ def setup_context(device: str = "auto", peak_tflops: float | None = None) -> Con
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(dev)
+    if dev.type == "cuda":  # fp32 matmuls (router, predictor, outside autocast) on TF32 cores
+        torch.set_float32_matmul_precision("high")
     if dev.type == "cpu":  # reuse freed activations instead of faulting them in every step
         tune_cpu_allocator()
     owns = world > 1 and not dist.is_initialized()
