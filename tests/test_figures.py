@@ -192,3 +192,16 @@ def test_real_tiny_mod_run_plots_its_logged_routing(write_spec, tmp_path):
     rep = plot_results(root)
     assert {"mod_routing.png", "routing_heatmap.png", "loss_vs_time.png"} <= {p.name for p in rep.figures}
     assert all(is_png(p) for p in rep.figures)
+
+
+def test_mod_run_without_eval_rows_yet_plots(tmp_path):
+    """A MoD run interrupted before its first evaluation (train rows only) is drawn as far as
+    it goes; the figures of the other runs are written."""
+    make_results(tmp_path, losses={"vanilla": parabola(1.5e5, 3.0), "mod": parabola(2.5e5, 2.95)})
+    d = next(d for d in tmp_path.iterdir() if d.is_dir() and "-mod-" in d.name)
+    (d / "summary.json").unlink()
+    rows = [r for r in read_metrics(d / "metrics.jsonl") if r["kind"] == "train"][:3]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rep = plot_results(tmp_path)
+    assert {"mod_routing.png", "routing_heatmap.png"} <= {p.name for p in rep.figures}
+    assert all(is_png(p) for p in rep.figures)

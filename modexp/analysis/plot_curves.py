@@ -69,8 +69,10 @@ def _fig(res: A.Results, style: Style, x: str, xlabel: str, what: str, train: bo
         ax0.plot(pts[x], pts["loss"], ls="", marker="o", ms=3, color=style.base(v), alpha=0.35)
         ax0.plot(e[ex], e["loss"], color=style.base(v), lw=2.4)
     ax0.set_title("compute-optimal envelopes (lower envelope over sizes)", fontsize=10)
+    panel_labels = []
     for ax, v in zip(axes[1:], variants):
-        vc = curves[curves.variant == v]
+        vc, labels = curves[curves.variant == v], []
+        panel_labels.append((ax, labels))
         for (model, budget), g in vc.groupby(["model", "budget"], sort=False):
             c, (mk, _) = colors[model], fams.get(g["family"].iloc[0], ("o", "-"))
             if train and x == "flops":
@@ -81,8 +83,8 @@ def _fig(res: A.Results, style: Style, x: str, xlabel: str, what: str, train: bo
                         ax.plot(tr["flops"], _smooth(train_loss(tr)), color=c, lw=0.8, alpha=0.22)
             g = g.sort_values(x)
             ax.plot(g[x], g["loss"], color=c, lw=1.5, marker=mk, ms=3.5)
-            ax.annotate(model, (g[x].iloc[-1], g["loss"].iloc[-1]), xytext=(4, 0),
-                        textcoords="offset points", fontsize=7, color=c, va="center")
+            if budget == vc.loc[vc.model == model, "budget"].max():  # one label per size
+                labels.append((budget, g[x].iloc[-1], g["loss"].iloc[-1], model, c))
         e = env[env.variant == v]
         ax.plot(e[ex], e["loss"], color="k", lw=2.6, alpha=0.35, zorder=0)
         metric = "causal routing" if (vc["metric"] == "causal").any() else "eval loss"
@@ -95,10 +97,14 @@ def _fig(res: A.Results, style: Style, x: str, xlabel: str, what: str, train: bo
         if x == "flops":
             for b in sorted(res.runs.budget.unique()):
                 ax.axvline(b, color="0.55", ls=":", lw=1)
-        if len(curves) and curves[x].notna().any() and (curves[x] > 0).any():
+        xs = curves.loc[curves[x] > 0, x] if len(curves) else pd.Series(dtype=float)
+        if len(xs):  # the eval points' range: training curves start earlier, faint and clipped
             log_x(ax, sci if x == "flops" else _seconds)
+            ax.set_xlim(xs.min() / 1.4, xs.max() * 1.4)
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.25)
+    for ax, labels in panel_labels:
+        _label_ends(ax, labels)
     axes[0].set_ylabel("eval loss (nats/token; MoD: causal routing)")
     handles = [Line2D([], [], color=style.base(v), lw=2.4, label=f"{v} envelope") for v in variants]
     handles += [Line2D([], [], color="0.3", lw=1.5, marker="o", ms=3.5,
@@ -118,8 +124,26 @@ def _fig(res: A.Results, style: Style, x: str, xlabel: str, what: str, train: bo
     return fig
 
 
+def _label_ends(ax, labels) -> None:
+    """Size names at their curves' ends, pushed apart vertically where curves of one budget
+    end close together (at least 3.5% of the y range between labels)."""
+    lo, hi = ax.get_ylim()
+    gap = 0.035 * (hi - lo)
+    by_budget: dict = {}
+    for b, *rest in labels:
+        by_budget.setdefault(b, []).append(rest)
+    for group in by_budget.values():
+        group.sort(key=lambda t: t[1])
+        placed = []
+        for xe, ye, name, c in group:
+            y = max(ye, placed[-1] + gap) if placed else ye
+            placed.append(y)
+            ax.annotate(name, (xe, ye), xytext=(xe * 1.06, y), textcoords="data", fontsize=7,
+                        color=c, va="center", annotation_clip=False)
+
+
 def _seconds(v: float) -> str:
-    return f"{v:g} s" if v < 120 else f"{v / 60:g} min"
+    return f"{v:g} s"
 
 
 def fig_loss_flops(res: A.Results, style: Style) -> Figure:

@@ -92,8 +92,10 @@ def _log_x(ax) -> None:
 
 def _mean_eval(res: A.Results, ids: list[str]):
     """The group's eval rows, numeric columns averaged over seeds at each budget fraction."""
-    frames = [res.rows(i, "eval") for i in ids]
-    ev = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    frames = [f for f in (res.rows(i, "eval") for i in ids) if len(f)]
+    if not frames:  # a partial run stopped before its first evaluation
+        return pd.DataFrame(columns=["budget_frac", "flops", "eval_loss"], dtype=float)
+    ev = pd.concat(frames, ignore_index=True)
     ev["budget_frac"] = ev["budget_frac"].round(9)
     cols = [c for c in A.NUMBER_KEYS if c in ev and c != "budget_frac"]
     return ev.groupby("budget_frac")[cols].mean().reset_index()
@@ -126,7 +128,7 @@ def _draw_positions(ax, res: A.Results, ids: list[str], color) -> int:
     starts, fracs = prof
     edges = R.bin_edges(starts)
     for i, f in enumerate(fracs):  # each bin a flat step over its positions
-        ax.stairs(f, edges, color=color, ls=LINES[i % len(LINES)], lw=1.4)
+        ax.stairs(f, edges, color=color, ls=LINES[i % len(LINES)], lw=1.4, baseline=None)
     return len(fracs)
 
 
@@ -155,13 +157,16 @@ def fig_routing_heatmap(res: A.Results) -> Figure:
     height = 0.9 + 0.32 * max((len(g.labels) for _, g in grids), default=2)
     fig = Figure(figsize=(4.4 * ncols + 0.8, height * nrows + 1.0), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    caps = {g.capacity for _, g in grids}
+    shared = len(caps) == 1  # one scale for every panel, one colour bar for the figure
+    top = max((_top(g) for _, g in grids), default=1.0)
     for ax, ((budget, variant, model), g) in zip(axes, grids):
-        mesh = _heat(ax, g)
+        mesh = _heat(ax, g, top if shared else _top(g))
         ax.set_title(f"{budget_tag(budget)} FLOPs, {variant}, {model}", fontsize=9)
-        cb = fig.colorbar(mesh, ax=ax, fraction=0.06, pad=0.02)
-        cb.set_label("routed fraction" + (f" (white: capacity {g.capacity:g})" if g.capacity else ""),
-                     fontsize=7)
-        cb.ax.tick_params(labelsize=7)
+        if not shared:
+            _colorbar(fig, mesh, ax, g.capacity)
+    if shared and grids:
+        _colorbar(fig, mesh, list(axes[:len(grids)]), grids[0][1].capacity)
     for ax in axes[len(grids):]:
         ax.set_axis_off()
     header(fig, res, "routed fraction by layer over training (causal decisions at eval; top-k in "
@@ -169,14 +174,25 @@ def fig_routing_heatmap(res: A.Results) -> Figure:
     return fig
 
 
-def _heat(ax, g: R.LayerGrid):
+def _top(g: R.LayerGrid) -> float:
+    """The scale's top: twice the capacity (white in the middle), or the grid's highest value."""
+    cap = g.capacity if g.capacity else 0.5
+    return float(max(2 * cap, np.nanmax(g.values) if np.isfinite(g.values).any() else 1.0, cap + 1e-6))
+
+
+def _colorbar(fig, mesh, ax, capacity) -> None:
+    cb = fig.colorbar(mesh, ax=ax, fraction=0.06 if not isinstance(ax, list) else 0.02, pad=0.02)
+    cb.set_label("routed fraction" + (f" (white: capacity {capacity:g})" if capacity else ""), fontsize=7)
+    cb.ax.tick_params(labelsize=7)
+
+
+def _heat(ax, g: R.LayerGrid, top: float):
     """One grid as cells centred on its eval points (log FLOPs), values written in."""
     x = np.log10(g.flops)
     mids = (x[1:] + x[:-1]) / 2
     step = (x[1] - x[0]) if len(x) > 1 else 0.1
     edges = 10 ** np.concatenate([[x[0] - step / 2], mids, [x[-1] + (x[-1] - mids[-1] if len(mids) else step / 2)]])
     cap = g.capacity if g.capacity else 0.5
-    top = max(2 * cap, np.nanmax(g.values) if np.isfinite(g.values).any() else 1.0, cap + 1e-6)
     cmap = mpl.colormaps[HEAT_CMAP].with_extremes(bad="0.85")
     vals = np.ma.masked_invalid(g.values)
     mesh = ax.pcolormesh(edges, np.arange(len(g.labels) + 1), vals, cmap=cmap,
