@@ -53,9 +53,11 @@ def write_run(root: Path, plan, spec: dict, final: float, *, upto: float = 1.0, 
                "lm_loss": curve(s) + rng.normal(0, 0.05), "aux_loss": 0.05 if mod else None,
                "predictor_loss": None, "lr": 1e-3, "grad_norm": 1.0,
                "routed_frac": [0.25] * n_routed, "wall_time": s * 0.1, "tokens_per_s": 1e4})
+    n_eval = len(plan.eval_steps)
     for s in (e for e in plan.eval_steps if e <= last):
         row = {"kind": "eval", "step": s, "tokens": s * plan.batch_size * plan.seq_len,
-               "flops": s * plan.flops_per_step, "budget_frac": s / plan.steps, "eval_loss": curve(s)}
+               "flops": s * plan.flops_per_step, "eval_loss": curve(s),
+               "budget_frac": round(s * n_eval / plan.steps) / n_eval}  # nominal, as the trainer's
         if mod:
             row |= {"eval_loss_causal": curve(s) + 0.03, "predictor_acc": 0.8 + 0.15 * s / plan.steps,
                     "predictor_precision": 0.7, "predictor_recall": 0.6,
@@ -104,7 +106,8 @@ def test_figures_table_and_files(tmp_path):
     runs = make_results(tmp_path)
     rep = plot_results(tmp_path)
     names = sorted(p.name for p in rep.figures)
-    assert names == ["isoflop.png", "loss_vs_flops.png", "mod_routing.png"]
+    assert names == ["isoflop.png", "loss_vs_flops.png", "loss_vs_time.png", "mod_routing.png",
+                     "routing_heatmap.png"]
     assert all(p.parent == tmp_path / "plots" and is_png(p) for p in rep.figures)
     assert rep.csv.read_text().startswith("budget,model,") and "| model |" in rep.markdown.read_text()
     assert rep.missing == [] and rep.warnings == []
@@ -191,7 +194,7 @@ def test_partial_results_plot_and_list_missing(tmp_path):
     rep = plot_results(tmp_path)
     assert sorted(rep.missing) == sorted(missing)
     # vanilla has interior optima at both budgets, so its frontier is drawn too
-    assert len(rep.figures) == 4 and all(is_png(p) for p in rep.figures)
+    assert len(rep.figures) == 6 and all(is_png(p) for p in rep.figures)
     assert any(re.search(r"2e10-w64-mod-s0: running or interrupted at 3\d% of its budget", w)
                for w in rep.warnings)
     assert any("2e10-w96-mod-s0: failed" in w and "NaN" in w for w in rep.warnings)
@@ -207,7 +210,8 @@ def test_svg_and_pdf_formats(tmp_path):
                  losses={"vanilla": parabola(1e5, 3.0)})
     rep = plot_results(tmp_path, formats=[".SVG", "pdf"])
     assert sorted(p.name for p in rep.figures) == ["isoflop.pdf", "isoflop.svg", "loss_vs_flops.pdf",
-                                                   "loss_vs_flops.svg"]  # no MoD run: no routing figure
+                                                   "loss_vs_flops.svg", "loss_vs_time.pdf",
+                                                   "loss_vs_time.svg"]  # no MoD run: no routing figure
     assert {p.read_bytes()[:4] for p in rep.figures} == {b"<?xm", b"%PDF"}
 
 

@@ -251,8 +251,9 @@ def route_losses(infos: list[RouteInfo]) -> tuple[Tensor | None, Tensor | None]:
 
 
 def route_stats(infos: list[RouteInfo], n_tokens: int, device) -> dict[str, Tensor]:
-    """Detached tensors (no .item()): routed per layer, tokens, the decision's confusion, and
-    per sequence (`*_seq`, (R, B)) its correct and positive decisions."""
+    """Detached tensors (no .item()): routed per layer, tokens, the decision's confusion, per
+    sequence (`*_seq`, (R, B)) its correct and positive decisions, and per position
+    (`decided_pos`, (R, T)) the positive decisions over the batch."""
     stats = {"routed": torch.stack([i.n_routed for i in infos]).detach(),
              "tokens": torch.full((), n_tokens, dtype=torch.long, device=device)}
     if infos[0].decision is None:
@@ -267,4 +268,6 @@ def route_stats(infos: list[RouteInfo], n_tokens: int, device) -> dict[str, Tens
     # alike, so its tokens are not independent draws)
     stats["pred_correct_seq"] = torch.stack([(i.decision == (i.member > 0)).sum(-1) for i in infos])
     stats["decided_seq"] = torch.stack([i.decision.sum(-1) for i in infos])
+    # per position (R, T), summed over the batch: where in the sequence decisions route
+    stats["decided_pos"] = torch.stack([i.decision.sum(0) for i in infos])
     return stats

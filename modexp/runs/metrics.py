@@ -71,7 +71,11 @@ class MetricsWriter:
     eval_sequences (held-out sequences scored: more at the last evaluation) and for MoD
     eval_loss_causal, predictor_acc, predictor_precision, predictor_recall, threshold and
     routed_frac_causal (lists per routed layer), with 95% intervals over the held-out sequences:
-    predictor_acc_causal_ci [lo, hi] and routed_frac_causal_ci (one [lo, hi] per routed layer).
+    predictor_acc_causal_ci [lo, hi] and routed_frac_causal_ci (one [lo, hi] per routed layer);
+    where the causal decisions route in the sequence: pos_bin_starts (the first position of each
+    of min(16, seq_len) near-equal position bins) and routed_frac_causal_pos (per routed layer,
+    each bin's fraction of its tokens routed on the causal pass; evaluation.position_bins).
+    Rows written before these two keys existed lack them (figures then skip that panel).
     On resume, `truncate_after(step)` drops rows logged after the checkpoint, so the log
     continues with no duplicated or missing rows.
     """

@@ -225,14 +225,15 @@ def _one_scan_per_node():
 
 
 def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None,
-              say=None, loggers=(), on_row=None, stop_signal=None) -> dict:
+              say=None, loggers=(), on_row=None, stop_signal=None, verbose=False) -> dict:
     """Build the model, resume from the newest good checkpoint, train to the end; the summary.
 
     `say`: where notes on passed-over checkpoints or a start from zero go (never silent).
     `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's.
     `on_row`: also sees each logged row (the progress line takes the LM loss from it).
     `stop_signal`: returns the name of a stop signal received (the Trainer checkpoints and
-    raises Preempted)."""
+    raises Preempted).
+    `verbose`: the dashboards' libraries may print their own messages (W&B's; `run -v`)."""
     import torch
 
     from modexp.models.build import build_model
@@ -249,7 +250,7 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     names = [*spec.train.loggers, *loggers]
     if ctx.is_main and names:
         plan_row = json.loads(json.dumps(run.to_dict()))  # JSON-able, as run.json holds it
-        writer = Tee(writer, names, run_dir, run.run_id, spec_to_dict(spec), plan_row)
+        writer = Tee(writer, names, run_dir, run.run_id, spec_to_dict(spec), plan_row, verbose)
     trainer = Trainer(model, run, spec.train, data, writer if on_row is None else _Tap(writer, on_row),
                       run_dir / CKPT_FILE, ctx, on_step, stop_signal)
     step = trainer.resume()
@@ -267,6 +268,12 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
     finally:
         if isinstance(writer, Tee):
             writer.close()
+
+
+def _verbose(ui) -> bool:
+    """Whether the progress UI was asked for more (`run -v`: SweepProgress's verbosity 1)."""
+    v = getattr(ui, "verbosity", 0)
+    return isinstance(v, int) and v > 0
 
 
 class _Tap:
@@ -396,7 +403,8 @@ def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=(), stop=None) -> 
     ui.start_run(run)
     try:
         summary = train_one(p.spec, run, run_dir, p.data, ctx, on_step=ui.step, say=_stderr,
-                            loggers=loggers, on_row=getattr(ui, "row", None), stop_signal=stop)
+                            loggers=loggers, on_row=getattr(ui, "row", None), stop_signal=stop,
+                            verbose=_verbose(ui))
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the checkpoint continues it
     except Preempted as exc:  # every rank stops at the same step (Trainer._stop_requested)

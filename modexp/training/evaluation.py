@@ -1,5 +1,6 @@
-"""One evaluation pass over held-out batches: LM loss, routed fractions, and how well the
-causal decision matches top-k membership, with 95% intervals over the held-out sequences."""
+"""One evaluation pass over held-out batches: LM loss, routed fractions, how well the
+causal decision matches top-k membership, with 95% intervals over the held-out sequences, and
+where in the sequence the causal decisions route (fractions by position bin)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,30 @@ def _summarize(scores: list[tuple], routing: str) -> dict:
         row["predictor_acc_ci"] = seq_interval(acc.mean(0))  # layers pooled, as predictor_acc
         if routing == "causal":  # on a top-k pass the decisions route nothing
             row["routed_frac_ci"] = [seq_interval(r) for r in routed]  # per routed layer
+            starts, fracs = position_bins(counts["decided_pos"], counts["tokens"])
+            row |= {"routed_frac_pos": fracs, "pos_bin_starts": starts}
     return row
+
+
+POS_BINS = 16  # bins of the routed fraction by position (fewer when the sequence is shorter)
+
+
+def position_bins(decided: torch.Tensor, tokens: torch.Tensor) -> tuple[list[int], list[list[float]]]:
+    """The routed fraction by position: decided (R, T) positive decisions per routed layer and
+    position over `tokens` scored tokens, in min(POS_BINS, T) bins of (near) equal width.
+
+    Returns the bins' first positions and, per routed layer, each bin's fraction of its tokens
+    routed. Top-k routes k of T in every sequence wherever its scores put them; a causal
+    decision sees only the prefix, so a drift across positions (early tokens, whose prefix
+    thresholds rest on few scores, routed more or less often) shows here and not in the mean.
+    """
+    R, T = decided.shape
+    n = min(POS_BINS, T)
+    edges = [round(i * T / n) for i in range(n + 1)]
+    per_pos = tokens.item() / T  # sequences scored (each contributes one token per position)
+    fracs = [[decided[r, a:b].sum().item() / (per_pos * (b - a)) for a, b in zip(edges, edges[1:])]
+             for r in range(R)]
+    return edges[:-1], fracs
 
 
 def seq_interval(v: torch.Tensor) -> list[float] | None:

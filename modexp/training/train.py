@@ -273,6 +273,8 @@ class Trainer:
             row |= {"eval_loss_causal": causal["eval_loss"],
                     "routed_frac_causal": causal["routed_frac"],
                     "routed_frac_causal_ci": causal["routed_frac_ci"],
+                    "routed_frac_causal_pos": causal["routed_frac_pos"],
+                    "pos_bin_starts": causal["pos_bin_starts"],
                     "routed_frac_topk": row.pop("routed_frac")}
             # The decision scored both on the top-k pass (the inputs it trains on) and on the
             # causal pass (the inputs it meets when sampling), each against top-k membership.
