@@ -38,9 +38,9 @@ class SampleResult:
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model in eval mode, run.json, checkpoint step) from a run folder; SpecError if unusable."""
     from modexp.models.build import build_model
-    from modexp.runs.checkpoint import CKPT_FILE, CheckpointError, has_checkpoint, load_for_reading
     from modexp.runs.metrics import RUN_FILE, read_json
     from modexp.spec import parse_spec
+    from modexp.training.checkpoint import CKPT_FILE, CheckpointError, has_checkpoint, load_for_reading
 
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).is_file():
@@ -163,7 +163,7 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = No
     max_new_tokens None: up to the trained seq_len (prompt included). Past it, RoPE positions
     and routing decisions were never trained: generation goes on, with a warning.
     """
-    from modexp.runs.device import resolve_device
+    from modexp.device import resolve_device
 
     device = resolve_device(device)
     bad = check_sampling(max_new_tokens, temperature, top_k, seed)
