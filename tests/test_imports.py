@@ -15,6 +15,7 @@ PACKAGE = ROOT / "modexp"
 
 LAYERS = (
     ("modexp", "naming", "cache", "files", "flops"),  # pure helpers: names, caches, JSON, FLOPs
+    ("variants",),  # the variant registry: each variant's spec class, FLOP arch, role, metric
     ("spec", "device"),  # what the user may write (spec files, --device), checked
     ("data",),  # token sources, prepare, the data's facts and hashes
     ("memory",),  # memory estimates from flops.Arch (torch-free)
