@@ -113,7 +113,8 @@ def fit_isoflop(means: pd.DataFrame, variants: list[str], planned: pd.DataFrame 
             sel_v = means[(means["budget"] == budget) & (means["variant"] == v)]
             fams = family_order(plan if plan is not None else sel_v)
             for metric, (col, seeds) in METRICS.items():
-                if metric == "causal" and (sel_v.empty or not sel_v[col].notna().any()):
+                if metric == "causal" and (sel_v.empty or col not in sel_v
+                                           or not sel_v[col].notna().any()):
                     continue
                 for fam in fams:
                     sel = sel_v[(sel_v["family"] == fam) & sel_v[col].notna()].sort_values("params")
