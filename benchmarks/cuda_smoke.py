@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from modexp import flops, memory  # noqa: E402
 from modexp.models.build import build_model  # noqa: E402
 from modexp.runs import runner  # noqa: E402
-from modexp.runs.checkpoint import CKPT_FILE  # noqa: E402
+from modexp.training.checkpoint import CKPT_FILE  # noqa: E402
 from modexp.runs.metrics import read_json, read_metrics  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
 from modexp.training import mfu  # noqa: E402

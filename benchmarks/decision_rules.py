@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from modexp.data.tokens import TokenData  # noqa: E402
-from modexp.models.sample import load_run  # noqa: E402
+from modexp.runs.sample import load_run  # noqa: E402
 from modexp.spec import parse_spec  # noqa: E402
 from modexp.training.evaluation import eval_pass  # noqa: E402
 

@@ -318,7 +318,7 @@ def sample(run_dir: Path = typer.Argument(..., help="A run folder: results/<expe
            device: str = typer.Option("auto", help=DEVICE_HELP),
            as_json: bool = typer.Option(False, "--json", help="Print the sample and routing as JSON.")) -> None:
     """Continue a prompt with a run's checkpoint (KV cache; MoD routes causally) and show routing."""
-    from modexp.models.sample import print_sample, sample_run
+    from modexp.runs.sample import print_sample, sample_run
 
     try:
         res = sample_run(run_dir, prompt, max_new_tokens, temperature, top_k, seed, device)

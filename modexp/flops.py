@@ -1,6 +1,6 @@
 """Parameter and FLOP accounting: pure functions of the architecture, apart from any model.
 
-Notation (../shared/design/flops-and-isoflop.md): T sequence length, L layers, d width,
+Notation: T sequence length, L layers, d width,
 h heads, d_ff MLP width, V vocabulary, t the tokens a layer actually processes (T for a dense
 layer, k = max(1, floor(c*T)) for a routed one). A multiply-add counts as 2 FLOPs.
 
@@ -50,15 +50,18 @@ class Arch:
 
 
 def arch_from_config(model, variant, vocab: int) -> Arch:
-    """Build an Arch from spec.ModelConfig and a spec variant (duck-typed: no import cycle)."""
-    routed = getattr(variant, "kind", "vanilla") == "mod"
-    caps = tuple(variant.capacities(model.n_layers)) if routed else ()
-    learned = not routed or getattr(variant, "router", "learned") == "learned"
-    hidden = variant.predictor_hidden if routed and learned and variant.causal == "predictor" else 0
+    """The Arch of a model size (spec.ModelConfig) as a variant runs it: the variant's own
+    `arch` (its registry entry's spec class, modexp/variants; duck-typed, so flops imports none)."""
+    return variant.arch(model, vocab)
+
+
+def model_arch(model, vocab: int, capacities: tuple[float | None, ...] = (),
+               predictor_hidden: int = 0, router: bool = True) -> Arch:
+    """An Arch of a model size (spec.ModelConfig) with a variant's routed layers."""
     return Arch(n_layers=model.n_layers, d_model=model.d_model, n_heads=model.n_heads,
                 d_ff=model.ffn, vocab=vocab, mlp_mult=3 if model.mlp == "swiglu" else 2,
-                tied=model.tie_embeddings, capacities=caps, predictor_hidden=hidden,
-                router=learned)
+                tied=model.tie_embeddings, capacities=capacities,
+                predictor_hidden=predictor_hidden, router=router)
 
 
 def routed_k(capacity: float, seq_len: int) -> int:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from modexp import flops as F
+from modexp import variants
 from modexp.data.facts import resolved_spec
 from modexp.memory import training_memory
 from modexp.naming import run_id
-from modexp.spec import RANDOM_DRAWS, ExperimentSpec, SpecError, load_spec
+from modexp.spec import ExperimentSpec, SpecError, load_spec
 
 STEP_LIMIT = 2 ** 32
 """Most steps a run may take: the data sampler seeds step s's batch with s as one 32-bit word
@@ -53,7 +54,8 @@ class RunPlan:
     epochs: float | None = None  # training tokens / training-split tokens
     lr: float | None = None  # peak lr of this run (the model's own, else train.lr)
     router: str | None = None  # MoD: learned | random (the stochastic-routing control)
-    draws: str | None = None  # router: random: how its weights are drawn (spec.RANDOM_DRAWS)
+    draws: str | None = None  # drawn routing (router: random): how (VariantConfig.draws)
+    entry: str | None = None  # the variant's registry entry (modexp/variants): its role, its metric
     family: str | None = None  # shape family the analysis fits it in (ModelConfig.family_name)
     n_layers: int | None = None  # the model's depth (the analysis needs no spec to group runs)
     memory: dict | None = None  # memory.training_memory's parts in bytes: one process, float32
@@ -99,7 +101,7 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
         eval_steps=eval_steps(steps, spec.train.eval_points),
         capacities=list(arch.capacities) or [None] * model.n_layers, lr=spec.lr(model),
         router=getattr(variant, "router", None), family=model.family_name,
-        draws=RANDOM_DRAWS if getattr(variant, "router", None) == "random" else None,
+        draws=variant.draws(), entry=variants.entry_of(variant).name,
         n_layers=model.n_layers,
         memory=training_memory(arch, T, min(spec.micro_batch_size(model) or B, B)).to_dict(),
         micro_batch_size=spec.micro_batch_size(model))
@@ -107,16 +109,19 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
 
 def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
     """Attach each run's forward-FLOP ratio against the vanilla run of the same size."""
-    vanilla = {r.model: r.forward_flops_per_token for r in runs if r.kind == "vanilla"}
+    vanilla = {r.model: r.forward_flops_per_token for r in runs
+               if variants.named(r.entry).role == variants.BASELINE}
     return [replace(r, fwd_ratio_vs_vanilla=r.forward_flops_per_token / vanilla[r.model])
             if r.model in vanilla else r for r in runs]
 
 
 def routes_no_layer(spec: ExperimentSpec, model, vname: str) -> bool:
-    """True for a MoD variant whose routing pattern routes no layer of this model (e.g. one
-    layer with route_every 2): that run would be a vanilla model under a MoD name."""
+    """True for a routed variant (its entry has a routed layer) whose routing pattern routes
+    no layer of this model (e.g. one layer with route_every 2): that run would be a vanilla
+    model under a MoD name."""
     v = spec.variants[vname]
-    return v.kind == "mod" and all(c is None for c in v.capacities(model.n_layers))
+    return (variants.entry_of(v).layer is not None
+            and all(c is None for c in v.capacities(model.n_layers)))
 
 
 def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int | None = None) -> Plan:

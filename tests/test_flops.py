@@ -1,4 +1,4 @@
-"""FLOP and parameter formulas against hand-computed cases (../shared/design conventions)."""
+"""FLOP and parameter formulas against hand-computed cases (flops.py's conventions)."""
 
 import pytest
 

@@ -12,7 +12,7 @@ import yaml
 
 from modexp.models.build import build_model
 from modexp.runs import runner
-from modexp.runs.checkpoint import CKPT_FILE
+from modexp.training.checkpoint import CKPT_FILE
 from modexp.training import train as T
 
 MOD = {"kind": "mod", "capacity": 0.25, "route_every": 2, "causal": "predictor"}
@@ -206,7 +206,7 @@ def test_checkpoint_retention_after_the_run(spec_file, tmp_path, keep):
     """train.keep: while training two checkpoints exist; once done, `last` keeps ckpt.pt,
     `none` none, `every:3` ckpt.pt and every 3rd step's, each checksummed and loadable; the
     run's fingerprint is the same whatever keep says (a finished sweep is not refused)."""
-    from modexp.runs import checkpoint
+    from modexp.training import checkpoint
     from modexp.runs.metrics import read_json
     from modexp.runs.runner import run_sweep
 

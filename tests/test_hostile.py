@@ -245,7 +245,7 @@ def test_sample_non_utf8_prompt_bytes(trained, tmp_path):
 
 def test_tokenizer_run_refuses_non_utf8_prompt():
     from modexp.data.codec import Codec
-    from modexp.models.sample import encode_prompt
+    from modexp.runs.sample import encode_prompt
     from modexp.spec import SpecError
 
     assert encode_prompt(os.fsdecode(b"a\xff"), 256, Codec("bytes")) == [97, 255]
@@ -292,7 +292,7 @@ def test_the_limit_named_fits_every_model(monkeypatch):
 
     import modexp.memory as M
     from modexp import flops as F
-    from modexp.models.sample import check_generation_memory
+    from modexp.runs.sample import check_generation_memory
     from modexp.spec import parse_spec
 
     spec = parse_spec(TINY)

@@ -248,7 +248,7 @@ def test_without_kernels_modexp_trains_evaluates_and_decodes(monkeypatch):
 def test_without_kernels_a_sweep_runs_and_samples(write_spec, tmp_path, monkeypatch):
     """`modexp run` and `modexp sample` with modexp.kernels unimportable; the losses of a run
     with it, to what rounding differences grow to over a run whose top-k choices they move."""
-    from modexp.models.sample import sample_run
+    from modexp.runs.sample import sample_run
     from modexp.runs.metrics import read_json
     from modexp.runs.runner import run_sweep
     from tests.conftest import TINY

@@ -141,7 +141,7 @@ def test_a_run_resumes_from_a_checkpoint_of_the_previous_layout(write_spec, tmp_
     layout: the resumed run's rows equal an uninterrupted run's, bit for bit."""
     from conftest import TINY, StopAt
 
-    from modexp.runs import checkpoint
+    from modexp.training import checkpoint
     from modexp.runs.metrics import read_metrics
     from modexp.runs.runner import run_sweep
 
@@ -197,11 +197,9 @@ def imports(path: Path) -> set[str]:
 def test_models_and_kernels_import_only_downward():
     """The model files reach their kernels only through build.py (the shim); kernels/ knows
     no model (the model is handed in); neither imports training, runs, analysis or the CLI.
-    (models/sample.py, `modexp sample`, still reads run folders: not checked here.)"""
+    (`modexp sample`, which reads run folders, is runs/sample.py.)"""
     above = ("modexp.training", "modexp.runs", "modexp.analysis", "modexp.cli")
     for path in sorted((ROOT / "modexp" / "models").glob("*.py")):
-        if path.name == "sample.py":
-            continue
         found = imports(path)
         assert not any(m.startswith(above) for m in found), path.name
         if path.name != "build.py":

@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 from modexp.analysis.results import load_results
 from modexp.cache import CACHE_ENV
 from modexp.cli import app
-from modexp.runs import checkpoint, fingerprint
+from modexp.runs import fingerprint
 from modexp.runs.metrics import read_json, read_metrics
 from modexp.runs.runner import run_sweep
 from modexp.spec import SpecError
+from modexp.training import checkpoint
 from modexp.training import train as T
 
 from conftest import StopAt as _StopAt
@@ -304,7 +305,7 @@ def _umask() -> int:
 
 def _chaos_child(spec: str, results: str, kill_at: int) -> None:
     """Train, SIGKILLing this process at the kill_at-th write (mid-file for checkpoints)."""
-    import modexp.runs.checkpoint as C
+    import modexp.training.checkpoint as C
     import modexp.runs.metrics as M
 
     torch.set_num_threads(1)

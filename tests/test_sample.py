@@ -13,7 +13,7 @@ import torch
 
 from modexp.models.build import build_model
 from modexp.models.decode import KVCache, generate, make_caches
-from modexp.models.sample import sample_run
+from modexp.runs.sample import sample_run
 from modexp.spec import ModelConfig, ModVariant, SpecError, VanillaVariant, parse_spec
 
 V = 64
@@ -258,7 +258,7 @@ def test_sample_length_defaults_to_the_trained_seq_len_and_warns_past_it(tmp_pat
 
 
 def test_control_bytes_are_printed_escaped():
-    from modexp.models.sample import escape_controls
+    from modexp.runs.sample import escape_controls
 
     assert escape_controls("a\x1b[2Jb\n\tc\x00\x7f\r") == "a\\x1b[2Jb\n\tc\\x00\\x7f\\r"
     assert escape_controls("héllo ✓") == "héllo ✓"

@@ -69,7 +69,7 @@ def test_the_final_thresholds_are_the_final_calibration(write_spec, tmp_path):
     with the final weights (not the running mean): recalibrating the saved model changes
     nothing, and its last eval row reports them."""
     from modexp.data.tokens import TokenData
-    from modexp.models.sample import load_run
+    from modexp.runs.sample import load_run
     from modexp.training.calibrate import calibrate_on_training
 
     spec = write_spec(variants={"mod": TINY["variants"]["mod"]})

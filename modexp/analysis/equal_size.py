@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from modexp.analysis.bootstrap import N_BOOT, fit_rng, interval, seed_noise
-from modexp.analysis.roles import BASELINE, verdict_metric
+from modexp.analysis.roles import BASELINE, scores
 
 COLUMNS = {"topk": ("loss", "losses"), "causal": ("loss_causal", "losses_causal")}
 
@@ -37,15 +37,15 @@ def equal_size(means: pd.DataFrame, budget: float, roles: dict[str, str],
     """Every non-baseline variant against every baseline, at each model both trained at
     `budget`, on the variant's verdict metric (a MoD's causal loss, where it has one)."""
     here = means[means.budget == budget]
-    kinds = dict(zip(here.variant, here.kind))
+    metrics = scores(here) if not here.empty else {}
     out = []
     for v, r in roles.items():
-        if r == BASELINE or v not in kinds:
+        if r == BASELINE or v not in metrics:
             continue
-        metric = verdict_metric(kinds[v])
+        metric = metrics[v]
         if metric == "causal" and not here.loc[here.variant == v, "loss_causal"].notna().any():
             metric = None
-        for b in (b for b, rb in roles.items() if rb == BASELINE and b in kinds):
+        for b in (b for b, rb in roles.items() if rb == BASELINE and b in metrics):
             mine, base = (here[here.variant == w].set_index("model") for w in (v, b))
             for model in (m for m in mine.index if m in base.index):
                 out.append(_one(budget, v, b, model, mine.loc[model], base.loc[model], metric,

@@ -67,14 +67,15 @@ def seed_means(runs: pd.DataFrame) -> pd.DataFrame:
     """Complete runs averaged over seeds: one row per seed group, with n, standard errors
     (NaN for one seed) and the per-seed losses the bootstrap resamples."""
     done = runs[runs["complete"]]
-    cols = ["budget", "model", "variant", "kind", "router", "family", "n_layers", "params",
+    cols = ["budget", "model", "variant", "kind", "router", "entry", "family", "n_layers", "params",
             "forward_flops_per_token", "loss", "loss_se", "loss_causal", "loss_causal_se", "n",
             "losses", "losses_causal"]
     if done.empty:
         return pd.DataFrame(columns=cols)
     se = lambda v: v.std() / math.sqrt(v.count()) if v.count() > 1 else math.nan  # noqa: E731
     g = done.groupby(seed_group(done), sort=False)
-    out = g.agg(kind=("kind", "first"), router=("router", "first"), family=("family", "first"),
+    out = g.agg(kind=("kind", "first"), router=("router", "first"), entry=("entry", "first"),
+                family=("family", "first"),
                 n_layers=("n_layers", "first"), params=("params", "mean"),
                 forward_flops_per_token=("forward_flops_per_token", "mean"),
                 loss=("final_eval_loss", "mean"), loss_se=("final_eval_loss", se),
@@ -112,7 +113,7 @@ def fit_isoflop(means: pd.DataFrame, variants: list[str], planned: pd.DataFrame 
             sel_v = means[(means["budget"] == budget) & (means["variant"] == v)]
             fams = family_order(plan if plan is not None else sel_v)
             for metric, (col, seeds) in METRICS.items():
-                if metric == "causal" and (sel_v.empty or sel_v["kind"].iloc[0] != "mod"
+                if metric == "causal" and (sel_v.empty or col not in sel_v
                                            or not sel_v[col].notna().any()):
                     continue
                 for fam in fams:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from modexp import variants
 from modexp.runs.metrics import METRICS_FILE, RUN_FILE, SUMMARY_FILE, read_json, read_metrics
 from modexp.spec import SpecError
 
@@ -273,6 +274,15 @@ def _finite(v) -> float:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
 
 
+def _entry(plan: dict) -> str | None:
+    """The run's registry entry (plan files from before the registry: from kind and router);
+    None for a kind no entry has (a variant registered only where the run was trained)."""
+    try:
+        return variants.of_run(plan).name
+    except KeyError:
+        return None
+
+
 def _run_record(plan: dict, summary: dict | None, frame: pd.DataFrame) -> dict:
     s = summary or {}
     state = s["state"] if s.get("state") in ("done", "failed") else "missing" if frame.empty else "partial"
@@ -290,6 +300,7 @@ def _run_record(plan: dict, summary: dict | None, frame: pd.DataFrame) -> dict:
         "variant": plan["variant"], "kind": plan["kind"], "seed": plan["seed"],
         "family": plan.get("family", ONE_FAMILY), "n_layers": plan.get("n_layers"),
         "router": plan.get("router") or ("learned" if plan["kind"] == "mod" else None),
+        "entry": _entry(plan),
         "params": float(plan["params"]),
         "forward_flops_per_token": float(plan["forward_flops_per_token"]),
         "steps": int(plan["steps"]), "total_flops": total, "state": state,

@@ -27,7 +27,7 @@ from modexp.analysis.equal_size import equal_size
 from modexp.analysis.frontier import frontier
 from modexp.analysis.gain import gain_at
 from modexp.analysis.isoflop import MIN_INTERIOR, Analysis, analyze
-from modexp.analysis.roles import BASELINE, CONTROL, TREATMENT, roles, verdict_metric
+from modexp.analysis.roles import BASELINE, CONTROL, TREATMENT, roles, scores
 
 __all__ = ["NO_VERDICT", "budget_verdict", "frontier", "verdict_dict", "verdict_json"]
 
@@ -151,13 +151,14 @@ def _best_of(members: list[dict]) -> dict | None:
 
 def _sides(an: Analysis, budget: float, R: dict[str, str]) -> dict:
     """Every role's optimum at one budget, on its verdict metric (and top-k beside)."""
+    S = scores(an.results.runs)  # each variant's metric, as its registry entry says
     present = [v for v in R if _row(an, budget, v, "topk") is not None]
-    score = {v: _row(an, budget, v, "causal") or _no_causal(v) if R[v] != BASELINE
-             else _row(an, budget, v, "topk") for v in present}
+    score = {v: _row(an, budget, v, S[v]) or (_no_causal(v) if S[v] == "causal" else None)
+             for v in present}
     topk = {v: _row(an, budget, v, "topk") for v in present}
     of = lambda role: [v for v in present if R[v] == role]  # noqa: E731
     scored = [score[v] for v in of(TREATMENT) if not score[v].get("no_causal")]
-    return {"score": score, "topk": topk, "treatments": of(TREATMENT), "controls": of(CONTROL),
+    return {"score": score, "topk": topk, "metrics": S, "treatments": of(TREATMENT), "controls": of(CONTROL),
             "base": _best_of([score[v] for v in of(BASELINE)]), "mod": _best_of(scored),
             "mod_topk": _best_of([topk[v] for v in of(TREATMENT)])}
 
@@ -206,7 +207,8 @@ def budget_verdict(an: Analysis, budget: float, sides: dict | None = None,
     gains = gains if gains is not None else _gains({budget: s})
     base, mod = s["base"], s["mod"]
     gain = lambda name: gains.get(name, {}).get(budget)  # noqa: E731
-    out: dict = {"status": "ok", "reason": None, "metric": "causal", "details": []}
+    metric = s["metrics"].get(mod["variant"], "causal") if mod is not None else "causal"
+    out: dict = {"status": "ok", "reason": None, "metric": metric, "details": []}
     if base is None or mod is None or base["status"] != "ok" or mod["status"] != "ok":
         out |= {"status": NO_VERDICT, "reason": _why(base, mod, s["treatments"]),
                 "details": [f"{w}: {e['reason']}" for w, e in (("vanilla", base), ("learned MoD", mod))
@@ -214,7 +216,8 @@ def budget_verdict(an: Analysis, budget: float, sides: dict | None = None,
                 + [f"{v}: {s['score'][v]['reason']}" for v in s["treatments"]
                    if s["score"][v].get("no_causal")]}
     else:
-        side = {"mod": _side_json(an, budget, mod, "causal"), "vanilla": _side_json(an, budget, base, "topk")}
+        side = {"mod": _side_json(an, budget, mod, metric),
+                "vanilla": _side_json(an, budget, base, s["metrics"].get(base["variant"], "topk"))}
         out |= side | {"mod_vs_vanilla": _delta(mod, base),
                        "mod_vs_vanilla_topk": _vs(s["mod_topk"], base),
                        "params_ratio": mod["opt_params"] / base["opt_params"],
@@ -268,12 +271,13 @@ def _why(base: dict | None, mod: dict | None, treatments: list[str]) -> str:
 
 def _role_json(an: Analysis, budget: float, s: dict, v: str, base: dict | None, gain) -> dict:
     e = s["score"][v]
-    metric = None if e.get("no_causal") else "causal"
+    metric = None if e.get("no_causal") else s["metrics"][v]
     rec = {"status": e["status"], "reason": e["reason"], "metric": metric}
     if e["status"] == "ok":
         rec |= _side_json(an, budget, e, metric)
     return rec | {"vs_baseline": _vs(e, base), "vs_baseline_topk": _vs(s["topk"][v], base),
-                  "causal_minus_topk": _paired_gap(an, budget, v, e, s["topk"][v]) if metric else None,
+                  "causal_minus_topk": _paired_gap(an, budget, v, e, s["topk"][v])
+                  if metric == "causal" else None,
                   "gain": gain}
 
 
@@ -290,13 +294,13 @@ def _random_json(r: dict, best_m: dict | None, best_v: dict | None) -> dict:
 def _fits_json(an: Analysis, budget: float, R: dict[str, str]) -> dict:
     e = an.envelopes[an.envelopes.budget == budget]
     kinds = an.results.runs.drop_duplicates("variant").set_index("variant")
+    S = scores(an.results.runs)
     fits = {}
     for v, g in e.groupby("variant", sort=False):
         by = g.set_index("metric")
         kind = kinds.at[v, "kind"]
         fits[v] = {"kind": kind, "router": _nan_to_none(kinds.at[v, "router"]), "role": R[v],
-                   "verdict_metric": verdict_metric(kind) if kind != "mod" or "causal" in by.index
-                   else None}
+                   "verdict_metric": S[v] if S[v] != "causal" or "causal" in by.index else None}
         fits[v] |= _envelope_json(by.loc["topk"])
         if "causal" in by.index:
             fits[v]["causal"] = _envelope_json(by.loc["causal"])

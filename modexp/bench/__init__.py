@@ -31,7 +31,7 @@ from modexp.bench.memory import bench_memory
 # print_bench, report_dict, Stepper and random_batch: imported from here by the CLI and scripts
 from modexp.bench.report import BenchReport, Ratio, print_bench, report_dict  # noqa: F401
 from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: F401
-from modexp.models.sample import Pair, resolve
+from modexp.runs.sample import Pair, resolve
 from modexp.spec import SpecError
 from modexp.training.peak import cached_peak
 
@@ -169,7 +169,7 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
 
     peak: also the machine's matmul peak (cached per machine; measured once), for MFU.
     """
-    from modexp.runs.device import resolve_device
+    from modexp.device import resolve_device
 
     device = resolve_device(device)
     if threads:
@@ -234,7 +234,7 @@ def check_memory(pair: Pair, batch_sizes, prompt_len: int, new_tokens: int, warm
     largest decode batch with the prompts of every run held (warm-up included), and the
     training step of both models at once (each holds its weights, grads and AdamW state)."""
     from modexp.memory import device_available_bytes, generation_memory, size, training_memory
-    from modexp.models.sample import check_generation_memory
+    from modexp.runs.sample import check_generation_memory
 
     free, runs = device_available_bytes(device), warmup + repeats
     if free is None:

@@ -10,7 +10,7 @@ import torch
 
 from modexp.bench.report import Memory
 from modexp.bench.timing import Stepper
-from modexp.models.sample import Pair
+from modexp.runs.sample import Pair
 
 
 @contextmanager

@@ -4,7 +4,7 @@
 (model.py), KV-cached decoding (decode.py), the hot spots' interface and plain-PyTorch
 reference (ops.py), and the builder that picks their kernels for a device (build.py, the only
 module here that asks modexp/kernels/); also the decode's routed fraction against capacity
-(routing_check.py) and `modexp sample` (sample.py).
+(routing_check.py). `modexp sample`, which reads run folders, is in the runs stage (runs/sample.py).
 
 Imports nothing eagerly: torch loads only with the module that needs it.
 """

@@ -14,6 +14,7 @@ for the device; `Transformer(...)` alone runs the plain-PyTorch reference.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,9 +27,9 @@ from modexp.models.block import Block
 from modexp.models.decision import Decision, at_least_fp32
 from modexp.models.mod import RoutedBlock, route_losses, route_stats, stream_seed
 from modexp.models.ops import REFERENCE, Kernels
-from modexp.models.random_routing import RandomRoutedBlock
 from modexp.models.rope import Positions, Rotary
-from modexp.spec import ModelConfig, ModVariant, VanillaVariant
+from modexp.spec import ModelConfig
+from modexp.variants import VariantConfig, entry_of
 
 if TYPE_CHECKING:  # the cache lives with the decoder; the model only passes it through
     from modexp.models.decode import KVCache
@@ -57,9 +58,10 @@ class ForwardOutput:
 
 
 class Transformer(nn.Module):
-    """Decoder-only LM; with a ModVariant, its routed layers are RoutedBlocks."""
+    """Decoder-only LM; its routed layers (where the variant's `capacities` give a capacity)
+    are the layer module of the variant's registry entry: RoutedBlocks for learned MoD."""
 
-    def __init__(self, model: ModelConfig, variant: VanillaVariant | ModVariant, vocab: int,
+    def __init__(self, model: ModelConfig, variant: VariantConfig, vocab: int,
                  kernels: Kernels = REFERENCE, max_len: int = DEFAULT_MAX_LEN):
         super().__init__()
         self.cfg, self.variant, self.vocab, self.kernels = model, variant, vocab, kernels
@@ -67,10 +69,10 @@ class Transformer(nn.Module):
         # RoPE tables for positions 0..max_len-1, one set for every layer
         self.rotary = Rotary(model.d_model // model.n_heads, model.rope_base, max_len)
         n = model.n_layers
-        caps = variant.capacities(n) if variant.kind == "mod" else [None] * n
+        caps = variant.capacities(n)
         # The same Block for every layer (a routed one adds its router), so vanilla weights
         # load into a MoD model unchanged.
-        routed = RandomRoutedBlock if getattr(variant, "router", None) == "random" else RoutedBlock
+        routed = layer_module(entry_of(variant).layer)  # the variant's routed layer
         self.blocks = nn.ModuleList(Block(model, kernels) if c is None
                                     else routed(model, variant, c, i, kernels)
                                     for i, c in enumerate(caps))
@@ -115,9 +117,10 @@ class Transformer(nn.Module):
         """The decisions whose threshold training calibrates: ForwardOutput.quantiles' order."""
         return [d for d in self.decisions() if d.tracks]
 
-    def drawn(self) -> list[tuple[str, RandomRoutedBlock]]:
-        """(name, block) of every layer whose routing is drawn (the random-routing control)."""
-        return [(f"blocks.{i}", b) for i, b in self.routed() if isinstance(b, RandomRoutedBlock)]
+    def drawn(self) -> list[tuple[str, nn.Module]]:
+        """(name, block) of every layer whose routing is drawn (random_routing.RandomRouting)."""
+        return [(f"blocks.{i}", b) for i, b in enumerate(self.blocks)
+                if getattr(b, "random", None) is not None]
 
     def set_draws(self, step: int, row: int) -> None:
         """Where the next forward's routing draws sit: the training step and the global batch
@@ -204,6 +207,15 @@ class Transformer(nn.Module):
         """Checkpoints from before routers lived in their blocks (`routers.N.*`) load too."""
         remap_routers(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def layer_module(layer: type | str | None) -> type | None:
+    """A registry entry's routed layer class: itself, or "module:Class" imported here (the
+    variants' declarations name the torch side without importing it)."""
+    if not isinstance(layer, str):
+        return layer
+    module, _, name = layer.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 OLD_ROUTER_KEYS = {"router": "router", "predictor": "decision.predictor",

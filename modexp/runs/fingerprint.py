@@ -27,7 +27,7 @@ import json
 import sys
 
 from modexp.data.verify import verified_hashes
-from modexp.spec import ROUTER_ONLY
+from modexp import variants
 
 EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile", "loggers", "keep")
 """train.* fields left out of the fingerprint: they change how a run executes, not its result."""
@@ -52,9 +52,10 @@ def fingerprint_fields(spec: dict, plan: dict, data: dict) -> dict:
     train = {k: v for k, v in spec["train"].items() if k not in EXECUTION_ONLY}
     entry = {k: plan.get(k) for k in PLAN_FIELDS}
     variant = spec["variants"][plan["variant"]]
-    if variant.get("router") == "random":  # no router: its settings change nothing it computes
-        variant = {k: v for k, v in variant.items() if k not in ROUTER_ONLY}
-        entry["draws"] = plan.get("draws")  # a run.json drawn otherwise (before: uniform) has none
+    config = variants.config_class(variant.get("kind"))  # what its spec class says it computes
+    if config is not None:
+        variant, extra = config.fingerprint_fields(variant, plan)
+        entry |= extra
     return {"model": model, "variant": variant, "train": train,
             "data": {**spec["data"], "source": source_identity(spec["data"].get("source")),
                      "sha256": data.get("sha256"), "python": data.get("python"),

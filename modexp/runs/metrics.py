@@ -6,59 +6,21 @@ Layout of one run, results/<experiment>/<run_id>/:
                 (fingerprint.py says which settings it covers)
 - metrics.jsonl one JSON object per line; "kind" is "train" or "eval" (see MetricsWriter)
 - summary.json  {"state": "done"|"failed"|..., "final_eval_loss": ..., ...} at the run's end
-- ckpt.pt, ckpt.prev.pt, ckpt.sha256.json   the last two checkpoints, checksummed (checkpoint.py)
+- ckpt.pt, ckpt.prev.pt, ckpt.sha256.json   the last two checkpoints, checksummed (training/checkpoint.py)
 - error.log (failed), interrupted.json (stopped by the machine; failures.py)
-No torch here: plots and status read these files without importing torch.
+No torch here: plots and status read these files without importing torch. The atomic JSON
+writer and reader live at the bottom of the package (modexp/files.py), for the checkpoints too.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 from pathlib import Path
 
+from modexp.files import read_json, strict_json, write_json_atomic, write_text_atomic  # noqa: F401 (run-file readers import them from here)
+
 RUN_FILE, METRICS_FILE, SUMMARY_FILE = "run.json", "metrics.jsonl", "summary.json"
-
-
-def _umask_mode() -> int:
-    """0666 less the process umask (read by setting it and putting it back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _umask_mode()
-
-
-def write_json_atomic(path: str | Path, obj: object) -> None:
-    """Write JSON via a temp file + fsync + rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(path, json.dumps(_clean(obj), indent=2, allow_nan=False))
-
-
-def read_json(path: str | Path) -> dict:
-    """Read a JSON file written by write_json_atomic; a garbled one raises JSONDecodeError
-    naming the file (the CLI's one-line error)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except UnicodeDecodeError:
-        raise json.JSONDecodeError(f"{path}: not text", "", 0) from None
-    except json.JSONDecodeError as e:
-        raise json.JSONDecodeError(f"{path}: not valid JSON ({e.msg})", e.doc, e.pos) from None
-
-
-def _clean(obj):
-    """NaN/inf -> None so every file is strict JSON (a diverged loss is recorded as null)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 class MetricsWriter:
@@ -87,7 +49,7 @@ class MetricsWriter:
     def log(self, row: dict) -> None:
         """Append one row and flush it to disk."""
         with open(self.path, "a") as f:
-            f.write(json.dumps(_clean(row), allow_nan=False) + "\n")
+            f.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -95,7 +57,7 @@ class MetricsWriter:
         """Keep only rows with step <= `step` (and drop a torn last line)."""
         rows = [r for r in read_metrics(self.path) if r["step"] <= step] if self.path.exists() else []
         text = "".join(json.dumps(r) + "\n" for r in rows)
-        _write_text_atomic(self.path, text)
+        write_text_atomic(self.path, text)
 
 
     def last_step(self) -> int:
@@ -103,20 +65,6 @@ class MetricsWriter:
         rows = read_metrics(self.path) if self.path.exists() else []
         return max((r["step"] for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)),
                    default=0)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; results follow the umask like any file
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_metrics(path: str | Path) -> list[dict]:

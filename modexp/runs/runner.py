@@ -22,11 +22,11 @@ from pathlib import Path
 from modexp.data.corpus import SourceError
 from modexp.plan import Plan, RunPlan, plan_file
 from modexp.runs import fingerprint, rundirs
-from modexp.runs.checkpoint import CKPT_FILE, clean_stale_temp, retire
 from modexp.runs.failures import clear_records, describe, is_environment_error, record_failure, record_interruption
 from modexp.runs.metrics import RUN_FILE, SUMMARY_FILE, MetricsWriter, read_json, write_json_atomic
 from modexp.runs.signals import StopSignals
 from modexp.spec import ExperimentSpec, SpecError, spec_to_dict
+from modexp.training.checkpoint import CKPT_FILE, clean_stale_temp, retire
 
 PLAN_FILE, LOCK_FILE = rundirs.PLAN_FILE, ".lock"
 
@@ -160,7 +160,7 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
                                          f"runs: {', '.join(r.run_id for r in plan.runs)}"])
     runs = select_runs(plan, only, shard)  # may be empty: an array bigger than the sweep
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
-    from modexp.runs.device import resolve_device
+    from modexp.device import resolve_device
     from modexp.training.train import split_batch
 
     try:

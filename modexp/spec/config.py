@@ -9,8 +9,14 @@ import math
 import os
 from typing import Annotated, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError, core_schema
+
+from modexp import variants
+from modexp.variants import VariantConfig
+from modexp.variants.base import Strict
+from modexp.variants.mod import RANDOM_DRAWS, ROUTER_ONLY, ModVariant  # noqa: F401 (the spec's names)
+from modexp.variants.vanilla import VanillaVariant  # noqa: F401
 
 
 SPEC_DIR = "spec_dir"
@@ -25,8 +31,7 @@ class SpecError(Exception):
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = Strict  # every section: unknown keys refused, frozen (modexp/variants/base.py)
 
 
 class DataConfig(_Strict):
@@ -123,98 +128,27 @@ class ModelConfig(_Strict):
         return 4 * self.d_model
 
 
-class VanillaVariant(_Strict):
-    """A dense transformer: every token through every block."""
+class AnyVariant:
+    """A `variants` entry: validated, when the spec is, by the spec class of the registry entry
+    its `kind` names (modexp/variants), so a variant registered by a test is accepted; errors
+    keep their field paths (variants.<name>.<field>)."""
 
-    kind: Literal["vanilla"]
-
-
-ROUTER_ONLY = ("causal", "aux_loss_weight", "predictor_hidden", "predictor_lr",
-               "threshold", "prefix_prior")
-"""ModVariant fields that only a learned router uses: random routing has no router to set
-(its gate it shares: the drawn weights are gated as learned ones are)."""
-
-
-RANDOM_DRAWS = "normal/splitmix64(seed, layer, step, row, position)"
-"""How router: random draws its weights (models/random_routing.py), recorded in each such run's
-plan entry and fingerprint: runs drawn otherwise (the uniform gate-1 draws of before) differ."""
-
-
-class ModVariant(_Strict):
-    """Mixture-of-Depths (Raposo et al. 2024): routed blocks process top-k tokens per sequence."""
-
-    kind: Literal["mod"]
-    capacity: float = Field(0.125, gt=0, le=1)
-    """Fraction of each sequence a routed block processes: k = max(1, floor(capacity * T))."""
-    route_every: int = Field(2, ge=1)
-    """Route every n-th block: layers n-1, 2n-1, ... (paper: every other block, n = 2, the
-    first block dense; n = 1 routes every block, the first too)."""
-    layers: dict[int, Annotated[float, Field(gt=0, le=1)]] | None = None
-    """Explicit per-layer capacities {layer_index: capacity}; overrides capacity/route_every."""
-    causal: Literal["predictor", "aux_loss", "none"] = "predictor"
-    """How sampling decides per token: a predictor MLP, the router logit (aux BCE loss), or none.
-    With aux_loss_weight 0 the decision is the router's own logit, unshaped by any loss: the
-    shipped CPU specs' choice (as accurate as a predictor there, at no FLOPs; README)."""
-    gate: Literal["identity", "sigmoid", "one"] = "sigmoid"
-    """g(r) scaling the block update. Paper: identity; sigmoid bounds it (NaN-free default).
-    `one` (router: random only): the update unscaled, x + f(x): the gate-1 control, which asks
-    whether the chosen tokens matter once the gate is fixed."""
-    aux_loss_weight: float = Field(0.01, ge=0)
-    """Weight of the router BCE loss (causal: aux_loss) added to the LM loss."""
-    predictor_hidden: int = Field(64, ge=1)
-    """Hidden width of the causal predictor MLP (causal: predictor)."""
-    predictor_lr: float | None = Field(None, gt=0)
-    """Peak learning rate of the predictors' own AdamW (same schedule as the LM); default train.lr."""
-    threshold: Literal["prefix", "calibrated", "zero"] = "prefix"
-    """Causal decision: logit > a threshold per position that blends the calibrated one with the
-    top-k threshold of the sequence's own prefix (prefix: modexp/models/decision.py), logit > a
-    per-layer threshold calibrated so the causal pass routes the capacity fraction of training
-    tokens (calibrated), or logit > 0 (zero: under-routes)."""
-    prefix_prior: int = Field(16, ge=0)
-    """threshold: prefix: the calibrated threshold's weight, in tokens, against the prefix's
-    own (at n tokens the prefix weighs n / (n + prefix_prior)); on the quickstart's checkpoints
-    8 and 16 scored alike, best of 0-128."""
-    router: Literal["learned", "random"] = "learned"
-    """`learned`: top-k of a learned router. `random`: the paper's stochastic-routing control
-    (Raposo et al. 2024, fig. 3): router weights drawn per token from N(0, 1), top-k of them,
-    each chosen token's update scaled by `gate` of its drawn weight; no router matmul or
-    predictor. Its causal routing (evaluation, sampling) routes a token iff its draw exceeds
-    the Gaussian's (1 - capacity) quantile (modexp/models/random_routing.py)."""
-
-    @model_validator(mode="after")
-    def _random_takes_no_router_settings(self):
-        # A value equal to its default is accepted: the resolved spec written to run.json
-        # carries every field, and must parse again (sample, bench, fingerprints read it);
-        # so is threshold: calibrated, the default those files carry from before `prefix`
-        unused = sorted(f for f in ROUTER_ONLY
-                        if f in self.model_fields_set
-                        and getattr(self, f) != type(self).model_fields[f].default
-                        and (f, getattr(self, f)) != ("threshold", "calibrated"))
-        if self.router == "random" and unused:
-            raise ValueError(f"router: random has no router or predictor; remove {', '.join(unused)}")
-        if self.router == "learned" and self.gate == "one":
-            raise ValueError("gate: one is the random-routing control's (router: random); a learned "
-                             "router is trained through its gate: use sigmoid or identity")
-        return self
-
-    @field_validator("layers")
     @classmethod
-    def _layers_nonempty(cls, v):
-        if v is not None and not v:
-            raise ValueError("layers must name at least one layer, or be omitted")
-        if v is not None and any(i < 0 for i in v):
-            raise ValueError("layer indices must be >= 0")
-        return v
+    def __get_pydantic_core_schema__(cls, source, handler):
+        def validate(value, info):
+            if isinstance(value, VariantConfig):
+                return value
+            kind = value.get("kind") if isinstance(value, dict) else None
+            config = variants.config_class(kind) if isinstance(kind, str) else None
+            if config is None:
+                raise PydanticCustomError(
+                    "union_tag_invalid" if "kind" in (value if isinstance(value, dict) else {})
+                    else "union_tag_not_found", "kind: {kinds}", {"kinds": variants.kinds()})
+            return config.model_validate(value, context=info.context)
 
-    def capacities(self, n_layers: int) -> list[float | None]:
-        """Per-layer capacity, None for a dense layer."""
-        if self.layers is not None:
-            return [self.layers.get(i) for i in range(n_layers)]
-        n = self.route_every
-        return [self.capacity if i % n == n - 1 else None for i in range(n_layers)]
-
-
-Variant = Annotated[Union[VanillaVariant, ModVariant], Field(discriminator="kind")]
+        dump = core_schema.plain_serializer_function_ser_schema(
+            lambda v, info: v.model_dump(mode=info.mode), info_arg=True)
+        return core_schema.with_info_plain_validator_function(validate, serialization=dump)
 
 
 class BudgetGrid(_Strict):
@@ -260,9 +194,8 @@ class TrainConfig(_Strict):
     """Evaluate at k/eval_points of every run's budget, k = 1..eval_points."""
     eval_batches: int = Field(1, ge=1)
     """Validation batches (of batch_size sequences) per evaluation but the last. Default 1: the
-    same fixed windows for every run, and evaluation stays under ~10% of a quickstart run's
-    wall time (4 at every eval cost ~20% at size m: 10 evals x 2 passes for MoD against ~95
-    steps); summary.json reports the share as eval_share."""
+    same fixed windows for every run, and evaluation a small share of a run's wall time
+    (docs/performance.md gives the quickstart's); summary.json reports the share as eval_share."""
     final_eval_batches: int = Field(4, ge=1)
     """Validation batches at the last evaluation, whose numbers summary.json and the verdict
     use: a multiple of eval_batches, its windows a superset of theirs. Default: the smallest
@@ -324,7 +257,8 @@ class ExperimentSpec(_Strict):
     """Training FLOPs per run, identical for every variant and size: a number (every model of
     `models`) or `{flops: 1e13, models: [s, m, l, xl]}` (the named models only)."""
     models: list[ModelConfig] = Field(min_length=1)
-    variants: dict[str, Variant] = Field(min_length=1)
+    variants: dict[str, AnyVariant] = Field(min_length=1)
+    """Each a variant of a registry entry, chosen by its `kind` (modexp/variants)."""
     train: TrainConfig = TrainConfig()
 
     def grids(self) -> list[tuple[float, list[ModelConfig]]]:
@@ -389,13 +323,7 @@ def _cross_problems(spec: ExperimentSpec) -> list[str]:
     for vname, v in spec.variants.items():
         if not _NAME_OK(vname):
             problems.append(f"variants.{vname}: names may use letters, digits, '_' and '.'")
-        if v.kind != "mod" or v.layers is None:
-            continue
-        for m in spec.models:
-            bad = [i for i in v.layers if i >= m.n_layers]
-            if bad:
-                problems.append(f"variants.{vname}.layers: layer {bad[0]} does not exist in "
-                                f"model {m.name} (layers 0..{m.n_layers - 1})")
+        problems += [f"variants.{vname}.{p}" for m in spec.models for p in v.problems(m)]
     flops = [b if not isinstance(b, BudgetGrid) else b.flops for b in spec.budgets]
     if len(set(flops)) != len(flops):
         problems.append("budgets: each budget must appear once")

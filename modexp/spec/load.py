@@ -18,40 +18,53 @@ from typing import Sequence
 import yaml
 from pydantic import ValidationError
 
+from modexp import variants
 from modexp.spec.config import (SPEC_DIR, BudgetGrid, DataConfig, ExperimentSpec, FlopsConfig,
-                                ModelConfig, ModVariant, SpecError, TrainConfig, VanillaVariant)
+                                ModelConfig, SpecError, TrainConfig)
 
 
 def _loc(loc: tuple) -> str:
-    """Pydantic error location -> dotted field path, dropping union tags like 'mod'."""
-    parts = [str(p) for p in loc if p not in ("vanilla", "mod", "function-after", "number", "grid")]
+    """Pydantic error location -> dotted field path, dropping union tags like 'grid'."""
+    parts = [str(p) for p in loc if p not in ("function-after", "number", "grid")]
     return ".".join(p if not p.isdigit() else f"[{p}]" for p in parts).replace(".[", "[")
 
 
-def _message(err: dict) -> str:
+def _one_of(names: list[str], quote: str = "'") -> str:
+    """'a', 'b' or 'c'."""
+    q = [f"{quote}{n}{quote}" for n in names]
+    return " or ".join(q) if len(q) < 3 else ", ".join(q[:-1]) + " or " + q[-1]
+
+
+def _message(err: dict, raw: dict) -> str:
     field = _loc(err["loc"])
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(err["loc"][:-1])
+        allowed = _allowed_keys(err["loc"][:-1], raw)
         close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{field}: unknown key{hint}; allowed: {', '.join(allowed)}"
     msg = err["msg"].removeprefix("Value error, ")
     head, _, rest = msg.partition(": ")
-    if err["type"] == "value_error" and rest and head in _allowed_keys(err["loc"]):
+    if err["type"] == "value_error" and rest and head in _allowed_keys(err["loc"], raw):
         field, msg = f"{field}.{head}" if field else head, rest  # a validator naming its field
     if err["type"] == "union_tag_invalid":
-        msg = "kind must be 'vanilla' or 'mod'"
+        msg = f"kind must be {_one_of(variants.kinds())}"
     if err["type"] == "union_tag_not_found":
-        msg = "missing 'kind' (vanilla or mod)"
+        msg = f"missing 'kind' ({_one_of(variants.kinds(), quote='')})"
     return f"{field or '(top level)'}: {msg}"
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    """The field names of the config class an error location points into."""
+def _allowed_keys(loc: tuple, raw: dict) -> list[str]:
+    """The field names of the config class an error location points into (a variant's: the
+    spec class of the registry entry its `kind` names)."""
     classes = {"data": DataConfig, "flops": FlopsConfig, "models": ModelConfig, "grid": BudgetGrid,
-               "train": TrainConfig, "vanilla": VanillaVariant, "mod": ModVariant}
+               "train": TrainConfig}
+    if len(loc) >= 2 and loc[0] == "variants":
+        entry = (raw.get("variants") or {}).get(loc[1])
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        cls = variants.config_class(kind) if isinstance(kind, str) else None
+        return sorted(cls.model_fields) if cls is not None else ["kind"]
     cls = ExperimentSpec
-    for part in loc:  # the innermost known section wins, e.g. variants.<name>.mod -> ModVariant
+    for part in loc:  # the innermost known section wins, e.g. models[0] -> ModelConfig
         cls = classes.get(part, cls) if isinstance(part, str) else cls
     return sorted(cls.model_fields)
 
@@ -66,7 +79,7 @@ def parse_spec(raw: object, source: str = "<spec>", spec_dir: str | Path | None 
     except ValidationError as e:
         problems = []
         for err in e.errors():  # cross-field checks arrive as one top-level error; split them
-            msg = _message(err)
+            msg = _message(err, raw)
             problems += msg.removeprefix("(top level): ").split("; ") if not err["loc"] else [msg]
         raise SpecError(source, problems) from None
 

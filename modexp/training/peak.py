@@ -51,7 +51,7 @@ def measure_matmul_peak(m: int = 1024, k: int = 1024, n: int = 1024, device: str
     g = torch.Generator().manual_seed(0)
     a = torch.randn(m, k, generator=g).to(device, dtype)
     b = torch.randn(k, n, generator=g).to(device, dtype)
-    inner = max(1, int(2e9 // (2 * m * k * n)))  # ~2 GFLOP per timing: ~10 ms on a CPU core
+    inner = max(1, int(2e9 // (2 * m * k * n)))  # ~2 GFLOP per timing: long enough to time, short enough to repeat
     best = 0.0
     for i in range(repeats + 2):
         _sync(device)

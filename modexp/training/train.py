@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from modexp.data.tokens import TokenData
 from modexp.plan import RunPlan
-from modexp.runs import checkpoint
+from modexp.training import checkpoint
 from modexp.spec import TrainConfig
 from modexp.training import mfu
 from modexp.training.allocator import tune_cpu_allocator
@@ -432,7 +432,7 @@ def setup_context(device: str = "auto", peak_tflops: float | None = None) -> Con
     peak_tflops: the device's peak for MFU; default a known GPU's bf16 peak, or on a CPU the
     matmul peak `modexp bench` measured and cached on this machine (else MFU stays unknown).
     """
-    from modexp.runs.device import resolve_device
+    from modexp.device import resolve_device
 
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     dev = torch.device(resolve_device(device))

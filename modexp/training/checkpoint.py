@@ -20,7 +20,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from modexp.runs.metrics import read_json, write_json_atomic
+from modexp.files import read_json, write_json_atomic
 
 CKPT_FILE, PREV_FILE, MANIFEST_FILE = "ckpt.pt", "ckpt.prev.pt", "ckpt.sha256.json"
 

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import torch
 
 from modexp.models.decode import generate
 from modexp.models.routing_check import RoutingCheck, check_routing
-from modexp.spec import SpecError
+from modexp import variants
+from modexp.spec import ExperimentSpec, ModelConfig, SpecError
+from modexp.variants import BASELINE, TREATMENT, VariantConfig
+
+if TYPE_CHECKING:  # annotations only
+    from modexp.models.model import Transformer
 
 
 @dataclass
@@ -38,9 +44,9 @@ class SampleResult:
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model in eval mode, run.json, checkpoint step) from a run folder; SpecError if unusable."""
     from modexp.models.build import build_model
-    from modexp.runs.checkpoint import CKPT_FILE, CheckpointError, has_checkpoint, load_for_reading
     from modexp.runs.metrics import RUN_FILE, read_json
     from modexp.spec import parse_spec
+    from modexp.training.checkpoint import CKPT_FILE, CheckpointError, has_checkpoint, load_for_reading
 
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).is_file():
@@ -163,7 +169,7 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = No
     max_new_tokens None: up to the trained seq_len (prompt included). Past it, RoPE positions
     and routing decisions were never trained: generation goes on, with a warning.
     """
-    from modexp.runs.device import resolve_device
+    from modexp.device import resolve_device
 
     device = resolve_device(device)
     bad = check_sampling(max_new_tokens, temperature, top_k, seed)
@@ -171,7 +177,7 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int | None = No
         raise SpecError("modexp sample", bad)
     model, run, step = load_run(run_dir, device)
     spec, plan = run["spec"], run["plan"]
-    if plan["kind"] == "mod" and spec["variants"][plan["variant"]]["causal"] == "none":
+    if spec["variants"][plan["variant"]].get("causal") == "none":
         raise SpecError(str(run_dir), ["this MoD variant has causal: none, so it cannot route "
                                        "token by token; sampling needs aux_loss or predictor"])
     from modexp.data.codec import run_codec
@@ -218,22 +224,33 @@ def print_sample(res: SampleResult, console) -> None:
 
 
 # ---------------------------------------------------------------- both kinds of one size (bench)
+SIDES = {"vanilla": BASELINE, "mod": TREATMENT}
+"""A pair's two sides and the role (modexp/variants) each is taken from."""
+
+
 @dataclass
 class Pair:
-    """The vanilla and MoD models of one size, and where their weights come from."""
+    """The baseline and treatment models of one size (sides "vanilla" and "mod"), and where
+    their weights come from."""
 
-    spec: object  # ExperimentSpec
-    model_cfg: object  # ModelConfig
-    variants: dict  # "vanilla" / "mod" -> variant config
-    nets: dict  # "vanilla" / "mod" -> Transformer
-    weights: dict  # "vanilla" / "mod" -> "checkpoint <run_id> (step n)" | "fresh init"
+    spec: ExperimentSpec
+    model_cfg: ModelConfig
+    variants: dict[str, VariantConfig]  # side -> variant config
+    nets: dict[str, Transformer]  # side -> model
+    weights: dict[str, str]  # side -> "checkpoint <run_id> (step n)" | "fresh init"
 
 
-def _variant_name(spec, kind: str) -> str:
-    """The first variant of a kind (vanilla or mod)."""
-    names = [n for n, v in spec.variants.items() if v.kind == kind]
+def _side(entry_name: str | None, kind: str, router: str | None) -> str:
+    """The pair side a run's variant takes: its entry's role's."""
+    role = variants.of_run({"entry": entry_name, "kind": kind, "router": router}).role
+    return "vanilla" if role == BASELINE else "mod"
+
+
+def _variant_name(spec, side: str) -> str:
+    """The spec's first variant whose registry entry has the side's role."""
+    names = [n for n, v in spec.variants.items() if variants.entry_of(v).role == SIDES[side]]
     if not names:
-        raise SpecError(spec.name, [f"variants: no {kind} variant to benchmark against"])
+        raise SpecError(spec.name, [f"variants: no {side} variant to benchmark against"])
     return names[0]
 
 
@@ -266,7 +283,8 @@ def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
         run = read_json(target / RUN_FILE)
         spec, p = parse_spec(run["spec"], str(target / RUN_FILE)), run["plan"]
         runs = _runs(target.parent, p["budget"], p["seed"])
-        return _pair(spec, _largest(spec, p["model"]), runs, {p["kind"]: p["variant"]}, device)
+        side = _side(p.get("entry"), p["kind"], p.get("router"))
+        return _pair(spec, _largest(spec, p["model"]), runs, {side: p["variant"]}, device)
     if (target / PLAN_FILE).is_file():  # a results folder: its largest trained budget
         planned = read_json(target / PLAN_FILE)
         spec = parse_spec(planned["spec"], str(target / PLAN_FILE))
@@ -295,12 +313,12 @@ def _runs(exp_dir: Path, budget: float, seed: int) -> dict[tuple[str, str], Path
 def _pair(spec, size, runs: dict, names: dict, device: str) -> Pair:
     """Both models: from the runs' checkpoints where they exist, else freshly initialised.
 
-    names: kind -> variant name (default: the spec's first of each kind).
+    names: side -> variant name (default: the spec's first of each side's role).
     """
     from modexp.models.build import build_model
 
     names = {k: names.get(k) or _variant_name(spec, k) for k in ("vanilla", "mod")}
-    variants = {k: spec.variants[n] for k, n in names.items()}
+    configs = {k: spec.variants[n] for k, n in names.items()}
     nets, weights = {}, {}
     for kind in ("vanilla", "mod"):
         run_dir = runs.get((size.name, names[kind]))
@@ -309,7 +327,7 @@ def _pair(spec, size, runs: dict, names: dict, device: str) -> Pair:
             weights[kind] = f"checkpoint {run['plan']['run_id']} (step {step})"
         else:
             torch.manual_seed(0)
-            nets[kind] = build_model(size, variants[kind], spec.data.vocab,
+            nets[kind] = build_model(size, configs[kind], spec.data.vocab,
                                      seq_len=spec.data.seq_len, device=device).eval()
             weights[kind] = "fresh init"
-    return Pair(spec, size, variants, nets, weights)
+    return Pair(spec, size, configs, nets, weights)
