@@ -91,7 +91,9 @@ def _unwrap(tp) -> list:
 def key_problem(steps: list[str]) -> str | None:
     """Walk spec-key steps ("train", "lr"; "models", "[]", "d_model") through ExperimentSpec;
     None if the path exists, else why not."""
+    from modexp import variants
     from modexp.spec import ExperimentSpec
+    from modexp.spec.config import AnyVariant
 
     current, walked = [ExperimentSpec], ""
     for step in steps:
@@ -105,6 +107,8 @@ def key_problem(steps: list[str]) -> str | None:
                 nxt += _unwrap(args[0])
             elif origin is dict:  # any key: a variant name, <name>, a family list's variant
                 nxt += _unwrap(args[1])
+            elif tp is AnyVariant:  # a variants entry: the config class of any registered kind
+                nxt += [variants.config_class(k) for k in variants.kinds()]
         if not nxt:
             fields = sorted({f for tp in current if isinstance(tp, type) and issubclass(tp, BaseModel)
                              for f in tp.model_fields})
