@@ -7,7 +7,8 @@ model (Raposo et al. 2024, sec. 3.5; modexp/models/decision.py).
 Two estimates of one quantity, the (1 - k/T) quantile of a layer's decision logits on
 training tokens:
 - during training (`fold_thresholds`), free: each training batch's quantile (the forward pass
-  returns it, ForwardOutput.quantiles) enters a running mean over the last WINDOW steps, so
+  returns it, ForwardOutput.quantiles) enters a running average (the plain mean of the first
+  WINDOW steps, then an exponential moving average of weight 1/WINDOW), so
   every evaluation and checkpoint has a current threshold. It lags a predictor that is still
   learning, and a mean of per-batch quantiles is not the quantile of the pooled tokens;
 - at the run's last evaluation (`calibrate_thresholds`, called by the trainer), exact: causal
@@ -90,8 +91,8 @@ def fold_thresholds(model, quantiles: list[Tensor],
     quantiles: ForwardOutput.quantiles of each micro-batch of the step, (R,) each in the
     order of model.tracked(). Their mean over the micro-batches (and over DDP ranks through
     `all_reduce`, a callable averaging a tensor over them, so every rank keeps the same
-    threshold) enters a running mean of the last WINDOW steps: 1/n for the n-th step while
-    n <= WINDOW, then 1/WINDOW.
+    threshold) enters a running average with weight 1/n for the n-th step while n <= WINDOW
+    (the plain mean so far), then 1/WINDOW (an exponential moving average).
     """
     decisions = model.tracked()
     if not decisions or not quantiles:
