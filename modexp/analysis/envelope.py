@@ -129,14 +129,20 @@ def min_draws(draws: list[Draws | None]) -> Draws | None:
                  np.where(finite, loss[pick, cols], np.nan), "envelope")
 
 
+def params_span(members: list[dict]) -> tuple[float, float]:
+    """The log10(params) range the members' grids measured (envelope's `span`), empty when
+    none measured any size."""
+    lo = [m["params_min"] for m in members if np.isfinite(m["params_min"])]
+    hi = [m["params_max"] for m in members if np.isfinite(m["params_max"])]
+    return (math.log10(min(lo)), math.log10(max(hi))) if lo and hi else (math.inf, -math.inf)
+
+
 def envelopes(fits: pd.DataFrame) -> pd.DataFrame:
     """One envelope row per (budget, variant, metric) of the family fits (isoflop.fit_isoflop)."""
     rows = []
     for (budget, variant, metric), g in fits.groupby(["budget", "variant", "metric"], sort=False):
         recs = [dict(r, name=r["family"]) for r in g.to_dict("records")]
-        span = (math.log10(g["params_min"].min()), math.log10(g["params_max"].max())) \
-            if g["params_min"].notna().any() else (math.inf, -math.inf)
-        env = envelope(recs, span)
+        env = envelope(recs, params_span(recs))
         rows.append({"budget": budget, "variant": variant, "metric": metric,
                      **{k: env[k] for k in env if k != "best"}, "best_family": env["best"],
                      "flag": env["reason"] or "", "params_min": g["params_min"].min(),

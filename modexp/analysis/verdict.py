@@ -22,7 +22,7 @@ import pandas as pd
 
 from modexp.analysis.bootstrap import LEVEL, N_BOOT, basic_interval, bootstrap_paired, fit_rng
 from modexp.analysis.diagnostics import ALPHA
-from modexp.analysis.envelope import NO_VERDICT, envelope, min_draws
+from modexp.analysis.envelope import NO_VERDICT, envelope, min_draws, params_span
 from modexp.analysis.equal_size import equal_size
 from modexp.analysis.frontier import frontier
 from modexp.analysis.gain import gain_at
@@ -243,10 +243,7 @@ def _vs_same_families(control: dict, treatment: dict) -> dict | None:
     if not isinstance(fams, dict) or not isinstance(t_fams, dict) or not set(fams) < set(t_fams):
         return None
     members = [t_fams[f] for f in fams]
-    span = (min(m["params_min"] for m in members), max(m["params_max"] for m in members))
-    span = (math.log10(span[0]), math.log10(span[1])) if all(map(np.isfinite, span)) \
-        else (math.inf, -math.inf)
-    restricted = envelope(members, span) | {"name": treatment["variant"],
+    restricted = envelope(members, params_span(members)) | {"name": treatment["variant"],
                                             "variant": treatment["variant"]}
     got = _vs(control, restricted)
     return None if got is None else got | {"families": sorted(fams)}

@@ -354,9 +354,9 @@ def _cross_problems(spec: ExperimentSpec) -> list[str]:
 def _variant_family_problems(spec: ExperimentSpec, i: int, b) -> list[str]:
     """budgets[i].variant_families must name variants trained at the budget and families
     among its models, and leave each named variant at least one family."""
-    only = getattr(b, "variant_families", None) or {}
     if not isinstance(b, BudgetGrid):
         return []
+    only = b.variant_families or {}
     trained = spec.variants_at(i)
     by_name = {m.name: m for m in spec.models}
     families = sorted({by_name[n].family_name for n in b.models if n in by_name})
