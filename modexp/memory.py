@@ -24,7 +24,23 @@ RoPE's paired path with its permuted weight copy); "bfloat16" is CUDA under bf16
 (float32 residual stream and loss, bf16 matmul outputs, flash attention keeping its
 log-sum-exp instead of the probabilities); derived, not measured on a GPU.
 
-Another estimator part (activation checkpointing, FSDP shards) is one more named field.
+Two settings of the spec change the sum (`training_memory(..., activation_checkpointing,
+shards)`), each named in `summary()`:
+
+- activation checkpointing (train.activation_checkpointing: every layer of model.blocks under
+  torch.utils.checkpoint, non-reentrant, router, gate and predictor inside their block):
+  `activations` keeps each layer's saved input x (B, T, d) float32 and the final norm's
+  tensors; `recompute` is the largest layer's internals, rebuilt in backward one layer at a
+  time (the same `_layer` bytes the layer saves without checkpointing), times
+  RECOMPUTE_BACKWARD for the gradient buffers its backward allocates beside them. The recompute
+  runs after the head's backward has freed the loss's tensors, so `total` counts the larger
+  of `loss` and `recompute`, not both; the bf16 weight copies stay whole (autocast caches
+  every layer's copy until the forward ends, when the loss's tensors are alive);
+- shards = N (train.parallel: fsdp over N processes, FSDP2 fully_shard per block plus the
+  root): params, grads, AdamW state and bf16 weight copies are each split N ways (ceil), and
+  `gathered` holds what is unsharded at once, float32: the root's own parameters (embedding,
+  head, final norm: gathered for the whole step) plus 3x the largest layer's (the one running,
+  the next one prefetched, and its unsharded gradient before the reduce-scatter).
 `generation_memory` estimates sampling; `device_available_bytes` reads what a machine has free;
 `fit_problems` is the check `modexp run` makes with them before it writes anything.
 """
@@ -43,6 +59,10 @@ DTYPES = {"float32": 4, "bfloat16": 2}
 # this module stays torch-free (tests/test_memory.py checks they agree)
 MATMUL_MAX_T, MATMUL_MAX_HEAD, MATMUL_MAX_SCORES, MATMUL_ONE_BLOCK_T = 128, 64, 2 ** 23, 64
 INT64 = 8
+RECOMPUTE_BACKWARD = 1.5
+"""A checkpointed layer's backward: its rebuilt tensors plus the gradient buffers of the ones
+being differentiated, at most half as much again (tests/test_memory.py measures 1.0-1.26x of
+the rebuilt bytes beyond the rest of the step, float32 and bf16 autocast, both attention paths)."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +77,17 @@ class MemoryEstimate:
     loss: int
     dtype: str
     micro_batch: int
+    recompute: int = 0  # activation checkpointing: the largest layer's internals, rebuilt in backward
+    gathered: int = 0  # FSDP: parameters (and a gradient) unsharded at once
+    shards: int = 1  # processes params, grads and AdamW state are split over (1: not sharded)
 
     @property
     def total(self) -> int:
-        """Every part at once: an upper bound of the step's peak."""
+        """Every part at once, an upper bound of the step's peak, except that the loss's
+        tensors (freed once the head's backward has run) and the recompute (in the layers'
+        backward, after it) never coexist: the larger of the two counts."""
         return (self.params + self.grads + self.optimizer + self.weight_copies
-                + self.activations + self.loss)
+                + self.activations + max(self.loss, self.recompute) + self.gathered)
 
     def to_dict(self) -> dict:
         """Plain data for JSON (`modexp plan --json`), total included."""
@@ -72,9 +97,15 @@ class MemoryEstimate:
         """'2.1 GiB (params 410 MiB, grads 410 MiB, AdamW 820 MiB, ...; float32, micro-batch 8)'."""
         parts = [("params", self.params), ("grads", self.grads), ("AdamW", self.optimizer),
                  ("bf16 weight copies", self.weight_copies), ("activations", self.activations),
+                 ("recompute", self.recompute), ("gathered", self.gathered),
                  ("logits and loss", self.loss)]
         inner = ", ".join(f"{name} {size(n)}" for name, n in parts if n)
-        return f"{size(self.total)} ({inner}; {self.dtype}, micro-batch {self.micro_batch})"
+        setting = [self.dtype, f"micro-batch {self.micro_batch}"]
+        if self.recompute:
+            setting.append("activation checkpointing")
+        if self.shards > 1:
+            setting.append(f"fsdp over {self.shards}")
+        return f"{size(self.total)} ({inner}; {', '.join(setting)})"
 
 
 def size(n: float) -> str:
@@ -138,21 +169,36 @@ def _layer(arch: F.Arch, layer: int, batch: int, seq_len: int, dtype: str) -> in
     return _block(arch, batch, k, dtype) + routing + gate + predictor
 
 
-def training_memory(arch: F.Arch, seq_len: int, micro_batch: int,
-                    dtype: str = "float32") -> MemoryEstimate:
-    """Bytes of one training step of `micro_batch` sequences of `seq_len` tokens (see above)."""
+def training_memory(arch: F.Arch, seq_len: int, micro_batch: int, dtype: str = "float32",
+                    activation_checkpointing: bool = False, shards: int = 1) -> MemoryEstimate:
+    """Bytes of one training step of `micro_batch` sequences of `seq_len` tokens (see above);
+    `shards` > 1: FSDP over that many processes (the bytes of one of them)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
     P = F.param_counts(arch)["total"]
     n = micro_batch * seq_len
-    layers = sum(_layer(arch, i, micro_batch, seq_len, dtype) for i in range(arch.n_layers))
+    per_layer = [_layer(arch, i, micro_batch, seq_len, dtype) for i in range(arch.n_layers)]
+    if activation_checkpointing:  # each layer keeps its input; one layer's internals at a time
+        layers = arch.n_layers * n * arch.d_model * 4
+        recompute = math.ceil(RECOMPUTE_BACKWARD * max(per_layer))
+    else:
+        layers, recompute = sum(per_layer), 0
     ends = 2 * n * arch.d_model * 4 + n * 4 + 2 * n * INT64  # final norm in/out, ids, targets
     w = DTYPES[dtype]
     loss = n * arch.vocab * (4 + w + (4 if w < 4 else 0) + 2 * 4)
-    return MemoryEstimate(params=4 * P, grads=4 * P, optimizer=8 * P,
-                          weight_copies=2 * P if dtype == "bfloat16" else 0,
+    split = lambda b: -(-b // shards)  # noqa: E731  (ceil: FSDP pads the last shard)
+    gathered = 0
+    if shards > 1:
+        layer_params = F.block_params(arch) + (F.router_params(arch) if arch.n_routed else 0)
+        root = P - arch.n_layers * F.block_params(arch) - arch.n_routed * F.router_params(arch)
+        gathered = 4 * root + 3 * 4 * layer_params
+    return MemoryEstimate(params=split(4 * P), grads=split(4 * P), optimizer=split(8 * P),
+                          weight_copies=split(2 * P) if dtype == "bfloat16" else 0,
                           activations=layers + ends, loss=loss, dtype=dtype,
-                          micro_batch=micro_batch)
+                          micro_batch=micro_batch, recompute=recompute, gathered=gathered,
+                          shards=shards)
 
 
 # ---------------------------------------------------------------- sampling

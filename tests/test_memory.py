@@ -159,3 +159,63 @@ def test_cuda_available_reads_mem_get_info_without_a_gpu(monkeypatch):
     assert M.device_available_bytes("cuda:1") == 5 * 2 ** 30 and seen == ["cuda:1"]
     monkeypatch.setattr(M, "cpu_available_bytes", lambda: 123)
     assert M.device_available_bytes("cpu") == 123
+
+
+CHECKPOINTED = {  # deeper than SHAPES: checkpointing keeps one layer's internals of many
+    "deep": (64, 6, 4, 256, 8, 64, "gelu"),
+    "two query blocks": (48, 4, 4, 256, 16, 100, "gelu"),
+    "SDPA, swiglu": (128, 4, 2, 512, 4, 256, "swiglu"),
+}
+
+
+def _checkpoint_blocks(net):
+    """Each layer of net.blocks under torch.utils.checkpoint, non-reentrant (what
+    train.activation_checkpointing asks of the Trainer), router and predictor inside."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in net.blocks:
+        inner = block.forward
+        block.forward = (lambda f: lambda *a: checkpoint(f, *a, use_reentrant=False))(inner)
+    return net
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["vanilla", "mod"])
+@pytest.mark.parametrize("shape", CHECKPOINTED, ids=list(CHECKPOINTED))
+def test_checkpointed_estimate_bounds_the_measured_peak(shape, kind, dtype, monkeypatch):
+    from modexp.models import build
+
+    d, L, h, V, B, T, mlp = CHECKPOINTED[shape]
+    cfg = ModelConfig(name="m", n_layers=L, d_model=d, n_heads=h, mlp=mlp)
+    variant = (ModVariant(kind="mod", capacity=0.25, causal="predictor") if kind == "mod"
+               else VanillaVariant(kind="vanilla"))
+    real = build.build_model
+    monkeypatch.setattr(build, "build_model", lambda *a, **k: _checkpoint_blocks(real(*a, **k)))
+    arch = F.arch_from_config(cfg, variant, V)
+    est = M.training_memory(arch, T, B, dtype, activation_checkpointing=True)
+    peak = _measured_peak(cfg, variant, V, B, T, dtype == "bfloat16")
+    lo, hi = TOLERANCE
+    assert lo * peak <= est.total <= hi * peak, (est, peak)
+    plain = M.training_memory(arch, T, B, dtype)
+    assert est.recompute > 0 and est.activations + est.recompute < plain.activations
+    assert "activation checkpointing" in est.summary()
+
+
+def test_sharded_estimate_splits_the_state_and_gathers_one_layer_ahead():
+    arch = F.Arch(n_layers=4, d_model=64, n_heads=4, d_ff=256, vocab=512, capacities=(None, 0.25) * 2,
+                  predictor_hidden=16)
+    one = M.training_memory(arch, 64, 2, "bfloat16")
+    eight = M.training_memory(arch, 64, 2, "bfloat16", shards=8)
+    P = F.param_counts(arch)["total"]
+    assert (one.gathered, one.shards) == (0, 1)
+    assert (eight.params, eight.grads, eight.optimizer, eight.weight_copies) == (
+        -(-4 * P // 8), -(-4 * P // 8), P, -(-2 * P // 8))  # ceil: the last shard is padded
+    assert (eight.activations, eight.loss) == (one.activations, one.loss)  # per process, unsharded
+    layer = F.block_params(arch) + F.router_params(arch)
+    root = 2 * 512 * 64 + 64  # token table, untied head, final norm
+    assert eight.gathered == 4 * root + 3 * 4 * layer
+    assert eight.total < one.total and "fsdp over 8" in eight.summary()
+    both = M.training_memory(arch, 64, 2, "bfloat16", activation_checkpointing=True, shards=8)
+    assert both.gathered == eight.gathered and both.activations < eight.activations
+    with pytest.raises(ValueError, match="shards"):
+        M.training_memory(arch, 64, 2, shards=0)
