@@ -160,13 +160,25 @@ def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
                                          "(YAML: --set overrides and defaults applied) and exit."),
          results: Path = typer.Option(Path("results"), help="Results root: finished runs of this "
                                       "spec there refine the optimum estimate."),
+         device_memory: str = typer.Option(None, "--device-memory", help="Memory of each GPU the "
+                                           "runs will train on (80GB, 24GiB): estimate in bf16 "
+                                           "and warn for each run that will not fit."),
+         processes: int = typer.Option(1, "--processes", min=1, help="Processes (GPUs) the runs "
+                                       "will train on: the per-process batch, and the shards "
+                                       "under train.parallel: fsdp."),
          overrides: list[str] = typer.Option(None, "--set", help=SET_HELP)) -> None:
     """Budgets, FLOPs per step and FLOP-matched step counts of every run (no training)."""
     from modexp.analysis.tables import print_plan
     from modexp.grid import plan_file, suggest_grid_file
+    from modexp.memory import parse_size
+    from modexp.plan import Target
     from modexp.spec.load import resolved_spec_yaml
 
     try:
+        device_bytes = None if device_memory is None else parse_size(device_memory)
+        if device_memory is not None and device_bytes is None:
+            raise SpecError("--device-memory", [f"--device-memory: expected a size such as 80GB, "
+                                                f"141GB or 24GiB, got {device_memory!r}"])
         if print_spec:
             sys.stdout.write(resolved_spec_yaml(spec, overrides or ()))
             return
@@ -176,7 +188,7 @@ def plan(spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
                                           "give --set without --suggest-grid"])
             sys.stdout.write(suggest_grid_file(spec, results))
             return
-        _, p = plan_file(spec, results, overrides or ())
+        _, p = plan_file(spec, results, overrides or (), Target(device_bytes, processes))
     except SpecError as e:
         _fail(e)
     if as_json:

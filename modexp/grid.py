@@ -32,7 +32,7 @@ import yaml
 
 from modexp import flops as F
 from modexp.naming import budget_tag
-from modexp.plan import STEP_LIMIT, Plan, build_plan, routes_no_layer
+from modexp.plan import STEP_LIMIT, Plan, Target, build_plan, routes_no_layer
 from modexp.plan import plan_file as plan_spec_file
 from modexp.spec import ExperimentSpec, ModelConfig, SpecError, VanillaVariant, parse_spec, spec_to_dict
 
@@ -216,11 +216,12 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(float, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", budget_tag(v)))
 
 
-def plan_file(path, results: Path | None = None, overrides=()) -> tuple[ExperimentSpec, Plan]:
+def plan_file(path, results: Path | None = None, overrides=(),
+              target: Target = Target()) -> tuple[ExperimentSpec, Plan]:
     """Load, validate and plan a spec file with its `--set` overrides (what `modexp plan`
-    calls); with a results root, warn per budget and family where the grid does not bracket
-    the estimated optimum."""
-    spec, plan = plan_spec_file(path, overrides)
+    calls), its memory estimates for `target`; with a results root, warn per budget and family
+    where the grid does not bracket the estimated optimum."""
+    spec, plan = plan_spec_file(path, overrides, target)
     if results is not None:
         plan.warnings += bracket_warnings(spec, Path(results) / spec.name)
     return spec, plan

@@ -269,6 +269,79 @@ def largest_fitting(fits, low: int, high: int) -> int:
     return low
 
 
+def divisors(n: int) -> list[int]:
+    """The divisors of n, largest first (the micro-batch sizes that split a batch of n)."""
+    return [m for m in range(n, 0, -1) if n % m == 0]
+
+
+def micro_batch_by_estimate(arch: F.Arch, seq_len: int, per_process: int, free: int,
+                            dtype: str = "float32", activation_checkpointing: bool = False,
+                            shards: int = 1, processes: int = 1) -> int:
+    """The largest divisor of `per_process` whose training_memory, times the `processes`
+    sharing the memory, is at most `free` bytes; 0 if not even one sequence fits."""
+    for m in divisors(per_process):
+        est = training_memory(arch, seq_len, m, dtype, activation_checkpointing, shards)
+        if est.total * processes <= free:
+            return m
+    return 0
+
+
+def halving_search(per_process: int, start: int, fits) -> int:
+    """The first micro-batch size that `fits(n) -> bool` accepts, trying `start` (a divisor of
+    `per_process`), then the largest divisor at most half the last one tried (a trial that runs
+    out of memory at n is retried at about n/2); 0 if even 1 does not fit."""
+    n = start
+    while n >= 1:
+        if fits(n):
+            return n
+        n = next((m for m in divisors(per_process) if m <= n // 2), 0)
+    return 0
+
+
+UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+         "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_size(text: str) -> int | None:
+    """'80GB' -> 80e9, '24GiB' -> 24 * 2**30, '1.5TB'; None for anything else (no unit, zero)."""
+    t = text.strip().lower().replace(" ", "")
+    unit = next((u for u in sorted(UNITS, key=len, reverse=True) if t.endswith(u)), None)
+    if unit is None:
+        return None
+    try:
+        x = float(t[:-len(unit)])
+    except ValueError:
+        return None
+    return int(x * UNITS[unit]) if math.isfinite(x) and x > 0 else None
+
+
+def fit_advice(arch: F.Arch, seq_len: int, per_process: int, micro: int, dtype: str,
+               activation_checkpointing: bool, parallel: str, processes: int, free: int) -> list[str]:
+    """What would make a step that does not fit in `free` bytes fit: each change on its own
+    (a smaller micro_batch_size, activation checkpointing, fsdp over these processes, fsdp
+    over more processes of this memory), or nothing it names fits."""
+    def fits(m=micro, ckpt=activation_checkpointing, shards=processes if parallel == "fsdp" else 1):
+        return training_memory(arch, seq_len, m, dtype, ckpt, shards).total <= free
+
+    out = []
+    smaller = micro_batch_by_estimate(arch, seq_len, per_process, free, dtype,
+                                      activation_checkpointing,
+                                      processes if parallel == "fsdp" else 1)
+    if 0 < smaller < micro:
+        out.append(f"micro_batch_size {smaller}")
+    if not activation_checkpointing and fits(ckpt=True):
+        out.append("train.activation_checkpointing: true")
+    if parallel != "fsdp" and processes > 1 and fits(shards=processes):
+        out.append(f"train.parallel: fsdp over the {processes} processes")
+    batch = per_process * processes
+    more = next((n for n in (2 ** k for k in range(1, 11))
+                 if n > processes and batch % n == 0 and fits(min(micro, batch // n), shards=n)), None)
+    if more and (parallel == "fsdp" or not out):
+        out.append(f"train.parallel: fsdp over {more} processes (--processes {more})")
+    return out or ["a smaller model or micro-batch with activation checkpointing and fsdp "
+                   "together, or a device with more memory"]
+
+
 # ---------------------------------------------------------------- what the machine has
 MEMINFO = Path("/proc/meminfo")
 CGROUP = Path("/sys/fs/cgroup")

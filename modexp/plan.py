@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from modexp import flops as F
 from modexp import variants
 from modexp.data.facts import resolved_spec
-from modexp.memory import training_memory
+from modexp.memory import fit_advice, micro_batch_by_estimate, size, training_memory
 from modexp.naming import run_id
 from modexp.spec import ExperimentSpec, SpecError, load_spec
 
@@ -58,12 +58,31 @@ class RunPlan:
     entry: str | None = None  # the variant's registry entry (modexp/variants): its role, its metric
     family: str | None = None  # shape family the analysis fits it in (ModelConfig.family_name)
     n_layers: int | None = None  # the model's depth (the analysis needs no spec to group runs)
-    memory: dict | None = None  # memory.training_memory's parts in bytes: one process, float32
-    micro_batch_size: int | None = None  # sequences per forward pass (the model's, else train's)
+    # memory.training_memory's parts in bytes, for one process at the run's micro-batch, with
+    # train.activation_checkpointing and train.parallel (fsdp: shards over the processes):
+    # float32 (the CPU), or bfloat16 (CUDA) when planned for a device (`plan --device-memory`)
+    memory: dict | None = None
+    micro_batch_size: int | str | None = None  # per forward pass (the model's, else train's); "auto"
+    micro_batch_auto: int | None = None  # auto's choice: by the estimate for --device-memory in
+    # a plan; in run.json, what the run trains with (modexp/runs/runner.py)
 
     def to_dict(self) -> dict:
         """Plain data for JSON."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a plan's memory estimates are for: one process on the CPU (float32, the default),
+    or `processes` processes on devices of `device_bytes` each (bfloat16 autocast: CUDA)."""
+
+    device_bytes: int | None = None
+    processes: int = 1
+
+    @property
+    def dtype(self) -> str:
+        """The Trainer's precision there: bf16 autocast on a GPU, float32 on the CPU."""
+        return "float32" if self.device_bytes is None else "bfloat16"
 
 
 @dataclass
@@ -81,7 +100,25 @@ def eval_steps(steps: int, points: int) -> list[int]:
     return sorted({max(1, round(k * steps / points)) for k in range(1, points + 1)})
 
 
-def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) -> RunPlan:
+def _memory(spec: ExperimentSpec, model, arch, target: Target) -> tuple[dict, int | None]:
+    """(the training_memory of one of the target's processes at this size's micro-batch, auto's
+    choice by the estimate or None). `auto` is estimated at its choice for a device, else at
+    the whole per-process batch (the most auto may take)."""
+    per = spec.batch_size(model) // target.processes
+    mb, train = spec.micro_batch_size(model), spec.train
+    shards = target.processes if train.parallel == "fsdp" else 1
+    chosen = None
+    if mb == "auto" and target.device_bytes is not None:
+        chosen = micro_batch_by_estimate(arch, spec.data.seq_len, per, target.device_bytes,
+                                         target.dtype, train.activation_checkpointing, shards) or None
+    micro = chosen or min(per if mb in (None, "auto") else mb, per)
+    est = training_memory(arch, spec.data.seq_len, micro, target.dtype,
+                          train.activation_checkpointing, shards)
+    return est.to_dict(), chosen
+
+
+def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int,
+           target: Target = Target()) -> RunPlan:
     variant, T, B = spec.variants[vname], spec.data.seq_len, spec.batch_size(model)
     arch = F.arch_from_config(model, variant, spec.data.vocab)
     conv = spec.flops.convention
@@ -89,6 +126,7 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
     steps = round(budget / per_step)
     total = steps * per_step
     counts = F.param_counts(arch)
+    memory, auto = _memory(spec, model, arch, target)
     return RunPlan(
         run_id=run_id(budget, model.name, vname, seed), experiment=spec.name, budget=budget,
         model=model.name, variant=vname, kind=variant.kind, seed=seed, convention=conv,
@@ -103,8 +141,7 @@ def _entry(spec: ExperimentSpec, budget: float, model, vname: str, seed: int) ->
         router=getattr(variant, "router", None), family=model.family_name,
         draws=variant.draws(), entry=variants.entry_of(variant).name,
         n_layers=model.n_layers,
-        memory=training_memory(arch, T, min(spec.micro_batch_size(model) or B, B)).to_dict(),
-        micro_batch_size=spec.micro_batch_size(model))
+        memory=memory, micro_batch_size=spec.micro_batch_size(model), micro_batch_auto=auto)
 
 
 def _with_ratios(runs: list[RunPlan]) -> list[RunPlan]:
@@ -124,11 +161,17 @@ def routes_no_layer(spec: ExperimentSpec, model, vname: str) -> bool:
             and all(c is None for c in v.capacities(model.n_layers)))
 
 
-def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int | None = None) -> Plan:
+def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int | None = None,
+               target: Target = Target()) -> Plan:
     """Plan every run; raise SpecError for a budget below one step or past STEP_LIMIT steps,
     or for a variant left with no run. A MoD variant is not planned on a model it routes no
-    layer of (one warning line per variant, naming the models). `train_tokens` sets epochs."""
+    layer of (one warning line per variant, naming the models). `train_tokens` sets epochs.
+    `target`: where the memory estimates are for; with a device size, one warning per run
+    whose step will not fit it, naming what would."""
     runs, problems, skipped = [], [], {}
+    problems += _process_problems(spec, target)
+    if problems:
+        raise SpecError(source, problems)
     for i, (budget, models) in enumerate(spec.grids()):
         for model in models:
             for vname in spec.variants_at(i):
@@ -138,7 +181,7 @@ def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int |
                     skipped.setdefault((vname, model.name), model)
                     continue
                 for seed in spec.seeds:
-                    r = _entry(spec, budget, model, vname, seed)
+                    r = _entry(spec, budget, model, vname, seed, target)
                     if r.steps < 1 or budget < r.flops_per_step:
                         problems.append(
                             f"budgets[{i}]: {budget:g} FLOPs is less than one training step of "
@@ -167,10 +210,49 @@ def build_plan(spec: ExperimentSpec, source: str = "<spec>", train_tokens: int |
         if v in planned:
             warnings.append(f"variant {v} is not planned on model(s) {', '.join(m.name for m in models)}: "
                             "its routing pattern routes none of their layers (each would be a vanilla model)")
+    warnings += _fit_warnings(spec, runs, target)
     plan = Plan(_with_ratios(runs), warnings)
     if train_tokens:
         plan = _with_epochs(plan, train_tokens)
     return plan
+
+
+def _process_problems(spec: ExperimentSpec, target: Target) -> list[str]:
+    """--processes must split every size's batch, and leave each fixed micro-batch a divisor
+    of the per-process batch."""
+    n, out = target.processes, []
+    for m in spec.models:
+        B, mb = spec.batch_size(m), spec.micro_batch_size(m)
+        if B % n:
+            out.append(f"--processes: {n} processes do not split model {m.name}'s batch_size "
+                       f"{B}; allowed: a divisor of {B}")
+        elif isinstance(mb, int) and (B // n) % min(mb, B // n):
+            out.append(f"--processes: {n} processes leave model {m.name} {B // n} sequences "
+                       f"each, which micro_batch_size {mb} does not divide")
+    return list(dict.fromkeys(out))
+
+
+def _fit_warnings(spec: ExperimentSpec, runs: list[RunPlan], target: Target) -> list[str]:
+    """One line per run whose estimated step exceeds the target device's memory: its
+    estimate and what would make it fit (memory.fit_advice)."""
+    if target.device_bytes is None:
+        return []
+    models, out, train = {m.name: m for m in spec.models}, [], spec.train
+    for r in runs:
+        total = r.memory["total"]
+        if total <= target.device_bytes:
+            continue
+        arch = F.arch_from_config(models[r.model], spec.variants[r.variant], r.vocab)
+        per = r.batch_size // target.processes
+        advice = fit_advice(arch, r.seq_len, per, r.memory["micro_batch"], target.dtype,
+                            train.activation_checkpointing, train.parallel, target.processes,
+                            target.device_bytes)
+        est = training_memory(arch, r.seq_len, r.memory["micro_batch"], target.dtype,
+                              train.activation_checkpointing, r.memory["shards"])
+        out.append(f"{r.run_id}: will not fit a device of {size(target.device_bytes)} "
+                   f"(--device-memory): a training step needs about {est.summary()} per "
+                   "process; would fit with: " + "; or ".join(advice))
+    return out
 
 
 def _with_epochs(plan: Plan, train_tokens: int) -> Plan:
@@ -181,19 +263,20 @@ def _with_epochs(plan: Plan, train_tokens: int) -> Plan:
     return Plan(runs, plan.warnings + warnings, plan.notes)
 
 
-def plan_spec(spec: ExperimentSpec, source: str = "<spec>") -> Plan:
+def plan_spec(spec: ExperimentSpec, source: str = "<spec>", target: Target = Target()) -> Plan:
     """Plan a spec with its data source's vocabulary and training tokens (epochs); see
     plan_resolved."""
-    return plan_resolved(spec, source)[1]
+    return plan_resolved(spec, source, target)[1]
 
 
-def plan_resolved(spec: ExperimentSpec, source: str = "<spec>") -> tuple[ExperimentSpec, Plan]:
+def plan_resolved(spec: ExperimentSpec, source: str = "<spec>",
+                  target: Target = Target()) -> tuple[ExperimentSpec, Plan]:
     """The spec as planned (a prepared folder's vocabulary filled in) and its plan. A missing
     data source is an error naming data.source unless the spec gives vocab_size: then planning
     is accounting done before the data exists (a cluster's corpus, say), with one warning;
     `modexp run` refuses it."""
     spec, facts = resolved_spec(spec, source)
-    plan = build_plan(spec, source, train_tokens=facts.train_tokens)
+    plan = build_plan(spec, source, train_tokens=facts.train_tokens, target=target)
     plan.notes.append(facts.note())
     if facts.missing:
         plan.warnings.append(f"data.source: {facts.missing}: planned without the data (vocab_size "
@@ -202,8 +285,8 @@ def plan_resolved(spec: ExperimentSpec, source: str = "<spec>") -> tuple[Experim
     return spec, plan
 
 
-def plan_file(path, overrides=()) -> tuple[ExperimentSpec, Plan]:
+def plan_file(path, overrides=(), target: Target = Target()) -> tuple[ExperimentSpec, Plan]:
     """Load, validate and plan a spec file with its `--set` overrides and its data source
     (`modexp plan` adds the bracket warnings of modexp/grid.py, which sits above the planner
     and plans candidate sizes with it)."""
-    return plan_resolved(load_spec(path, overrides), str(path))
+    return plan_resolved(load_spec(path, overrides), str(path), target)

@@ -15,7 +15,8 @@ It leaves out how the run is executed or shown, which may change on resume witho
 the numbers it is meant to produce: log_every, checkpoint_every, micro_batch_size (gradient
 accumulation over the same global batch), compile, loggers (dashboards mirror metrics.jsonl),
 keep (which checkpoints stay on disk), activation_checkpointing (recompute instead of store),
-parallel (DDP or FSDP2: the same optimisation, sharded or not), the device and the process count.
+parallel (DDP or FSDP2: the same optimisation, sharded or not), prefetch (the same batches,
+made ahead on a thread), the device and the process count.
 
 No torch here: status and analysis read fingerprints from run.json without it.
 """
@@ -30,7 +31,7 @@ from modexp.data.verify import verified_hashes
 from modexp import variants
 
 EXECUTION_ONLY = ("log_every", "checkpoint_every", "micro_batch_size", "compile", "loggers", "keep",
-                  "activation_checkpointing", "parallel")
+                  "activation_checkpointing", "parallel", "prefetch")
 """train.* fields left out of the fingerprint: they change how a run executes, not its result."""
 ANALYSIS_ONLY = ("family",)
 """models[] fields left out of the fingerprint: labels the analysis groups runs by."""

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modexp.data.corpus import SourceError
@@ -26,6 +26,7 @@ from modexp.runs.failures import clear_records, describe, is_environment_error, 
 from modexp.runs.metrics import RUN_FILE, SUMMARY_FILE, MetricsWriter, read_json, write_json_atomic
 from modexp.runs.signals import StopSignals
 from modexp.spec import ExperimentSpec, SpecError, spec_to_dict
+from modexp.spec.config import AUTO
 from modexp.training.checkpoint import CKPT_FILE, clean_stale_temp, retire
 
 PLAN_FILE, LOCK_FILE = rundirs.PLAN_FILE, ".lock"
@@ -130,6 +131,11 @@ class Prepared:
     prints: dict  # run_id -> fingerprint
     aside: dict  # run folder -> why it differs (moved aside with --move-aside, else refused)
     device: str
+    # micro_batch_size auto: run id -> the estimate's choice where the sweep runs (the CPU's
+    # answer; on CUDA where trials start), and the trials' answers per (model, variant,
+    # seq_len, world), found once in this sweep process
+    auto: dict = field(default_factory=dict)
+    auto_found: dict = field(default_factory=dict)
 
 
 def run_state(run_dir: Path) -> str:
@@ -163,10 +169,11 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     from modexp.device import resolve_device
     from modexp.training.train import split_batch
 
+    fixed = lambda mb: None if mb == AUTO else mb  # noqa: E731  (auto: split_batch checks the split)
     try:
         if not runs:  # an empty shard still checks the spec's own batch split
-            split_batch(spec.train.batch_size, spec.train.micro_batch_size, world)
-        micro = {r.run_id: split_batch(r.batch_size, r.micro_batch_size, world)[0] for r in runs}
+            split_batch(spec.train.batch_size, fixed(spec.train.micro_batch_size), world)
+        micro = {r.run_id: split_batch(r.batch_size, fixed(r.micro_batch_size), world)[0] for r in runs}
     except ValueError as e:
         raise SpecError(str(spec_path), [str(e)]) from None
     device = resolve_device(device)
@@ -176,8 +183,13 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
         raise SpecError("--results", [f"{exp_dir} is a file, where the experiment's folder goes"])
     from modexp.memory import fit_problems
 
-    too_big = fit_problems(spec, [r for r in runs if run_state(exp_dir / r.run_id) != "done"],
-                           micro, device, world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    todo = [r for r in runs if run_state(exp_dir / r.run_id) != "done"]
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    auto, none_fit = _auto_by_estimate(spec, [r for r in todo if r.micro_batch_size == AUTO],
+                                       micro, device, world, local)
+    if none_fit:
+        raise SpecError(str(spec_path), none_fit[:rundirs.MAX_LISTED])
+    too_big = fit_problems(spec, todo, {**micro, **auto}, device, world, local)
     if too_big:
         more = len(too_big) - rundirs.MAX_LISTED
         raise SpecError(str(spec_path), too_big[:rundirs.MAX_LISTED]
@@ -198,7 +210,98 @@ def prepare(spec_path: str | Path, results: str | Path, only=None, shard=None, w
     if busy:
         raise SpecError(str(spec_path), [f"{', '.join(busy)}: being trained by another process; "
                                          "stop it before --move-aside"])
-    return Prepared(spec, plan, runs, exp_dir, data, data_print, prints, aside, device)
+    return Prepared(spec, plan, runs, exp_dir, data, data_print, prints, aside, device, auto)
+
+
+def _auto_by_estimate(spec: ExperimentSpec, runs: list[RunPlan], whole: dict, device: str,
+                      world: int, local: int) -> tuple[dict, list[str]]:
+    """micro_batch_size auto by the memory estimate: run id -> the largest divisor of its
+    per-process batch (`whole`: run id -> that batch) whose step fits the free memory where it
+    runs (RAM shared by the `local` processes; a GPU each), and one line per run where not
+    even one sequence fits. Unknown free memory: the whole per-process batch."""
+    from modexp import flops as F
+    from modexp.memory import device_available_bytes, micro_batch_by_estimate, size, training_memory
+
+    cuda = device.startswith("cuda")
+    free = device_available_bytes(f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+                                  if cuda and world > 1 and ":" not in device else device)
+    dtype, here = ("bfloat16", 1) if cuda else ("float32", local)
+    shards = world if spec.train.parallel == "fsdp" else 1
+    ckpt = spec.train.activation_checkpointing
+    models, found, problems = {m.name: m for m in spec.models}, {}, []
+    for r in runs:
+        if free is None:
+            found[r.run_id] = whole[r.run_id]
+            continue
+        arch = F.arch_from_config(models[r.model], spec.variants[r.variant], r.vocab)
+        found[r.run_id] = micro_batch_by_estimate(arch, r.seq_len, whole[r.run_id], free, dtype,
+                                                  ckpt, shards, here)
+        if not found[r.run_id]:
+            one = training_memory(arch, r.seq_len, 1, dtype, ckpt, shards)
+            procs = f" x {here} processes" if here > 1 else ""
+            problems.append(f"{r.run_id}: micro_batch_size auto: not even one sequence per forward "
+                            f"pass fits: a step needs about {one.summary()}{procs}, and {device} "
+                            f"has {size(free)} free; allowed: train.activation_checkpointing, "
+                            "train.parallel: fsdp over more processes, a smaller model, or a "
+                            "machine with more memory")
+    return found, problems
+
+
+def resolve_auto(p: Prepared, run: RunPlan, ctx, say=None) -> RunPlan:
+    """The run as trained: micro_batch_size auto replaced by the size chosen for it, and
+    recorded in micro_batch_auto. The CPU keeps the estimate's choice; CUDA tries one forward
+    and backward there (training/autobatch.py), halving on out-of-memory, once per (model,
+    variant, seq_len, world) in this sweep process (activation checkpointing and fsdp keep the
+    estimate's: the trial runs the plain model). Every rank takes the smallest rank's answer."""
+    if run.micro_batch_size != AUTO:
+        return run
+    start = p.auto[run.run_id]
+    key = (run.model, run.variant, run.seq_len, ctx.world)
+    how = f"the memory estimate against {p.device}'s free memory"
+    if key in p.auto_found:
+        chosen = p.auto_found[key]
+    elif (ctx.device.type == "cuda" and not p.spec.train.activation_checkpointing
+          and (p.spec.train.parallel != "fsdp" or ctx.world == 1)):
+        from modexp.memory import halving_search
+        from modexp.training.autobatch import step_fits
+
+        model = next(m for m in p.spec.models if m.name == run.model)
+        fits = lambda n: step_fits(model, p.spec.variants[run.variant], run.vocab,  # noqa: E731
+                                   run.seq_len, n, ctx.device)
+        chosen = halving_search(run.batch_size // ctx.world, start, fits)
+        how = f"a trial step on {ctx.device}, from the estimate's {start}"
+    else:
+        chosen = start
+    chosen = _min_over_ranks(ctx, chosen)
+    if not chosen:
+        raise EnvironmentFailure(run.run_id, [f"{run.run_id}: micro_batch_size auto: not even one "
+                                              f"sequence per forward pass fits on {ctx.device}"])
+    p.auto_found[key] = chosen
+    if ctx.is_main:
+        (say or _stderr)(f"{run.run_id}: micro_batch_size auto: {chosen} sequences per forward "
+                         f"pass ({how})")
+    return replace(run, micro_batch_size=chosen, micro_batch_auto=chosen)
+
+
+def _min_over_ranks(ctx, value: int) -> int:
+    """The smallest of every rank's value (each rank's GPU answers for itself)."""
+    if ctx.world == 1:
+        return value
+    import torch.distributed as dist
+
+    values = [None] * ctx.world
+    dist.all_gather_object(values, value)
+    return min(values)
+
+
+def _record_auto(run_dir: Path, run: RunPlan, trained: RunPlan) -> None:
+    """run.json's plan entry keeps micro_batch_size auto and the size this start trains with
+    (micro_batch_auto); a resume that chooses another rewrites it (execution only)."""
+    record = read_json(run_dir / RUN_FILE)
+    if record["plan"].get("micro_batch_auto") != trained.micro_batch_auto:
+        record["plan"] = {**record["plan"], "micro_batch_size": run.micro_batch_size,
+                          "micro_batch_auto": trained.micro_batch_auto}
+        write_json_atomic(run_dir / RUN_FILE, record)
 
 
 @contextmanager
@@ -396,13 +499,17 @@ def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=(), stop=None) -> 
     """Train one run under its lock; record the outcome in summary.json (rank 0)."""
     from modexp.training.train import Preempted
 
+    trained = resolve_auto(p, run, ctx)
     if ctx.is_main and not (run_dir / RUN_FILE).exists():
-        write_json_atomic(run_dir / RUN_FILE, {"plan": run.to_dict(), "spec": spec_to_dict(p.spec),
-                                               "data": p.data_print,
+        write_json_atomic(run_dir / RUN_FILE, {"plan": {**run.to_dict(),
+                                                        "micro_batch_auto": trained.micro_batch_auto},
+                                               "spec": spec_to_dict(p.spec), "data": p.data_print,
                                                "fingerprint": p.prints[run.run_id]})
+    elif ctx.is_main and trained is not run:
+        _record_auto(run_dir, run, trained)
     ui.start_run(run)
     try:
-        summary = train_one(p.spec, run, run_dir, p.data, ctx, on_step=ui.step, say=_stderr,
+        summary = train_one(p.spec, trained, run_dir, p.data, ctx, on_step=ui.step, say=_stderr,
                             loggers=loggers, on_row=getattr(ui, "row", None), stop_signal=stop,
                             verbose=_verbose(ui))
     except KeyboardInterrupt:

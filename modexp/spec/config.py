@@ -9,7 +9,8 @@ import math
 import os
 from typing import Annotated, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
+from pydantic import (Discriminator, Field, PlainValidator, Tag, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError, core_schema
 
 from modexp import variants
@@ -32,6 +33,23 @@ class SpecError(Exception):
 
 
 _Strict = Strict  # every section: unknown keys refused, frozen (modexp/variants/base.py)
+
+AUTO = "auto"
+"""micro_batch_size: auto: the largest divisor of the per-process batch that fits where the
+run trains, chosen by `modexp run` before the run starts (modexp/runs/runner.py)."""
+
+
+def _micro_batch(value):
+    """A micro-batch size: a whole number >= 1, `auto`, or null; one line for anything else."""
+    if type(value) is float and value.is_integer():  # YAML's 8.0, as pydantic's int took it
+        value = int(value)
+    if value is None or value == AUTO or (type(value) is int and value >= 1):
+        return value
+    raise PydanticCustomError("micro_batch", "must be a whole number >= 1 or 'auto', got {got}",
+                              {"got": repr(value)})
+
+
+MicroBatch = Annotated[Union[int, Literal["auto"], None], PlainValidator(_micro_batch)]
 
 
 class DataConfig(_Strict):
@@ -93,10 +111,11 @@ class ModelConfig(_Strict):
     isoFLOP curve: smaller models usually want a larger one)."""
     batch_size: int | None = Field(None, ge=1)
     """Global sequences per step for this size, overriding train.batch_size."""
-    micro_batch_size: int | None = Field(None, ge=1)
+    micro_batch_size: MicroBatch = None
     """Sequences per forward pass for this size, overriding train.micro_batch_size: a 60M
-    model fills a GPU at a micro-batch a 2.7B one cannot hold. Gradient accumulation makes up
-    the same global batch, so results do not change (not fingerprinted)."""
+    model fills a GPU at a micro-batch a 2.7B one cannot hold; `auto`: the largest that fits
+    (see train.micro_batch_size). Gradient accumulation makes up the same global batch, so
+    results do not change (not fingerprinted)."""
     family: str | None = Field(None, pattern=r"^[A-Za-z0-9_.=*+-]+$")
     """The shape family this size belongs to: the analysis fits one isoFLOP parabola per
     family and takes the compute-optimum over families (modexp/analysis/envelope.py).
@@ -178,8 +197,11 @@ class TrainConfig(_Strict):
 
     batch_size: int = Field(32, ge=1)
     """Global sequences per optimiser step (what the FLOP budget is divided by)."""
-    micro_batch_size: int | None = Field(None, ge=1)
-    """Sequences per forward pass; gradient accumulation makes up batch_size. Default: all."""
+    micro_batch_size: MicroBatch = None
+    """Sequences per forward pass; gradient accumulation makes up batch_size. Default: all.
+    `auto`: the largest divisor of the per-process batch that fits where the run trains, found
+    once per run before it starts (the CPU: by the memory estimate against free RAM; CUDA: a
+    trial forward + backward, halved on out-of-memory) and recorded in run.json."""
     lr: float = Field(3e-3, gt=0)
     warmup: float = Field(0.02, ge=0, lt=1)
     """Linear warmup, as a fraction of the planned steps."""
@@ -221,6 +243,11 @@ class TrainConfig(_Strict):
     weight, gradient and AdamW state); `fsdp` shards them over the processes (FSDP2
     fully_shard, one unit per block) for models that do not fit one device. One process: no
     difference. Same numbers up to float reduction order (not fingerprinted)."""
+    prefetch: Union[bool, Literal["auto"]] = "auto"
+    """Make the coming steps' batches on a background thread (two steps ahead, pinned memory
+    on CUDA): `auto` on CUDA only (on the CPU the thread shares the step's cores:
+    docs/scaling.md), true or false to force it. The same batches in the same order (not
+    fingerprinted)."""
     loggers: list[Literal["tensorboard", "wandb"]] = []
     """Dashboards fed the same rows as metrics.jsonl (optional extras; see modexp/runs/loggers.py)."""
 
@@ -242,7 +269,7 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _micro_divides_batch(self):
         mb = self.micro_batch_size
-        if mb is not None and self.batch_size % mb:
+        if isinstance(mb, int) and self.batch_size % mb:
             raise ValueError(f"micro_batch_size: must divide batch_size ({self.batch_size}), got {mb}")
         return self
 
@@ -294,9 +321,9 @@ class ExperimentSpec(_Strict):
         """The model's own batch size, else train.batch_size."""
         return model.batch_size if model.batch_size is not None else self.train.batch_size
 
-    def micro_batch_size(self, model: ModelConfig) -> int | None:
+    def micro_batch_size(self, model: ModelConfig) -> int | str | None:
         """The model's own micro-batch size, else train.micro_batch_size (None: the whole
-        per-process batch in one pass)."""
+        per-process batch in one pass; "auto": chosen where the run trains)."""
         return model.micro_batch_size if model.micro_batch_size is not None else self.train.micro_batch_size
 
     @field_validator("seeds")
@@ -350,11 +377,13 @@ def _cross_problems(spec: ExperimentSpec) -> list[str]:
         problems += _variant_family_problems(spec, i, b)
     mb = spec.train.micro_batch_size
     for m in spec.models:
+        if m.micro_batch_size == AUTO:
+            continue
         if m.micro_batch_size is not None:
             if spec.batch_size(m) % m.micro_batch_size:
                 problems.append(f"models: {m.name}.micro_batch_size ({m.micro_batch_size}) must "
                                 f"divide its batch_size ({spec.batch_size(m)})")
-        elif mb is not None and m.batch_size is not None and m.batch_size % mb:
+        elif isinstance(mb, int) and m.batch_size is not None and m.batch_size % mb:
             problems.append(f"models: {m.name}.batch_size ({m.batch_size}) must be a multiple of "
                             f"train.micro_batch_size ({mb})")
     return problems

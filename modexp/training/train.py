@@ -12,7 +12,7 @@ import os
 import resource
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -29,6 +29,7 @@ from modexp.training.allocator import tune_cpu_allocator
 from modexp.training.calibrate import calibrate_on_training, fold_thresholds
 from modexp.training.evaluation import eval_pass
 from modexp.training.optim import make_optimizer, make_predictor_optimizer, split_params
+from modexp.training.prefetch import Prefetcher, use_prefetch
 
 
 class Diverged(RuntimeError):
@@ -208,15 +209,38 @@ class Trainer:
         dev = self.ctx.device.type
         return torch.autocast(dev, dtype=torch.bfloat16) if self.ctx.autocast else nullcontext()
 
-    def _micro_batches(self, step: int):
-        """This rank's micro-batches of the step's global batch (same data for any world size)."""
-        per_rank = self.cfg.batch_size // self.ctx.world
-        base = self.ctx.rank * per_rank
+    prefetcher: Prefetcher | None = None  # while fit() runs with train.prefetch on
+
+    def _make_batches(self, step: int):
+        """This rank's micro-batches (x, y) of the step's global batch, on the CPU (same data
+        for any world size): a pure function of (seed, step, rows), so a thread may make them."""
+        base = self.ctx.rank * (self.cfg.batch_size // self.ctx.world)
         for i in range(self.accum):
             rows = slice(base + i * self.micro, base + (i + 1) * self.micro)
-            x, y = self.data.train_batch(self.plan.seed, step, self.cfg.batch_size, rows)
-            self.raw.set_draws(step, rows.start)  # drawn routing: at (step, global batch row)
+            yield self.data.train_batch(self.plan.seed, step, self.cfg.batch_size, rows)
+
+    def _micro_batches(self, step: int):
+        """The step's micro-batches on the device: made here, or by the prefetch thread."""
+        made = self.prefetcher.get(step) if self.prefetcher is not None else self._make_batches(step)
+        base = self.ctx.rank * (self.cfg.batch_size // self.ctx.world)
+        for i, (x, y) in enumerate(made):
+            self.raw.set_draws(step, base + i * self.micro)  # drawn routing: at (step, global row)
             yield x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
+
+    @contextmanager
+    def _prefetching(self):
+        """train.prefetch: a thread makes the coming steps' batches from the current step on
+        (training/prefetch.py); stopped and joined however the loop ends."""
+        if not use_prefetch(self.cfg.prefetch, self.ctx.device) or self.step >= self.plan.steps:
+            yield
+            return
+        make = lambda step: list(self._make_batches(step))  # noqa: E731
+        with Prefetcher(make, self.step, self.plan.steps, pin=self.ctx.device.type == "cuda") as p:
+            self.prefetcher = p
+            try:
+                yield
+            finally:
+                self.prefetcher = None
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimiser step over the global batch; returns detached loss/stat tensors."""
@@ -292,6 +316,10 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
         """Train from the current step to plan.steps; return the summary of the finished run."""
+        with self._prefetching():
+            return self._fit()
+
+    def _fit(self) -> dict:
         plan, start_wall = self.plan, time.time() - self.wall_offset
         # `bad` stays on the device, read only on logged and checkpointed steps: no host
         # sync per step (the loss's .cpu() each step stalled the GPU's queue)
