@@ -11,7 +11,6 @@ below 1 the thread helps. What decides train.prefetch's `auto` on the CPU (docs/
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
@@ -22,27 +21,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_trainer import parse_args, setup  # noqa: E402
 from modexp.bench.timing import quartiles  # noqa: E402
-from modexp.data.tokens import TokenData  # noqa: E402
 from modexp.models.build import build_model  # noqa: E402
-from modexp.plan import plan_spec  # noqa: E402
-from modexp.spec import load_spec  # noqa: E402
-from modexp.training.allocator import tune_cpu_allocator  # noqa: E402
 from modexp.training.train import Context, Trainer  # noqa: E402
-
-
-def parse_args() -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--spec", default="experiments/quickstart.yaml")
-    p.add_argument("--model", help="model size (default: the largest)")
-    p.add_argument("--variant", default="vanilla")
-    p.add_argument("--micro-batch", type=int, help="train.micro_batch_size (default: the spec's)")
-    p.add_argument("--chunk", type=int, default=10, help="steps per timed chunk")
-    p.add_argument("--repeats", type=int, default=7, help="timed chunks per setting")
-    p.add_argument("--threads", type=int, default=2)
-    return p.parse_args()
 
 
 class _Rows:
@@ -52,18 +36,11 @@ class _Rows:
 
 def main() -> None:
     """Alternate prefetch-on and -off chunks; print the median time ratio with quartiles."""
-    a = parse_args()
-    torch.set_num_threads(a.threads)
-    tune_cpu_allocator()  # as `modexp run` does on the CPU (training/allocator.py)
-    spec = load_spec(a.spec)
-    model = a.model or spec.models[-1].name
-    run = next(r for r in plan_spec(spec).runs if r.model == model and r.variant == a.variant)
-    if a.micro_batch:
-        run = dataclasses.replace(run, micro_batch_size=a.micro_batch)
-    n = a.chunk * (a.repeats + 1)
-    run = dataclasses.replace(run, steps=n, eval_steps=[])
-    data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction)
-    model_cfg = next(m for m in spec.models if m.name == model)
+    p = parse_args(__doc__)
+    p.add_argument("--micro-batch", type=int, help="train.micro_batch_size (default: the spec's)")
+    a = p.parse_args()
+    extra = {"micro_batch_size": a.micro_batch} if a.micro_batch else {}
+    spec, model, run, data, model_cfg = setup(a, **extra)
 
     def trainer(prefetch: bool, tmp: str) -> Trainer:
         torch.manual_seed(run.seed)

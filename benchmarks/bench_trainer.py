@@ -46,31 +46,38 @@ class _Rows:
         self.rows.append(row)
 
 
-def parse_args() -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(doc: str = __doc__) -> argparse.ArgumentParser:
+    """Command-line options (benchmarks/bench_prefetch.py adds its own)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--spec", default="experiments/quickstart.yaml")
     p.add_argument("--model", help="model size (default: the largest)")
     p.add_argument("--variant", default="vanilla")
     p.add_argument("--chunk", type=int, default=10, help="steps per timed chunk")
     p.add_argument("--repeats", type=int, default=7, help="timed chunks per loop")
     p.add_argument("--threads", type=int, default=2)
-    return p.parse_args()
+    return p
 
 
-def main() -> None:
-    """Alternate Trainer and bare chunks; print the median overhead with quartiles."""
-    a = parse_args()
+def setup(a: argparse.Namespace, **plan):
+    """Threads and allocator as `modexp run` sets them on the CPU; the spec, the size, its run
+    (a horizon of exactly the timed steps; `plan`: other plan fields), the data, the model config."""
     torch.set_num_threads(a.threads)
     tune_cpu_allocator()  # as `modexp run` does on the CPU (training/allocator.py)
     spec = load_spec(a.spec)
     model = a.model or spec.models[-1].name
     run = next(r for r in plan_spec(spec).runs if r.model == model and r.variant == a.variant)
     n = a.chunk * (a.repeats + 1)
-    run = dataclasses.replace(run, steps=n, eval_steps=[])  # a horizon of exactly the timed steps
-    cfg = spec.train.model_copy(update={"checkpoint_every": 10 ** 9})
+    run = dataclasses.replace(run, steps=n, eval_steps=[], **plan)
     data = TokenData(spec.data.source, spec.data.seq_len, spec.data.val_fraction)
-    model_cfg = next(m for m in spec.models if m.name == model)
+    return spec, model, run, data, next(m for m in spec.models if m.name == model)
+
+
+def main() -> None:
+    """Alternate Trainer and bare chunks; print the median overhead with quartiles."""
+    a = parse_args().parse_args()
+    spec, model, run, data, model_cfg = setup(a)
+    n = run.steps
+    cfg = spec.train.model_copy(update={"checkpoint_every": 10 ** 9})
 
     def net():
         torch.manual_seed(run.seed)
