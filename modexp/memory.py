@@ -43,6 +43,9 @@ shards)`), each named in `summary()`:
   the next one prefetched, and its unsharded gradient before the reduce-scatter).
 `generation_memory` estimates sampling; `device_available_bytes` reads what a machine has free;
 `fit_problems` is the check `modexp run` makes with them before it writes anything.
+`micro_batch_by_estimate` and `halving_search` choose `micro_batch_size: auto` (runs/runner.py),
+`fit_advice` says what would make a step fit (`plan --device-memory`, whose value
+`parse_size` reads).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from modexp import flops as F
 from modexp import variants
 from modexp.data.facts import resolved_spec
-from modexp.memory import fit_advice, micro_batch_by_estimate, size, training_memory
+from modexp.memory import (MemoryEstimate, fit_advice, micro_batch_by_estimate, size,
+                           training_memory)
 from modexp.naming import run_id
 from modexp.spec import ExperimentSpec, SpecError, load_spec
 
@@ -247,8 +248,7 @@ def _fit_warnings(spec: ExperimentSpec, runs: list[RunPlan], target: Target) -> 
         advice = fit_advice(arch, r.seq_len, per, r.memory["micro_batch"], target.dtype,
                             train.activation_checkpointing, train.parallel, target.processes,
                             target.device_bytes)
-        est = training_memory(arch, r.seq_len, r.memory["micro_batch"], target.dtype,
-                              train.activation_checkpointing, r.memory["shards"])
+        est = MemoryEstimate(**{k: v for k, v in r.memory.items() if k != "total"})
         out.append(f"{r.run_id}: will not fit a device of {size(target.device_bytes)} "
                    f"(--device-memory): a training step needs about {est.summary()} per "
                    "process; would fit with: " + "; or ".join(advice))
