@@ -80,6 +80,13 @@ def test_auto_is_accepted_wherever_a_micro_batch_is_and_other_strings_are_refuse
                                     f"got {bad!r}"]
 
 
+@pytest.mark.parametrize("bad", ["sometimes", 3, None])
+def test_prefetch_is_true_false_or_auto(spec_file, bad):
+    with pytest.raises(SpecError) as e:
+        plan_file(spec_file(prefetch=bad))
+    assert e.value.problems == [f"train.prefetch: must be true, false or 'auto', got {bad!r}"]
+
+
 def test_plan_for_a_device_estimates_in_bf16_and_warns_per_run_that_will_not_fit(spec_file):
     path = spec_file(batch_size=4, micro_batch_size=2)
     r = invoke("plan", path, "--device-memory", "80GB", "--json")

@@ -52,6 +52,17 @@ def _micro_batch(value):
 MicroBatch = Annotated[Union[int, Literal["auto"], None], PlainValidator(_micro_batch)]
 
 
+def _on_off_auto(value):
+    """true, false or `auto`; one line for anything else."""
+    if isinstance(value, bool) or value == AUTO:
+        return value
+    raise PydanticCustomError("on_off_auto", "must be true, false or 'auto', got {got}",
+                              {"got": repr(value)})
+
+
+OnOffAuto = Annotated[Union[bool, Literal["auto"]], PlainValidator(_on_off_auto)]
+
+
 class DataConfig(_Strict):
     """Where tokens come from and how they are windowed. Declarations only: what the source
     holds (its vocabulary, its token counts) is read by the data stage (modexp/data/facts.py)
@@ -243,7 +254,7 @@ class TrainConfig(_Strict):
     weight, gradient and AdamW state); `fsdp` shards them over the processes (FSDP2
     fully_shard, one unit per block) for models that do not fit one device. One process: no
     difference. Same numbers up to float reduction order (not fingerprinted)."""
-    prefetch: Union[bool, Literal["auto"]] = "auto"
+    prefetch: OnOffAuto = "auto"
     """Make the coming steps' batches on a background thread (two steps ahead, pinned memory
     on CUDA): `auto` on CUDA only (on the CPU the thread shares the step's cores:
     docs/scaling.md), true or false to force it. The same batches in the same order (not

@@ -320,6 +320,7 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> dict:
+        """fit()'s loop, with the prefetch thread (if on) running beside it."""
         plan, start_wall = self.plan, time.time() - self.wall_offset
         # `bad` stays on the device, read only on logged and checkpointed steps: no host
         # sync per step (the loss's .cpu() each step stalled the GPU's queue)
