@@ -203,3 +203,22 @@ def test_step_fits_runs_one_step_and_says_no_on_out_of_memory(monkeypatch):
 
     monkeypatch.setattr(autobatch.torch, "empty", oom)
     assert not autobatch.step_fits(cfg, v, 64, 16, 2, torch.device("cpu"))
+
+
+def test_a_resume_that_chooses_another_size_rewrites_run_json(tmp_path):
+    """micro_batch_size is execution only: a resume under less free memory records its own
+    choice in run.json, the rest of the record untouched."""
+    from dataclasses import replace
+
+    from modexp.plan import RunPlan
+    from modexp.runs import runner
+    from modexp.runs.metrics import RUN_FILE, write_json_atomic
+
+    fields = {f: None for f in RunPlan.__dataclass_fields__}
+    run = RunPlan(**{**fields, "run_id": "r", "micro_batch_size": "auto"})
+    write_json_atomic(tmp_path / RUN_FILE, {"plan": {**run.to_dict(), "micro_batch_auto": 4},
+                                            "fingerprint": "abc"})
+    runner._record_auto(tmp_path, run, replace(run, micro_batch_size=2, micro_batch_auto=2))
+    record = json.loads((tmp_path / RUN_FILE).read_text())
+    assert (record["plan"]["micro_batch_size"], record["plan"]["micro_batch_auto"]) == ("auto", 2)
+    assert record["fingerprint"] == "abc"
