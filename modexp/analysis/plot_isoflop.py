@@ -18,9 +18,10 @@ from modexp.analysis.isoflop import Analysis
 from modexp.analysis.plot_style import budget_colors, family_styles, header, log_x
 from modexp.analysis.text import compact
 from modexp.naming import budget_tag
+from modexp.records import SUMMARY
 
-COLUMNS = {"topk": ("loss", "loss_se", "final_eval_loss"),
-           "causal": ("loss_causal", "loss_causal_se", "final_eval_loss_causal")}
+COLUMNS = {"topk": ("loss", "loss_se", SUMMARY.final_eval_loss),
+           "causal": ("loss_causal", "loss_causal_se", SUMMARY.final_eval_loss_causal)}
 PANEL_W, PANEL_H, LINE_H = 5.6, 4.6, 0.14
 
 
