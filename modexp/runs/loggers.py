@@ -249,8 +249,10 @@ class Tee:
                   "run, metrics.jsonl is complete", file=sys.stderr)
 
     def log(self, row: Row | dict) -> None:
-        """Append to metrics.jsonl, then send to each live dashboard."""
+        """Append to metrics.jsonl, then send to each live dashboard (the row as the file
+        holds it)."""
         self.primary.log(row)
+        row = _row_dict(row)
         for n, d in list(self.dashboards.items()):
             self._guard(n, lambda d=d: d.log(row))
 
