@@ -30,6 +30,7 @@ from modexp.analysis import routing as R
 from modexp.analysis.curves import eval_curves
 from modexp.analysis.plot_curves import size_colors
 from modexp.analysis.plot_style import LINES, Style, header, log_x, sci
+from modexp.analysis.roles import decides
 from modexp.naming import budget_tag
 from modexp.records import EVAL
 
@@ -134,7 +135,7 @@ def _draw_positions(ax, res: A.Results, ids: list[str], color) -> int:
 
 
 def _position_axes(ax, res: A.Results, tag: str, n_routed: int) -> None:
-    caps = [c for cs in res.runs.loc[res.runs.kind == "mod", "capacities"] if isinstance(cs, list)
+    caps = [c for cs in res.runs.loc[decides(res.runs), "capacities"] if isinstance(cs, list)
             for c in cs if c is not None]
     handles = [Line2D([], [], color="0.3", ls=LINES[i % len(LINES)], lw=1.4,
                       label=f"routed layer {i + 1} of {n_routed}") for i in range(n_routed)]

@@ -283,6 +283,14 @@ def _entry(plan: dict) -> str | None:
         return None
 
 
+def _default_router(kind: str) -> str | None:
+    """The router a plan entry without one ran (plan files from before routers were recorded):
+    its spec class's default, asked of the registry (MoD's learned); None without a router."""
+    cls = variants.config_class(kind)
+    field = cls.model_fields.get("router") if cls is not None else None
+    return field.default if field is not None else None
+
+
 def _run_record(plan: dict, summary: Summary | None, frame: pd.DataFrame) -> dict:
     s = summary or Summary(state=None)
     state = s.state if s.state in (FINISHED, FAILED) else "missing" if frame.empty else "partial"
@@ -300,7 +308,7 @@ def _run_record(plan: dict, summary: Summary | None, frame: pd.DataFrame) -> dic
         "run_id": plan["run_id"], "budget": float(plan["budget"]), "model": plan["model"],
         "variant": plan["variant"], "kind": plan["kind"], "seed": plan["seed"],
         "family": plan.get("family", ONE_FAMILY), "n_layers": plan.get("n_layers"),
-        "router": plan.get("router") or ("learned" if plan["kind"] == "mod" else None),
+        "router": plan.get("router") or _default_router(plan["kind"]),
         "entry": _entry(plan),
         "params": float(plan["params"]),
         "forward_flops_per_token": float(plan["forward_flops_per_token"]),

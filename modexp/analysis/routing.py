@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from modexp.analysis import results as A
+from modexp.analysis.roles import decides
 from modexp.records import EVAL, TRAIN
 
 GROUP = ["budget", "variant", "model"]
@@ -38,7 +39,7 @@ class LayerGrid:
 def mod_groups(res: A.Results) -> list[tuple[tuple, list[str]]]:
     """((budget, variant, model), run ids with metrics) of every MoD group, in budget, variant
     then params order."""
-    mod = res.runs[(res.runs.kind == "mod") & res.runs.run_id.isin(list(res.metrics))]
+    mod = res.runs[decides(res.runs) & res.runs.run_id.isin(list(res.metrics))]
     mod = mod.sort_values(["budget", "params"], kind="stable")
     order = {v: i for i, v in enumerate(dict.fromkeys(res.runs.variant))}
     keys = sorted(dict.fromkeys(map(tuple, mod[GROUP].to_numpy())),
