@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 SCHEMA = 1  # the layout version written as "schema"; 0: a file from before the key
 SCHEMA_KEY = "schema"
 KIND_KEY = "kind"  # a metrics row's "train" | "eval"
-READABLE = (0, SCHEMA)  # the schemas readers accept
 
 
 class RecordError(ValueError):
@@ -111,10 +110,9 @@ class _Record:
         if not isinstance(d, dict):
             return [f"expected a JSON object, got {type(d).__name__}"]
         out = []
-        schema = d.get(SCHEMA_KEY, 0)
-        if not _int(schema) or schema not in READABLE:
-            out.append(f"{SCHEMA_KEY} is {schema!r}; this modexp reads schema {SCHEMA} and files "
-                       f"from before the {SCHEMA_KEY} key (none); a newer modexp wrote it?")
+        if SCHEMA_KEY in d and not (_int(d[SCHEMA_KEY]) and d[SCHEMA_KEY] == SCHEMA):
+            out.append(f"{SCHEMA_KEY} is {d[SCHEMA_KEY]!r}; allowed: {SCHEMA}, or no {SCHEMA_KEY} "
+                       "key (files written before it); was it written by a newer modexp?")
         if cls.kind and d.get(KIND_KEY) != cls.kind:
             out.append(f"{KIND_KEY} is {d.get(KIND_KEY)!r}, expected {cls.kind!r}")
         for f in fields(cls):

@@ -78,8 +78,9 @@ def test_previous_layout_is_read_and_written_back_as_it_was(tmp_path):
 
 
 @pytest.mark.parametrize("bad, says", [
-    ({**DONE.to_dict(), "schema": 2}, "summary.json: schema is 2; this modexp reads schema 1"),
+    ({**DONE.to_dict(), "schema": 2}, "summary.json: schema is 2; allowed: 1, or no schema key"),
     ({**DONE.to_dict(), "schema": "1"}, "summary.json: schema is '1'"),
+    ({**DONE.to_dict(), "schema": 0}, "summary.json: schema is 0"),
     ({**DONE.to_dict(), "final_eval_loss": "low"}, "summary.json: final_eval_loss is 'low', expected a number or null"),
     ({**DONE.to_dict(), "routed_frac_causal": 0.2}, "routed_frac_causal is 0.2, expected a list of numbers or null"),
     ([1, 2], "summary.json: expected a JSON object, got list"),
