@@ -11,14 +11,14 @@ Readers accept that layout and the previous one (files written before the schema
 `schema`, eval rows without routed_frac_causal_pos / pos_bin_starts), which reads as schema 0
 and is written back as it was (no key added). Anything else (a future schema, a field of the
 wrong type) is a `RecordError`: one line naming the file, the field and what is allowed.
-Unknown keys are ignored, as the readers before the records ignored them.
+Unknown keys are dropped, not refused: a file with keys no record declares still reads.
 
 Which keys a record writes (`to_dict`): a record read from a file, the keys that file had; one
 the trainer built, its layout's (`_written`): a train row and a finished summary write every
-field (null where unknown), an eval row its decision fields only where the run has a causal
-decision, a failed summary only state, error and run_id. JSON keys and values are what the
-trainer wrote before the records; the key order is the fields' order. No torch: plots and
-status read these without importing it.
+field (null where unknown), an eval row its decision fields only where it has a causal pass
+(eval_loss_causal set) and routed_frac only where set, a failed summary only state, error
+and run_id. JSON keys and values are what the trainer wrote before the records; the key
+order is the fields' order. No torch: plots and status read these without importing it.
 """
 
 from __future__ import annotations
