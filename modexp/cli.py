@@ -20,6 +20,7 @@ import typer.core
 from rich.console import Console
 from rich.text import Text
 
+from modexp.records import RecordError
 from modexp.spec import SpecError
 
 _click = getattr(typer.core, "_click", None)  # typer >= 0.20 vendors click; before, click itself
@@ -101,7 +102,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v",
 def _errors(command):
     """One line and exit 2 for bad input or a broken environment, whatever raises it: SpecError
     (files, fields, flags), OSError (permissions, disk full, a file where a folder goes) or a
-    garbled JSON results file.
+    garbled JSON results file or one of another layout (records.RecordError).
     A bug still shows its traceback; -v shows it for these too."""
 
     @functools.wraps(command)
@@ -116,6 +117,9 @@ def _errors(command):
         except json.JSONDecodeError as e:  # a garbled results file (metrics.read_json names it)
             where, _, what = e.msg.partition(": ")
             _fail(SpecError(where, [f"{what or e.msg}; it was damaged after it was written"]))
+        except RecordError as e:  # a run file of another layout (records.py names file and field)
+            where, _, what = str(e).partition(": ")
+            _fail(SpecError(where, [what or str(e)]))
 
     return wrapped
 

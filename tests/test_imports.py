@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "modexp"
 
 LAYERS = (
-    ("modexp", "naming", "cache", "files", "flops"),  # pure helpers: names, caches, JSON, FLOPs
+    ("modexp", "naming", "cache", "files", "flops", "records"),  # pure helpers: names, caches, JSON, FLOPs, run records
     ("variants",),  # the variant registry: each variant's spec class, FLOP arch, role, metric
     ("spec", "device"),  # what the user may write (spec files, --device), checked
     ("data",),  # token sources, prepare, the data's facts and hashes

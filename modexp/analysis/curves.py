@@ -28,6 +28,7 @@ import pandas as pd
 
 from modexp.analysis import results as A
 from modexp.analysis.roles import verdict_metric
+from modexp.records import EVAL, TRAIN
 
 CURVE_KEYS = ["budget", "variant", "kind", "model", "family", "params"]
 
@@ -35,21 +36,21 @@ CURVE_KEYS = ["budget", "variant", "kind", "model", "family", "params"]
 def scored_column(kind: str, ev: pd.DataFrame) -> str:
     """The eval column that scores a run of this kind: the causal loss for a MoD that has one
     (a MoD trained without a causal method has only its top-k loss), else eval_loss."""
-    if verdict_metric(kind) == "causal" and "eval_loss_causal" in ev and ev["eval_loss_causal"].notna().any():
-        return "eval_loss_causal"
-    return "eval_loss"
+    if verdict_metric(kind) == "causal" and EVAL.eval_loss_causal in ev and ev[EVAL.eval_loss_causal].notna().any():
+        return EVAL.eval_loss_causal
+    return EVAL.eval_loss
 
 
 def training_time(train: pd.DataFrame) -> pd.Series:
     """Seconds of training up to each train row (indexed by step): the sum over rows of the
     tokens each trained over its throughput. Rows without throughput fall back to wall_time
     (evaluation included); none at all: an empty series."""
-    if train.empty or "tokens_per_s" not in train or train["tokens_per_s"].isna().all():
-        wall = train["wall_time"] if "wall_time" in train else pd.Series(dtype=float)
+    if train.empty or TRAIN.tokens_per_s not in train or train[TRAIN.tokens_per_s].isna().all():
+        wall = train[TRAIN.wall_time] if TRAIN.wall_time in train else pd.Series(dtype=float)
         return pd.Series(wall.to_numpy(), index=train["step"].to_numpy()).dropna()
     tr = train.sort_values("step")
     tokens = tr["tokens"].astype(float)
-    dt = tokens.diff().fillna(tokens.iloc[0]) / tr["tokens_per_s"].where(tr["tokens_per_s"] > 0)
+    dt = tokens.diff().fillna(tokens.iloc[0]) / tr[TRAIN.tokens_per_s].where(tr[TRAIN.tokens_per_s] > 0)
     return pd.Series(dt.fillna(0).cumsum().to_numpy(), index=tr["step"].to_numpy())
 
 
@@ -77,7 +78,7 @@ def eval_points(res: A.Results) -> pd.DataFrame:
             else (ev["flops"] / r.total_flops).to_numpy(float),
             "flops": ev["flops"].to_numpy(float),
             "train_time": _at_steps(training_time(res.rows(r.run_id, "train")), ev["step"]),
-            "loss": ev[col].to_numpy(float), "metric": "causal" if col == "eval_loss_causal" else "topk",
+            "loss": ev[col].to_numpy(float), "metric": "causal" if col == EVAL.eval_loss_causal else "topk",
             "complete": bool(r.complete)}))
     cols = [*CURVE_KEYS, "seed", "run_id", "budget_frac", "flops", "train_time", "loss", "metric",
             "complete"]

@@ -23,6 +23,7 @@ from modexp.analysis.roles import variant_order  # noqa: F401 (re-exported)
 from modexp.analysis.summary import summary_table
 from modexp.analysis.text import compact  # noqa: F401 (re-exported)
 from modexp.naming import budget_tag
+from modexp.records import SUMMARY
 
 FIT_COLUMNS = ["budget", "variant", "metric", "family", "n_sizes", "status", "reason",
                "opt_params", "opt_params_ci", "opt_loss", "opt_loss_ci", "boot_method",
@@ -78,10 +79,10 @@ def seed_means(runs: pd.DataFrame) -> pd.DataFrame:
                 family=("family", "first"),
                 n_layers=("n_layers", "first"), params=("params", "mean"),
                 forward_flops_per_token=("forward_flops_per_token", "mean"),
-                loss=("final_eval_loss", "mean"), loss_se=("final_eval_loss", se),
-                loss_causal=("final_eval_loss_causal", "mean"),
-                loss_causal_se=("final_eval_loss_causal", se), n=("final_eval_loss", "size"),
-                losses=("final_eval_loss", list), losses_causal=("final_eval_loss_causal", list))
+                loss=(SUMMARY.final_eval_loss, "mean"), loss_se=(SUMMARY.final_eval_loss, se),
+                loss_causal=(SUMMARY.final_eval_loss_causal, "mean"),
+                loss_causal_se=(SUMMARY.final_eval_loss_causal, se), n=(SUMMARY.final_eval_loss, "size"),
+                losses=(SUMMARY.final_eval_loss, list), losses_causal=(SUMMARY.final_eval_loss_causal, list))
     return out.reset_index()[cols]
 
 

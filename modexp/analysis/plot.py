@@ -24,6 +24,7 @@ from modexp.analysis.plot_isoflop import fig_isoflop
 from modexp.analysis.plot_routing import fig_routing, fig_routing_heatmap
 from modexp.analysis.plot_verdict import fig_equal_size, fig_frontier, has_equal_size, has_frontier
 from modexp.analysis.plot_style import Style as _Style
+from modexp.analysis.roles import decides
 from modexp.analysis.verdict_text import verdict_markdown
 from modexp.naming import budget_tag
 from modexp.spec import SpecError
@@ -66,7 +67,7 @@ def plot_results(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> 
         figs["frontier"] = fig_frontier(res, verdict, style)
     if has_equal_size(verdict):
         figs["equal_size"] = fig_equal_size(res, verdict, style)
-    if any(r in res.metrics for r in res.runs.loc[res.runs.kind == "mod", "run_id"]):
+    if any(r in res.metrics for r in res.runs.loc[decides(res.runs), "run_id"]):
         figs["mod_routing"] = fig_routing(res, style)
         figs["routing_heatmap"] = fig_routing_heatmap(res)
     paths = [out / f"{name}.{fmt}" for name in figs for fmt in fmts]

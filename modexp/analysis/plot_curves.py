@@ -20,6 +20,7 @@ from modexp.analysis import curves as C
 from modexp.analysis import results as A
 from modexp.analysis.plot_style import Style, family_styles, header, log_x, sci
 from modexp.analysis.text import compact
+from modexp.records import TRAIN
 
 SIZE_CMAP, SIZE_RANGE = "plasma", (0.0, 0.78)  # dark purple to orange: no shade too light to read
 
@@ -39,8 +40,8 @@ def _smooth(y: pd.Series) -> pd.Series:
 
 def train_loss(rows: pd.DataFrame) -> pd.Series:
     """LM loss (comparable across variants); train_loss adds MoD's aux/predictor terms."""
-    lm = rows["lm_loss"] if "lm_loss" in rows else pd.Series(dtype=float)
-    return lm if lm.notna().any() else rows.get("train_loss", pd.Series(dtype=float))
+    lm = rows[TRAIN.lm_loss] if TRAIN.lm_loss in rows else pd.Series(dtype=float)
+    return lm if lm.notna().any() else rows.get(TRAIN.train_loss, pd.Series(dtype=float))
 
 
 def _ylim(curves: pd.DataFrame) -> tuple[float, float] | None:

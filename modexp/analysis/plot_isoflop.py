@@ -15,12 +15,14 @@ from matplotlib.lines import Line2D
 
 from modexp.analysis import results as A
 from modexp.analysis.isoflop import Analysis
+from modexp.analysis.roles import decides
 from modexp.analysis.plot_style import budget_colors, family_styles, header, log_x
 from modexp.analysis.text import compact
 from modexp.naming import budget_tag
+from modexp.records import SUMMARY
 
-COLUMNS = {"topk": ("loss", "loss_se", "final_eval_loss"),
-           "causal": ("loss_causal", "loss_causal_se", "final_eval_loss_causal")}
+COLUMNS = {"topk": ("loss", "loss_se", SUMMARY.final_eval_loss),
+           "causal": ("loss_causal", "loss_causal_se", SUMMARY.final_eval_loss_causal)}
 PANEL_W, PANEL_H, LINE_H = 5.6, 4.6, 0.14
 
 
@@ -49,7 +51,7 @@ def fig_isoflop(an: Analysis, order: list[str]) -> Figure:
         text_ax.text(0, 1, "optimum over families per budget (95% CI):\n" + "\n".join(tables[v]),
                      va="top", ha="left", fontsize=7.5, family="monospace", transform=text_ax.transAxes)
         log_x(ax, compact)
-        what = "causal eval loss" if metric == "causal" else "eval loss" if _kind(res, v) != "mod" else "top-k eval loss (no causal loss)"
+        what = "causal eval loss" if metric == "causal" else "eval loss" if not _decides(res, v) else "top-k eval loss (no causal loss)"
         ax.set(xlabel="parameters (log scale)", ylabel="final eval loss (nats/token)",
                title=f"{v}: {what}")
         ax.grid(True, which="both", alpha=0.25)
@@ -58,8 +60,9 @@ def fig_isoflop(an: Analysis, order: list[str]) -> Figure:
     return fig
 
 
-def _kind(res: A.Results, v: str) -> str:
-    return res.runs.loc[res.runs.variant == v, "kind"].iloc[0]
+def _decides(res: A.Results, v: str) -> bool:
+    """Whether variant v's entry makes a causal decision (its panel then names its loss)."""
+    return bool(decides(res.runs.loc[res.runs.variant == v]).iloc[0])
 
 
 def _envelope(an: Analysis, budget: float, v: str, metric: str):

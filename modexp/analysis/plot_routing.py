@@ -30,7 +30,9 @@ from modexp.analysis import routing as R
 from modexp.analysis.curves import eval_curves
 from modexp.analysis.plot_curves import size_colors
 from modexp.analysis.plot_style import LINES, Style, header, log_x, sci
+from modexp.analysis.roles import decides
 from modexp.naming import budget_tag
+from modexp.records import EVAL
 
 HEAT_CMAP = "RdBu_r"
 
@@ -50,7 +52,7 @@ def fig_routing(res: A.Results, style: Style) -> Figure:
                 continue
             c, ev = colors.get(model, "k"), _mean_eval(res, ids)
             ax_l.plot(ev.flops, ev.eval_loss, color=c, marker="o", ms=3)
-            if "eval_loss_causal" in ev and ev.eval_loss_causal.notna().any():
+            if EVAL.eval_loss_causal in ev and ev.eval_loss_causal.notna().any():
                 ax_l.plot(ev.flops, ev.eval_loss_causal, color=c, ls="--", marker="s", ms=3)
             _draw_predictor(ax_a, ev, res, ids[0], c)
             if with_pos:
@@ -94,7 +96,7 @@ def _mean_eval(res: A.Results, ids: list[str]):
     """The group's eval rows, numeric columns averaged over seeds at each budget fraction."""
     frames = [f for f in (res.rows(i, "eval") for i in ids) if len(f)]
     if not frames:  # a partial run stopped before its first evaluation
-        return pd.DataFrame(columns=["budget_frac", "flops", "eval_loss"], dtype=float)
+        return pd.DataFrame(columns=["budget_frac", "flops", EVAL.eval_loss], dtype=float)
     ev = pd.concat(frames, ignore_index=True)
     ev["budget_frac"] = ev["budget_frac"].round(9)
     cols = [c for c in A.NUMBER_KEYS if c in ev and c != "budget_frac"]
@@ -104,12 +106,12 @@ def _mean_eval(res: A.Results, ids: list[str]):
 def _draw_predictor(ax, ev, res: A.Results, run_id: str, color) -> None:
     """Accuracy alone hides a predictor that never routes (it scores 1 - capacity), so recall
     and that trivial baseline are drawn with it."""
-    if "predictor_acc" not in ev or ev.predictor_acc.isna().all():
+    if EVAL.predictor_acc not in ev or ev.predictor_acc.isna().all():
         return
     ax.plot(ev.flops, ev.predictor_acc, color=color, marker="o", ms=3)
-    if "predictor_recall" in ev:
+    if EVAL.predictor_recall in ev:
         ax.plot(ev.flops, ev.predictor_recall, color=color, ls=":", marker="v", ms=3)
-    if "predictor_recall_causal" in ev and not ev.predictor_recall_causal.isna().all():
+    if EVAL.predictor_recall_causal in ev and not ev.predictor_recall_causal.isna().all():
         # On the causal pass earlier layers route by their own decisions, so later predictors
         # see inputs they were not trained on: recall there is what sampling gets.
         ax.plot(ev.flops, ev.predictor_recall_causal, color=color, ls="--", marker="^", ms=3)
@@ -133,7 +135,7 @@ def _draw_positions(ax, res: A.Results, ids: list[str], color) -> int:
 
 
 def _position_axes(ax, res: A.Results, tag: str, n_routed: int) -> None:
-    caps = [c for cs in res.runs.loc[res.runs.kind == "mod", "capacities"] if isinstance(cs, list)
+    caps = [c for cs in res.runs.loc[decides(res.runs), "capacities"] if isinstance(cs, list)
             for c in cs if c is not None]
     handles = [Line2D([], [], color="0.3", ls=LINES[i % len(LINES)], lw=1.4,
                       label=f"routed layer {i + 1} of {n_routed}") for i in range(n_routed)]

@@ -1,7 +1,7 @@
 """Results folder -> tables: the runs and their metrics, validated (fits: modexp/analysis/isoflop.py).
 
-Reads only what the trainer writes (plan.json, <run>/run.json, metrics.jsonl, summary.json; see
-metrics.py), so it never imports torch, and it imports no matplotlib either: `modexp status`
+Reads only what the trainer writes (plan.json, <run>/run.json, metrics.jsonl, summary.json;
+through their records, modexp/records.py), so it never imports torch, and it imports no matplotlib either: `modexp status`
 style callers get the tables without a plotting stack. Every problem with the folder is
 collected and raised at once as SpecError (the CLI's exit code 2).
 """
@@ -17,17 +17,21 @@ import numpy as np
 import pandas as pd
 
 from modexp import variants
+from modexp.records import (EVAL, FAILED, FINISHED, KIND_KEY, ROW, SUMMARY, EvalRow, RecordError, RunRecord,
+                            Summary, row_from_dict, row_problems)
 from modexp.runs.metrics import METRICS_FILE, RUN_FILE, SUMMARY_FILE, read_json, read_metrics
 from modexp.spec import SpecError
 
 PLAN_FILE = "plan.json"
 PLAN_KEYS = ("run_id", "budget", "model", "variant", "kind", "seed", "params",
              "forward_flops_per_token", "flops_per_step", "steps")
-NUMBER_KEYS = ("step", "tokens", "flops", "train_loss", "lm_loss", "aux_loss", "predictor_loss",
-               "lr", "grad_norm", "wall_time", "tokens_per_s", "budget_frac", "eval_loss",
-               "eval_loss_causal", "predictor_acc", "predictor_precision", "predictor_recall",
-               "predictor_acc_causal", "predictor_precision_causal", "predictor_recall_causal")
-LIST_KEYS = ("routed_frac", "routed_frac_causal", "routed_frac_topk")
+# the row fields the frames hold as numbers (NaN where null or absent) and as lists
+NUMBER_KEYS = (ROW.step, ROW.tokens, ROW.flops, ROW.train_loss, ROW.lm_loss, ROW.aux_loss,
+               ROW.predictor_loss, ROW.lr, ROW.grad_norm, ROW.wall_time, ROW.tokens_per_s,
+               ROW.budget_frac, ROW.eval_loss, ROW.eval_loss_causal, ROW.predictor_acc,
+               ROW.predictor_precision, ROW.predictor_recall, ROW.predictor_acc_causal,
+               ROW.predictor_precision_causal, ROW.predictor_recall_causal)
+LIST_KEYS = (ROW.routed_frac, ROW.routed_frac_causal, ROW.routed_frac_topk)
 MAX_PROBLEMS_PER_FILE = 5  # one broken writer should not bury the other messages
 ONE_FAMILY = "all"  # the family of runs whose depth no file records (one parabola for all)
 
@@ -52,7 +56,7 @@ class Results:
         m = self.metrics.get(run_id)
         if m is None or m.empty:
             return pd.DataFrame(columns=["step", "flops"])
-        return m[m["kind"] == kind].sort_values("step").reset_index(drop=True)
+        return m[m[KIND_KEY] == kind].sort_values(ROW.step).reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- loading and validation
@@ -71,7 +75,7 @@ def load_results(root: str | Path) -> Results:
         problems.append(f"no {PLAN_FILE} and no run folders: nothing to plot yet "
                         "(start the sweep with `modexp run SPEC`)")
     entries = {p["run_id"]: p for p in plan_runs}
-    found: dict[str, tuple[dict | None, list[dict]]] = {}
+    found: dict[str, tuple[Summary | None, list[dict]]] = {}
     for d in dirs:
         plan, summary, rows = _read_run(root, d, entries.get(d.name), problems)
         if plan is not None:
@@ -100,6 +104,19 @@ def _read_json_file(root: Path, path: Path, problems: list[str]) -> dict | None:
         problems.append(f"{path.relative_to(root)}: expected a JSON object, got {type(obj).__name__}")
         return None
     return obj
+
+
+def _read_record(root: Path, path: Path, record, problems: list[str]):
+    """A run.json or summary.json as its record (records.py), or None with a problem naming
+    the file: not JSON, or a layout no reader takes (another schema, a field's type)."""
+    obj = _read_json_file(root, path, problems)
+    if obj is None:
+        return None
+    try:
+        return record.from_dict(obj, str(path.relative_to(root)))
+    except RecordError as e:
+        problems.append(str(e))
+        return None
 
 
 def _plan_problems(entry: object, where: str) -> list[str]:
@@ -154,17 +171,17 @@ def _read_run(root: Path, d: Path, planned: dict | None, problems: list[str]):
     """(plan entry, summary, metric rows) of one run folder; the plan from run.json wins."""
     plan = planned
     if (d / RUN_FILE).exists():
-        run = _read_json_file(root, d / RUN_FILE, problems)
+        run = _read_record(root, d / RUN_FILE, RunRecord, problems)
         if run is not None:
-            bad = _plan_problems(run.get("plan"), f"{d.name}/{RUN_FILE}")
+            bad = _plan_problems(run.plan, f"{d.name}/{RUN_FILE}")
             problems += bad
-            plan = None if bad else {**run["plan"], "settings": _settings(run),
-                                     **_shape(run["plan"], run.get("spec"), f"{d.name}/{RUN_FILE}",
+            plan = None if bad else {**run.plan, "settings": _settings(run.to_dict()),
+                                     **_shape(run.plan, run.spec, f"{d.name}/{RUN_FILE}",
                                               problems)}
     elif planned is None:
         problems.append(f"{d.name}: no {RUN_FILE} and not in {PLAN_FILE}, so its model and "
                         "variant are unknown")
-    summary = _read_json_file(root, d / SUMMARY_FILE, problems) if (d / SUMMARY_FILE).exists() else None
+    summary = _read_record(root, d / SUMMARY_FILE, Summary, problems) if (d / SUMMARY_FILE).exists() else None
     rows = _read_rows(root, d / METRICS_FILE, problems) if (d / METRICS_FILE).exists() else []
     return plan, summary, rows
 
@@ -176,29 +193,12 @@ def _read_rows(root: Path, path: Path, problems: list[str]) -> list[dict]:
     except (ValueError, UnicodeDecodeError) as e:
         problems.append(f"{rel}: {str(e).removeprefix(f'{path}: ')}")
         return []
-    found = [f"{rel} row {i + 1}: {p}" for i, r in enumerate(rows) for p in _row_problems(r)]
+    found = [f"{rel} row {i + 1}: {p}" for i, r in enumerate(rows) for p in row_problems(r)]
     problems += found[:MAX_PROBLEMS_PER_FILE]
     if len(found) > MAX_PROBLEMS_PER_FILE:
         problems.append(f"{rel}: {len(found) - MAX_PROBLEMS_PER_FILE} more bad rows")
-    return [] if found else rows
-
-
-def _is_number(v: object) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
-def _row_problems(row: object) -> list[str]:
-    if not isinstance(row, dict):
-        return ["a metrics row must be a JSON object"]
-    out = [] if row.get("kind") in ("train", "eval") else [
-        f"kind is {row.get('kind')!r}, expected 'train' or 'eval'"]
-    if not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool):
-        out.append(f"step is {row.get('step')!r}, expected an integer")
-    out += [f"{k} is {row[k]!r}, expected a number or null"
-            for k in NUMBER_KEYS if k in row and k != "step" and not _is_number(row[k])]
-    out += [f"{k} is {row[k]!r}, expected a list of numbers or null" for k in LIST_KEYS
-            if k in row and not (row[k] is None or isinstance(row[k], list) and all(map(_is_number, row[k])))]
-    return out
+    # the rows as their records give them back: declared keys only, as the file had them
+    return [] if found else [row_from_dict(r).to_dict() for r in rows]
 
 
 def _assemble(root: Path, experiment: str, entries: dict, found: dict) -> Results:
@@ -266,7 +266,7 @@ def _last(frame: pd.DataFrame, kind: str, key: str):
     """The latest non-null value of `key` among a run's `kind` rows (None if none)."""
     if frame.empty or key not in frame:
         return None
-    vals = frame.loc[frame["kind"] == kind].sort_values("step")[key].dropna()
+    vals = frame.loc[frame[KIND_KEY] == kind].sort_values(ROW.step)[key].dropna()
     return vals.iloc[-1] if len(vals) else None
 
 
@@ -283,30 +283,39 @@ def _entry(plan: dict) -> str | None:
         return None
 
 
-def _run_record(plan: dict, summary: dict | None, frame: pd.DataFrame) -> dict:
-    s = summary or {}
-    state = s["state"] if s.get("state") in ("done", "failed") else "missing" if frame.empty else "partial"
-    last_step = int(frame["step"].max()) if not frame.empty else 0
-    last_flops = float(frame["flops"].max()) if not frame.empty else 0.0
+def _default_router(kind: str) -> str | None:
+    """The router a plan entry without one ran (plan files from before routers were recorded):
+    its spec class's default, asked of the registry (MoD's learned); None without a router."""
+    cls = variants.config_class(kind)
+    field = cls.model_fields.get("router") if cls is not None else None
+    return field.default if field is not None else None
+
+
+def _run_record(plan: dict, summary: Summary | None, frame: pd.DataFrame) -> dict:
+    s = summary or Summary(state=None)
+    state = s.state if s.state in (FINISHED, FAILED) else "missing" if frame.empty else "partial"
+    last_step = int(frame[ROW.step].max()) if not frame.empty else 0
+    last_flops = float(frame[ROW.flops].max()) if not frame.empty else 0.0
 
     def pick(key: str, col: str) -> float:  # the summary's value, else the last eval row's
-        return _finite(s[key]) if s.get(key) is not None else _finite(_last(frame, "eval", col))
+        v = getattr(s, key)
+        return _finite(v) if v is not None else _finite(_last(frame, EvalRow.kind, col))
 
-    loss = pick("final_eval_loss", "eval_loss")
-    causal = pick("final_eval_loss_causal", "eval_loss_causal")
+    loss = pick(SUMMARY.final_eval_loss, EVAL.eval_loss)
+    causal = pick(SUMMARY.final_eval_loss_causal, EVAL.eval_loss_causal)
     total = float(plan.get("total_flops") or plan["steps"] * plan["flops_per_step"])
     return {
         "run_id": plan["run_id"], "budget": float(plan["budget"]), "model": plan["model"],
         "variant": plan["variant"], "kind": plan["kind"], "seed": plan["seed"],
         "family": plan.get("family", ONE_FAMILY), "n_layers": plan.get("n_layers"),
-        "router": plan.get("router") or ("learned" if plan["kind"] == "mod" else None),
+        "router": plan.get("router") or _default_router(plan["kind"]),
         "entry": _entry(plan),
         "params": float(plan["params"]),
         "forward_flops_per_token": float(plan["forward_flops_per_token"]),
         "steps": int(plan["steps"]), "total_flops": total, "state": state,
         "last_step": last_step, "budget_frac_done": last_flops / total if total else math.nan,
-        "final_eval_loss": loss, "final_eval_loss_causal": causal,
-        "error": s.get("error"), "capacities": plan.get("capacities"),
+        SUMMARY.final_eval_loss: loss, SUMMARY.final_eval_loss_causal: causal,
+        "error": s.error, "capacities": plan.get("capacities"),
         "settings": plan.get("settings"),  # fingerprint of the settings, seed left out
         "complete": state == "done" and math.isfinite(loss),
     }

@@ -58,3 +58,19 @@ def variant_order(runs: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
     order = list(dict.fromkeys(runs["variant"]))
     R = roles(runs)
     return order, [v for v in order if R[v] == BASELINE], [v for v in order if R[v] != BASELINE]
+
+
+def decides_of(kind: str, router: str | None = None, name: str | None = None) -> bool:
+    """Whether a run's entry makes a causal decision (variants.Entry.decides); False for a
+    kind no entry has (a variant registered only where the run was trained)."""
+    try:
+        return entry(kind, router, name).decides
+    except KeyError:
+        return False
+
+
+def decides(runs: pd.DataFrame) -> pd.Series:
+    """Per run (bool, runs' index): whether its entry makes a causal decision (the routing
+    figures' runs)."""
+    return pd.Series([decides_of(r.kind, getattr(r, "router", None), getattr(r, "entry", None))
+                      for r in runs.itertuples()], index=runs.index, dtype=bool)

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from modexp.analysis import results as A
+from modexp.analysis.roles import decides
+from modexp.records import EVAL, TRAIN
 
 GROUP = ["budget", "variant", "model"]
 
@@ -37,7 +39,7 @@ class LayerGrid:
 def mod_groups(res: A.Results) -> list[tuple[tuple, list[str]]]:
     """((budget, variant, model), run ids with metrics) of every MoD group, in budget, variant
     then params order."""
-    mod = res.runs[(res.runs.kind == "mod") & res.runs.run_id.isin(list(res.metrics))]
+    mod = res.runs[decides(res.runs) & res.runs.run_id.isin(list(res.metrics))]
     mod = mod.sort_values(["budget", "params"], kind="stable")
     order = {v: i for i, v in enumerate(dict.fromkeys(res.runs.variant))}
     keys = sorted(dict.fromkeys(map(tuple, mod[GROUP].to_numpy())),
@@ -72,8 +74,8 @@ def layer_grid(res: A.Results, run_ids: list[str]) -> LayerGrid:
         if ev.empty:
             continue
         f = ev["budget_frac"].round(9).to_numpy(float)
-        causal = _lists(ev, "routed_frac_causal", len(routed))
-        topk_tr = _lists(tr, "routed_frac", len(routed))
+        causal = _lists(ev, EVAL.routed_frac_causal, len(routed))
+        topk_tr = _lists(tr, TRAIN.routed_frac, len(routed))
         train = np.full_like(causal, np.nan)
         bounds = [-np.inf, *ev["step"].to_numpy(float)]
         for j in range(len(ev)):  # train rows since the previous evaluation, up to this one
@@ -104,10 +106,10 @@ def position_profile(res: A.Results, run_ids: list[str]) -> tuple[list[int], np.
     starts, per_seed = None, []
     for rid in run_ids:
         ev = res.rows(rid, "eval")
-        if ev.empty or "routed_frac_causal_pos" not in ev:
+        if ev.empty or EVAL.routed_frac_causal_pos not in ev:
             continue
         last = ev.iloc[-1]
-        pos, s = last.get("routed_frac_causal_pos"), last.get("pos_bin_starts")
+        pos, s = last.get(EVAL.routed_frac_causal_pos), last.get(EVAL.pos_bin_starts)
         if not (isinstance(pos, list) and pos and isinstance(s, list) and all(
                 isinstance(p, list) and len(p) == len(s) for p in pos)):
             continue

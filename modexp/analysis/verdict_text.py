@@ -6,14 +6,17 @@ and the reason for every "no verdict"; then the frontier. No torch."""
 from __future__ import annotations
 
 from modexp.analysis.frontier import LOSS_LAW
+from modexp.analysis.roles import decides_of
 from modexp.analysis.text import ci_text, compact, params_ci_text
 from modexp.naming import budget_tag
 
 METRIC = {"topk": "top-k", "causal": "causal"}
 
 
-def _loss_label(kind: str, metric: str) -> str:
-    return "eval" if kind != "mod" else METRIC[metric]
+def _loss_label(f: dict, metric: str) -> str:
+    """A fit's loss, as the table names it: a variant whose entry makes a causal decision
+    names which of its two losses (top-k or causal), any other has one eval loss."""
+    return METRIC[metric] if decides_of(f["kind"], f.get("router"), f.get("entry")) else "eval"
 
 
 def _check(f: dict) -> str:
@@ -34,7 +37,7 @@ def _family_rows(fits: dict) -> list[str]:
                 continue
             for fam, g in env["families"].items():
                 ok = g["status"] == "ok"
-                rows.append(f"| {name} | {_loss_label(f['kind'], metric)} | {fam} | {g['n_sizes']} | "
+                rows.append(f"| {name} | {_loss_label(f, metric)} | {fam} | {g['n_sizes']} | "
                             + (f"{compact(g['opt_params'])}{params_ci_text(g['opt_params_ci'])} | "
                                f"{g['opt_loss']:.4f}{ci_text(g['opt_loss_ci'])}" if ok else "- | -")
                             + f" | {_check(g)} | "
@@ -46,7 +49,7 @@ def _optimum_line(tag: str, name: str, f: dict, metric: str) -> list[str]:
     env = f if metric == "topk" else f.get("causal")
     if env is None:
         return []
-    label = f"{name} ({_loss_label(f['kind'], metric)} loss)"
+    label = f"{name} ({_loss_label(f, metric)} loss)"
     if env["status"] != "ok":
         lines = [f"- {tag} FLOPs, {label} optimum: no verdict: {env['reason']}"]
     else:

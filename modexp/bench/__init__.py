@@ -31,7 +31,7 @@ from modexp.bench.memory import bench_memory
 # print_bench, report_dict, Stepper and random_batch: imported from here by the CLI and scripts
 from modexp.bench.report import BenchReport, Ratio, print_bench, report_dict  # noqa: F401
 from modexp.bench.timing import Stepper, quartiles, random_batch, time_interleaved  # noqa: F401
-from modexp.runs.sample import Pair, resolve
+from modexp.runs.sample import BASE, ROUTED, Pair, resolve
 from modexp.spec import SpecError
 from modexp.training.peak import cached_peak
 
@@ -63,18 +63,18 @@ def _arch(pair: Pair, kind: str) -> flops.Arch:
 
 def decode_flop_ratio(pair: Pair, prompt_len: int, steps: int, routed_frac: list[float]) -> float:
     """FLOPs of the timed decode steps, vanilla / MoD (routed layers at measured fractions)."""
-    arch_m = _arch(pair, "mod")
+    arch_m = _arch(pair, ROUTED)
     fracs = iter(routed_frac)
     caps = tuple(None if c is None else next(fracs) for c in arch_m.capacities)
     measured = dataclasses.replace(arch_m, capacities=caps)
-    return (flops.decode_flops(_arch(pair, "vanilla"), prompt_len, steps)
+    return (flops.decode_flops(_arch(pair, BASE), prompt_len, steps)
             / flops.decode_flops(measured, prompt_len, steps))
 
 
 def train_flop_ratio(pair: Pair, seq_len: int) -> float:
     """Training FLOPs per sequence, vanilla / MoD."""
-    return (flops.train_flops(_arch(pair, "vanilla"), seq_len)
-            / flops.train_flops(_arch(pair, "mod"), seq_len))
+    return (flops.train_flops(_arch(pair, BASE), seq_len)
+            / flops.train_flops(_arch(pair, ROUTED), seq_len))
 
 
 def weight_read_ratio(pair: Pair, busy: list[float]) -> float:
@@ -84,7 +84,7 @@ def weight_read_ratio(pair: Pair, busy: list[float]) -> float:
     number of rows: MoD saves a routed layer's reads only in steps where no row routes
     there, (1 - c)^B of them at capacity c. That bounds a weight-bound decoder's speedup.
     """
-    arch = _arch(pair, "mod")
+    arch = _arch(pair, ROUTED)
     block, head = flops.block_params(arch), arch.d_model * arch.vocab
     n_dense = arch.n_layers - arch.n_routed
     mod = n_dense * block + sum(busy) * block + arch.n_routed * flops.router_params(arch) + head
@@ -98,7 +98,7 @@ def bench_decode(pair: Pair, batch: int, prompts: torch.Tensor, new_tokens: int,
     prompt's continuations would be that prompt's, not the model's."""
     from modexp.models.decode import generate
 
-    fracs: dict[str, list] = {"vanilla": [], "mod": []}
+    fracs: dict[str, list] = {BASE: [], ROUTED: []}
     busy = []  # per run: per routed layer, the fraction of steps in which some row ran it
 
     def run(kind: str) -> Callable[[], float]:
@@ -107,16 +107,16 @@ def bench_decode(pair: Pair, batch: int, prompts: torch.Tensor, new_tokens: int,
             g = generate(pair.nets[kind], prompts[i * batch:(i + 1) * batch], new_tokens,
                          temperature, seed=i)
             fracs[kind].append(g.routed_frac())
-            if kind == "mod" and g.routed is not None:
+            if kind == ROUTED and g.routed is not None:
                 busy.append(g.routed.any(dim=2).float().mean(dim=1).tolist())  # (R,)
             return g.decode_tokens_per_s
         return once
 
-    tok_s = time_interleaved({k: run(k) for k in ("vanilla", "mod")}, warmup, repeats)
-    v, m = statistics.median(tok_s["vanilla"]), statistics.median(tok_s["mod"])
-    frac = [statistics.mean(col) for col in zip(*fracs["mod"])]  # every run, warm-up included
+    tok_s = time_interleaved({k: run(k) for k in (BASE, ROUTED)}, warmup, repeats)
+    v, m = statistics.median(tok_s[BASE]), statistics.median(tok_s[ROUTED])
+    frac = [statistics.mean(col) for col in zip(*fracs[ROUTED])]  # every run, warm-up included
     analytic = decode_flop_ratio(pair, prompts.size(1), new_tokens - 1, frac)  # the timed steps
-    paired = [b / a for a, b in zip(tok_s["vanilla"], tok_s["mod"])]  # adjacent runs
+    paired = [b / a for a, b in zip(tok_s[BASE], tok_s[ROUTED])]  # adjacent runs
     ratio = Ratio(f"decode b{batch}", v, m, "tok/s", statistics.median(paired), analytic, frac,
                   quartiles(paired))
     if batch > 1 and busy:
@@ -132,11 +132,11 @@ def bench_train(pair: Pair, warmup: int, repeats: int, device: str,
     B, T = batch or spec.train.batch_size, spec.data.seq_len
     data = random_batch(spec.data.vocab, B, T)
     steppers = {k: Stepper(copy.deepcopy(pair.nets[k]), spec.train, data, device)
-                for k in ("vanilla", "mod")}  # copies: training must not change the weights
+                for k in (BASE, ROUTED)}  # copies: training must not change the weights
     secs = time_interleaved({k: s.step for k, s in steppers.items()}, warmup, repeats)
-    v, m = (1e3 * statistics.median(secs[k]) for k in ("vanilla", "mod"))
-    paired = [a / b for a, b in zip(secs["vanilla"], secs["mod"])]  # adjacent steps
-    step_flops = {k: B * flops.train_flops(_arch(pair, k), T) for k in ("vanilla", "mod")}
+    v, m = (1e3 * statistics.median(secs[k]) for k in (BASE, ROUTED))
+    paired = [a / b for a, b in zip(secs[BASE], secs[ROUTED])]  # adjacent steps
+    step_flops = {k: B * flops.train_flops(_arch(pair, k), T) for k in (BASE, ROUTED)}
     return Ratio("train step", v, m, "ms", statistics.median(paired), train_flop_ratio(pair, T),
                  spread=quartiles(paired), step_flops=step_flops), steppers
 
@@ -182,14 +182,14 @@ def bench(target: str | Path, model: str | None = None, batch_sizes: tuple[int, 
                            train_batch or pair.spec.train.batch_size if train else None, device)
     if too_big:
         raise SpecError("modexp bench", too_big)
-    if pair.variants["mod"].causal == "none":
+    if pair.variants[ROUTED].causal == "none":
         raise SpecError(str(target), ["the MoD variant has causal: none: it cannot decode token "
                                       "by token (use causal: predictor or aux_loss)"])
     note = "trained checkpoint: causal decisions at its own thresholds (see the capacity check)"
-    if pair.weights["mod"] == "fresh init":
+    if pair.weights[ROUTED] == "fresh init":
         sample = torch.randint(0, pair.spec.data.vocab, (8, prompt_len + new_tokens),
                                generator=torch.Generator().manual_seed(seed + 1))
-        note = calibrate_routing(pair.nets["mod"], sample.to(device))
+        note = calibrate_routing(pair.nets[ROUTED], sample.to(device))
     # a fresh prompt per run (the rows of one run's batch differ too)
     prompts, source = _prompts(pair, max(batch_sizes) * (warmup + repeats), prompt_len, seed)
     prompts, source = prompts.to(device), f"{source}, new ones every run"
@@ -242,7 +242,7 @@ def check_memory(pair: Pair, batch_sizes, prompt_len: int, new_tokens: int, warm
     batch = max(batch_sizes)  # the largest batch bounds them all
     one = batch * prompt_len * 8  # one run's int64 prompts; every run's are held
     # both: vanilla's KV cache is the larger, MoD's routed prefill grows with the prompt squared
-    archs = [_arch(pair, k) for k in ("vanilla", "mod")]
+    archs = [_arch(pair, k) for k in (BASE, ROUTED)]
     problems = check_generation_memory(archs, batch, prompt_len, new_tokens, device,
                                        ("--new-tokens", "--batch-size", "--prompt-len"), one)
     decode = max(generation_memory(a, batch, prompt_len, new_tokens).total for a in archs)
@@ -253,7 +253,7 @@ def check_memory(pair: Pair, batch_sizes, prompt_len: int, new_tokens: int, warm
     if train_batch is not None:
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
         steps = [training_memory(_arch(pair, k), pair.spec.data.seq_len, train_batch, dtype)
-                 for k in ("vanilla", "mod")]
+                 for k in (BASE, ROUTED)]
         held = sum(e.params + e.grads + e.optimizer for e in steps)
         peak = held + max(e.total - e.params - e.grads - e.optimizer for e in steps)
         if peak > free:
@@ -269,6 +269,6 @@ def check_capacity(pair: Pair, r: Ratio, prompt_len: int, steps: int) -> None:
     from modexp.models.routing_check import check_routing
 
     spec = pair.spec
-    check = check_routing(pair.model_cfg, pair.variants["mod"], spec.data.vocab,
+    check = check_routing(pair.model_cfg, pair.variants[ROUTED], spec.data.vocab,
                           spec.data.seq_len, r.routed_frac, prompt_len, steps)
     r.capacity, r.off_capacity, r.routing = check.capacity, check.off, check.summary()

@@ -10,7 +10,7 @@ import torch
 
 from modexp.bench.report import Memory
 from modexp.bench.timing import Stepper
-from modexp.runs.sample import Pair
+from modexp.runs.sample import BASE, ROUTED, Pair
 
 
 @contextmanager
@@ -60,16 +60,16 @@ def bench_memory(pair: Pair, prompt: torch.Tensor, new_tokens: int, device: str,
     """Peak memory of one batch-1 generation and (with steppers) of one training step."""
     from modexp.models.decode import generate
 
-    kinds, gens = ("vanilla", "mod"), {}
+    kinds, gens = (BASE, ROUTED), {}
     run = {k: lambda k=k: gens.setdefault(k, generate(pair.nets[k], prompt, new_tokens, 1.0))
            for k in kinds}  # keep each generation: its caches are measured below
     peaks = {k: peak_bytes(run[k], device, _state_bytes(pair.nets[k])) for k in kinds}
     cache = {k: sum(c.nbytes for c in gens[k].caches) for k in kinds}
-    out = [Memory(f"decode b{prompt.size(0)}", peaks["vanilla"][0], peaks["mod"][0],
-                  peaks["mod"][1]),
-           Memory("  of which KV cache", cache["vanilla"], cache["mod"], "cache buffers, exact")]
+    out = [Memory(f"decode b{prompt.size(0)}", peaks[BASE][0], peaks[ROUTED][0],
+                  peaks[ROUTED][1]),
+           Memory("  of which KV cache", cache[BASE], cache[ROUTED], "cache buffers, exact")]
     if steppers:
         peaks = {k: peak_bytes(s.step, device, _state_bytes(s.net, *s.opts))
                  for k, s in steppers.items()}
-        out.append(Memory("train step", peaks["vanilla"][0], peaks["mod"][0], peaks["mod"][1]))
+        out.append(Memory("train step", peaks[BASE][0], peaks[ROUTED][0], peaks[ROUTED][1]))
     return out

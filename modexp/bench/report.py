@@ -6,6 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from modexp.runs.sample import BASE, ROUTED
 from modexp.training import mfu
 
 
@@ -73,7 +74,7 @@ def step_throughput(r: Ratio, peak: float | None) -> dict:
     """A training step's achieved FLOP/s and MFU, vanilla and MoD (empty for decode rows)."""
     if not r.step_flops:
         return {}
-    secs = {"vanilla": r.vanilla / 1e3, "mod": r.mod / 1e3}  # median ms per step
+    secs = {BASE: r.vanilla / 1e3, ROUTED: r.mod / 1e3}  # median ms per step, by pair side
     return {k: mfu.throughput_fields(r.step_flops[k], secs[k], peak) for k in secs}
 
 

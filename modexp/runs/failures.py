@@ -14,6 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
+from modexp.records import Summary
 from modexp.runs.metrics import SUMMARY_FILE, write_json_atomic
 
 ERROR_LOG, INTERRUPTED_FILE = "error.log", "interrupted.json"
@@ -46,8 +47,7 @@ def describe(exc: BaseException) -> str:
 def record_failure(run_dir: Path, run_id: str, exc: BaseException) -> None:
     """summary.json with state failed and the error; the traceback in error.log."""
     (run_dir / ERROR_LOG).write_text("".join(traceback.format_exception(exc)))
-    write_json_atomic(run_dir / SUMMARY_FILE, {"state": "failed", "error": describe(exc),
-                                               "run_id": run_id})
+    write_json_atomic(run_dir / SUMMARY_FILE, Summary.failed(run_id, describe(exc)).to_dict())
 
 
 def record_interruption(run_dir: Path, exc: BaseException) -> bool:

@@ -31,6 +31,8 @@ import sys
 import threading
 import weakref
 
+from modexp.records import KIND_KEY, ROW, SCHEMA_KEY, Row, TrainRow
+
 LOGGERS = ("tensorboard", "wandb")
 _EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
@@ -50,13 +52,20 @@ def check_loggers(names, where: str = "--logger") -> list[str]:
     return problems
 
 
-def scalars(row: dict) -> dict[str, float]:
-    """A metrics row as flat scalars: 'train/lm_loss', 'eval/loss', 'eval/loss_causal',
-    'eval/routed_frac_causal/0' (one per routed layer, in layer order), ...; a key that repeats
-    its kind ('eval_loss', 'train_loss') loses the repetition ('eval/loss', 'train/loss')."""
-    kind, out = row.get("kind", "train"), {}
+def _row_dict(row: Row | dict) -> dict:
+    """A row as metrics.jsonl holds it (a record's to_dict; a dict as given)."""
+    return row if isinstance(row, dict) else row.to_dict()
+
+
+def scalars(row: Row | dict) -> dict[str, float]:
+    """A metrics row (a record, or its dict) as flat scalars: train/lm_loss, eval/loss,
+    eval/loss_causal, eval/routed_frac_causal/0 (one per routed layer, in layer order), ...; a
+    key that repeats its kind (eval_loss, train_loss) loses the repetition (eval/loss,
+    train/loss). The schema version is no metric."""
+    row = _row_dict(row)
+    kind, out = row.get(KIND_KEY, TrainRow.kind), {}
     for k, v in row.items():
-        if k in ("kind",) or isinstance(v, bool):
+        if k in (KIND_KEY, SCHEMA_KEY) or isinstance(v, bool):
             continue
         k = k.removeprefix(f"{kind}_")
         if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
@@ -168,9 +177,9 @@ class TensorBoardLogger:
             if t in _THREAD_ERRORS:
                 raise _THREAD_ERRORS.pop(t)
 
-    def log(self, row: dict) -> None:
+    def log(self, row: Row | dict) -> None:
         self._raise_thread_error()
-        step = self.tb_step(row["flops"])
+        step = self.tb_step(_row_dict(row)[ROW.flops])
         for k, v in scalars(row).items():
             self.w.add_scalar(k, v, step)
 
@@ -199,8 +208,9 @@ class WandbLogger:
         for kind in ("train", "eval"):
             self.run.define_metric(f"{kind}/*", step_metric=FLOPS_METRIC)
 
-    def log(self, row: dict) -> None:
-        self.run.log({**scalars(row), FLOPS_METRIC: float(row["flops"])}, step=row["step"])
+    def log(self, row: Row | dict) -> None:
+        row = _row_dict(row)
+        self.run.log({**scalars(row), FLOPS_METRIC: float(row[ROW.flops])}, step=row[ROW.step])
 
     def close(self) -> None:
         self.run.finish()
@@ -238,9 +248,11 @@ class Tee:
             print(f"warning: {name} logger failed ({type(e).__name__}: {e}); it is off for this "
                   "run, metrics.jsonl is complete", file=sys.stderr)
 
-    def log(self, row: dict) -> None:
-        """Append to metrics.jsonl, then send to each live dashboard."""
+    def log(self, row: Row | dict) -> None:
+        """Append to metrics.jsonl, then send to each live dashboard (the row as the file
+        holds it)."""
         self.primary.log(row)
+        row = _row_dict(row)
         for n, d in list(self.dashboards.items()):
             self._guard(n, lambda d=d: d.log(row))
 

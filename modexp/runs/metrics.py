@@ -1,11 +1,14 @@
 """Run files on disk: atomic JSON, an append-only metrics log, and their readers.
 
-Layout of one run, results/<experiment>/<run_id>/:
-- run.json      {"plan": <plan entry>, "spec": <resolved spec>, "data": <size, sha256>,
-                "fingerprint": {"sha256", "settings", "fields"}}  written once, before training
-                (fingerprint.py says which settings it covers)
-- metrics.jsonl one JSON object per line; "kind" is "train" or "eval" (see MetricsWriter)
-- summary.json  {"state": "done"|"failed"|..., "final_eval_loss": ..., ...} at the run's end
+Layout of one run, results/<experiment>/<run_id>/ (every field: modexp/records.py):
+- run.json      records.RunRecord: {"plan": <plan entry>, "spec": <resolved spec>,
+                "data": <size, sha256>, "fingerprint": {"sha256", "settings", "fields"},
+                "schema"}  written once, before training (fingerprint.py says which settings
+                it covers)
+- metrics.jsonl one JSON object per line: records.TrainRow ("kind": "train") or
+                records.EvalRow ("kind": "eval")
+- summary.json  records.Summary: {run_id, state: done | failed, final_eval_loss, ...}
+                at the run's end
 - ckpt.pt, ckpt.prev.pt, ckpt.sha256.json   the last two checkpoints, checksummed (training/checkpoint.py)
 - error.log (failed), interrupted.json (stopped by the machine; failures.py)
 No torch here: plots and status read these files without importing torch. The atomic JSON
@@ -18,26 +21,16 @@ import json
 import os
 from pathlib import Path
 
+from modexp.records import Row, RunRecord, Summary, row_from_dict
 from modexp.files import read_json, strict_json, write_json_atomic, write_text_atomic  # noqa: F401 (run-file readers import them from here)
 
 RUN_FILE, METRICS_FILE, SUMMARY_FILE = "run.json", "metrics.jsonl", "summary.json"
 
 
 class MetricsWriter:
-    """Append-only metrics.jsonl for one run.
+    """Append-only metrics.jsonl for one run: records.TrainRow and records.EvalRow, one per
+    line (records.py declares and documents every field).
 
-    Train rows: kind="train", step, tokens, flops (cumulative training FLOPs, analytic),
-    train_loss, lm_loss, aux_loss, predictor_loss, lr, grad_norm, routed_frac (list, one per
-    routed layer), wall_time (s since the run started, across resumes), tokens_per_s.
-    Eval rows: kind="eval", step, tokens, flops, budget_frac, eval_loss (top-k routing),
-    eval_sequences (held-out sequences scored: more at the last evaluation) and for MoD
-    eval_loss_causal, predictor_acc, predictor_precision, predictor_recall, threshold and
-    routed_frac_causal (lists per routed layer), with 95% intervals over the held-out sequences:
-    predictor_acc_causal_ci [lo, hi] and routed_frac_causal_ci (one [lo, hi] per routed layer);
-    where the causal decisions route in the sequence: pos_bin_starts (the first position of each
-    of min(16, seq_len) near-equal position bins) and routed_frac_causal_pos (per routed layer,
-    each bin's fraction of its tokens routed on the causal pass; evaluation.position_bins).
-    Rows written before these two keys existed lack them (figures then skip that panel).
     On resume, `truncate_after(step)` drops rows logged after the checkpoint, so the log
     continues with no duplicated or missing rows.
     """
@@ -46,10 +39,12 @@ class MetricsWriter:
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def log(self, row: dict) -> None:
-        """Append one row and flush it to disk."""
+    def log(self, row: Row | dict) -> None:
+        """Append one row (a record, or a dict written as given: fixtures, old rows) and flush
+        it to disk."""
+        obj = row if isinstance(row, dict) else row.to_dict()
         with open(self.path, "a") as f:
-            f.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
+            f.write(json.dumps(strict_json(obj), allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -84,3 +79,19 @@ def read_metrics(path: str | Path) -> list[dict]:
                 break
             raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
     return rows
+
+
+def read_rows(path: str | Path) -> list[Row]:
+    """A metrics.jsonl's rows as records; ValueError (one line: the file, the row, the
+    field and what it allows) for a row neither layout reader takes."""
+    return [row_from_dict(r, f"{path} row {i + 1}") for i, r in enumerate(read_metrics(path))]
+
+
+def read_summary(path: str | Path) -> Summary:
+    """A summary.json as its record (ValueError naming the file if it is not one)."""
+    return Summary.from_dict(read_json(path), str(path))
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """A run.json as its record (ValueError naming the file if it is not one)."""
+    return RunRecord.from_dict(read_json(path), str(path))

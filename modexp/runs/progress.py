@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from modexp.records import FAILED, Row, Summary, TrainRow, as_row
+
 
 class SweepProgress:
     """Implements the runner's progress interface; prints one line per run end."""
@@ -39,10 +41,11 @@ class SweepProgress:
             line = text if isinstance(text, Text) else Text(text, style=style or "")
             self.console.print(line, highlight=False, soft_wrap=True)
 
-    def row(self, row: dict) -> None:
+    def row(self, row: Row | dict) -> None:
         """A logged metrics row (runner.py passes each on): keeps the train rows' LM loss."""
-        if row.get("kind") == "train" and isinstance(row.get("lm_loss"), (int, float)):
-            self.lm_loss = (row["step"], float(row["lm_loss"]))
+        row = as_row(row)
+        if isinstance(row, TrainRow) and isinstance(row.lm_loss, (int, float)):
+            self.lm_loss = (row.step, float(row.lm_loss))
 
     def start_sweep(self, runs) -> None:
         """Open the overall bar, counted in percent of the sweep's training FLOPs."""
@@ -88,18 +91,19 @@ class SweepProgress:
         self._say(f"skip {run.run_id}: {reason}", style="dim")
 
     def end_run(self, run, summary: dict) -> None:
-        """One line with the run's outcome (failures even when quiet)."""
+        """One line with the run's outcome (failures even when quiet); `summary` as
+        summary.json holds it (records.Summary)."""
         if self.current is not None:
             self.bars.remove_task(self.current)
-        if summary["state"] == "failed":
-            self._say(Text("failed", style="red") + Text(f" {run.run_id}: {summary['error']}"),
-                      level=-1)
+        s = Summary.from_dict(summary, f"{run.run_id} summary")
+        if s.state == FAILED:
+            self._say(Text("failed", style="red") + Text(f" {run.run_id}: {s.error}"), level=-1)
             return
-        causal = summary.get("final_eval_loss_causal")
+        causal = s.final_eval_loss_causal
         extra = f", causal {causal:.4f}" if causal is not None else ""
         self._say(Text("done", style="green") + Text(
-            f" {run.run_id}: eval loss {summary['final_eval_loss']:.4f}{extra}, "
-            f"{summary['tokens_per_s']:,.0f} tok/s, {summary['wall_time']:.0f} s"))
+            f" {run.run_id}: eval loss {s.final_eval_loss:.4f}{extra}, "
+            f"{s.tokens_per_s:,.0f} tok/s, {s.wall_time:.0f} s"))
 
     def end_sweep(self) -> None:
         """Close the bars (the overall one at exactly 100%, whatever the float rounding)."""
@@ -118,12 +122,12 @@ def _hms(seconds: float) -> str:
 
 def sweep_json(report) -> dict:
     """`modexp run --json`: the results folder, each selected run's outcome and summary.json."""
-    from modexp.runs.metrics import SUMMARY_FILE, read_json
+    from modexp.runs.metrics import SUMMARY_FILE, read_summary
 
     runs = {}
     for run_id, outcome in report.outcomes.items():
         f = report.experiment_dir / run_id / SUMMARY_FILE
-        runs[run_id] = {"outcome": outcome, "summary": read_json(f) if f.exists() else None}
+        runs[run_id] = {"outcome": outcome, "summary": read_summary(f).to_dict() if f.exists() else None}
     return {"experiment_dir": str(report.experiment_dir), "failed": report.failed, "runs": runs}
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from modexp.data.corpus import SourceError
 from modexp.plan import Plan, RunPlan, plan_file
+from modexp.records import FAILED, FINISHED, RunRecord, Summary
 from modexp.runs import fingerprint, rundirs
 from modexp.runs.failures import clear_records, describe, is_environment_error, record_failure, record_interruption
-from modexp.runs.metrics import RUN_FILE, SUMMARY_FILE, MetricsWriter, read_json, write_json_atomic
+from modexp.runs.metrics import RUN_FILE, SUMMARY_FILE, MetricsWriter, read_json, read_summary, write_json_atomic
 from modexp.runs.signals import StopSignals
 from modexp.spec import ExperimentSpec, SpecError, spec_to_dict
 from modexp.spec.config import AUTO
@@ -143,10 +144,10 @@ def run_state(run_dir: Path) -> str:
     summary = run_dir / SUMMARY_FILE
     if summary.exists():
         try:
-            state = read_json(summary).get("state")
-        except (OSError, ValueError, AttributeError):
+            state = read_summary(summary).state
+        except (OSError, ValueError):  # garbled JSON or not a summary (records.RecordError)
             return "corrupt"
-        return state if state in ("done", "failed") else "corrupt"
+        return state if state in (FINISHED, FAILED) else "corrupt"
     if not (run_dir / RUN_FILE).exists():
         return "planned"
     return "running" if is_locked(run_dir) else "interrupted"
@@ -329,7 +330,8 @@ def _one_scan_per_node():
 
 def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_step=None,
               say=None, loggers=(), on_row=None, stop_signal=None, verbose=False) -> dict:
-    """Build the model, resume from the newest good checkpoint, train to the end; the summary.
+    """Build the model, resume from the newest good checkpoint, train to the end; the summary
+    (summary.json's object: records.Summary.to_dict).
 
     `say`: where notes on passed-over checkpoints or a start from zero go (never silent).
     `loggers`: dashboards (tensorboard, wandb) fed next to metrics.jsonl, besides the spec's.
@@ -367,7 +369,7 @@ def train_one(spec: ExperimentSpec, run: RunPlan, run_dir: Path, data, ctx, on_s
                              "from step 0"))
         writer.truncate_after(step)  # rows after the checkpoint are redone, not duplicated
     try:
-        return trainer.fit()
+        return trainer.fit().to_dict()
     finally:
         if isinstance(writer, Tee):
             writer.close()
@@ -501,10 +503,10 @@ def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=(), stop=None) -> 
 
     trained = resolve_auto(p, run, ctx)
     if ctx.is_main and not (run_dir / RUN_FILE).exists():
-        write_json_atomic(run_dir / RUN_FILE, {"plan": {**run.to_dict(),
-                                                        "micro_batch_auto": trained.micro_batch_auto},
-                                               "spec": spec_to_dict(p.spec), "data": p.data_print,
-                                               "fingerprint": p.prints[run.run_id]})
+        write_json_atomic(run_dir / RUN_FILE, RunRecord(
+            plan={**run.to_dict(), "micro_batch_auto": trained.micro_batch_auto},
+            spec=spec_to_dict(p.spec), data=p.data_print,
+            fingerprint=p.prints[run.run_id]).to_dict())
     elif ctx.is_main and trained is not run:
         _record_auto(run_dir, run, trained)
     ui.start_run(run)
@@ -533,10 +535,10 @@ def _train_locked(p: Prepared, run, run_dir, ctx, ui, loggers=(), stop=None) -> 
             raise
         if ctx.is_main:
             record_failure(run_dir, run.run_id, exc)
-        ui.end_run(run, {"state": "failed", "error": describe(exc)})
+        ui.end_run(run, Summary.failed(run.run_id, describe(exc)).to_dict())
         return "failed"
     if ctx.is_main:
-        write_json_atomic(run_dir / SUMMARY_FILE, {"run_id": run.run_id, **summary})
+        write_json_atomic(run_dir / SUMMARY_FILE, summary)  # records.Summary's, run_id first
         clear_records(run_dir)
         retire(run_dir, p.spec.train.keep)  # the checkpoints train.keep does not keep
     ui.end_run(run, summary)

@@ -44,7 +44,7 @@ class SampleResult:
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model in eval mode, run.json, checkpoint step) from a run folder; SpecError if unusable."""
     from modexp.models.build import build_model
-    from modexp.runs.metrics import RUN_FILE, read_json
+    from modexp.runs.metrics import RUN_FILE, read_run
     from modexp.spec import parse_spec
     from modexp.training.checkpoint import CKPT_FILE, CheckpointError, has_checkpoint, load_for_reading
 
@@ -56,8 +56,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     if not has_checkpoint(run_dir):
         raise SpecError(str(run_dir), ["no checkpoint (ckpt.pt): the run has not trained yet "
                                        "(modexp run SPEC)"])
-    run = read_json(run_dir / RUN_FILE)
-    spec, plan = parse_spec(run["spec"], str(run_dir / RUN_FILE)), run["plan"]
+    record = read_run(run_dir / RUN_FILE)  # records.RunRecord: one line if another schema
+    spec, plan, run = parse_spec(record.spec, str(run_dir / RUN_FILE)), record.plan, record.to_dict()
     model_cfg = next(m for m in spec.models if m.name == plan["model"])
     model = build_model(model_cfg, spec.variants[plan["variant"]], plan["vocab"],
                         seq_len=spec.data.seq_len, device=device)
@@ -224,26 +224,29 @@ def print_sample(res: SampleResult, console) -> None:
 
 
 # ---------------------------------------------------------------- both kinds of one size (bench)
-SIDES = {"vanilla": BASELINE, "mod": TREATMENT}
-"""A pair's two sides and the role (modexp/variants) each is taken from."""
+BASE, ROUTED = variants.first(BASELINE).name, variants.first(TREATMENT).name
+"""A pair's two sides, named after the registry's first baseline and first treatment entries
+("vanilla" and "mod": labels and JSON keys of `modexp bench`)."""
+SIDES: dict[str, str] = {BASE: BASELINE, ROUTED: TREATMENT}
+"""Each side and the role (modexp/variants) its variant is taken from."""
 
 
 @dataclass
 class Pair:
-    """The baseline and treatment models of one size (sides "vanilla" and "mod"), and where
+    """The baseline and treatment models of one size (sides BASE and ROUTED), and where
     their weights come from."""
 
     spec: ExperimentSpec
     model_cfg: ModelConfig
-    variants: dict[str, VariantConfig]  # side -> variant config
-    nets: dict[str, Transformer]  # side -> model
+    variants: dict[str, VariantConfig]  # side (BASE | ROUTED) -> variant config
+    nets: dict[str, Transformer]  # side -> model, in eval mode
     weights: dict[str, str]  # side -> "checkpoint <run_id> (step n)" | "fresh init"
 
 
 def _side(entry_name: str | None, kind: str, router: str | None) -> str:
     """The pair side a run's variant takes: its entry's role's."""
     role = variants.of_run({"entry": entry_name, "kind": kind, "router": router}).role
-    return "vanilla" if role == BASELINE else "mod"
+    return BASE if role == BASELINE else ROUTED
 
 
 def _variant_name(spec, side: str) -> str:
@@ -267,7 +270,7 @@ def _largest(spec, name: str | None):
 
 def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
     """A run folder, a results folder, a spec file (or spec) -> the pair of models to compare."""
-    from modexp.runs.metrics import RUN_FILE, read_json
+    from modexp.runs.metrics import RUN_FILE, read_json, read_run
     from modexp.runs.runner import CKPT_FILE, PLAN_FILE
     from modexp.data.facts import resolved_spec
     from modexp.spec import load_spec, parse_spec
@@ -280,8 +283,8 @@ def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
         spec, _ = resolved_spec(load_spec(target), str(target))
         return _pair(spec, _largest(spec, model), {}, {}, device)
     if (target / RUN_FILE).is_file():  # a run: its size, with its sibling of the other kind
-        run = read_json(target / RUN_FILE)
-        spec, p = parse_spec(run["spec"], str(target / RUN_FILE)), run["plan"]
+        run = read_run(target / RUN_FILE)
+        spec, p = parse_spec(run.spec, str(target / RUN_FILE)), run.plan
         runs = _runs(target.parent, p["budget"], p["seed"])
         side = _side(p.get("entry"), p["kind"], p.get("router"))
         return _pair(spec, _largest(spec, p["model"]), runs, {side: p["variant"]}, device)
@@ -299,12 +302,12 @@ def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
 
 def _runs(exp_dir: Path, budget: float, seed: int) -> dict[tuple[str, str], Path]:
     """(model, variant) -> run folder with a checkpoint, for one budget and seed."""
-    from modexp.runs.metrics import RUN_FILE, read_json
+    from modexp.runs.metrics import RUN_FILE, read_run
     from modexp.runs.runner import CKPT_FILE
 
     found = {}
     for run_file in exp_dir.glob(f"*/{RUN_FILE}"):
-        p = read_json(run_file)["plan"]
+        p = read_run(run_file).plan
         if p["budget"] == budget and p["seed"] == seed and (run_file.parent / CKPT_FILE).is_file():
             found[(p["model"], p["variant"])] = run_file.parent
     return found
@@ -317,10 +320,10 @@ def _pair(spec, size, runs: dict, names: dict, device: str) -> Pair:
     """
     from modexp.models.build import build_model
 
-    names = {k: names.get(k) or _variant_name(spec, k) for k in ("vanilla", "mod")}
+    names = {k: names.get(k) or _variant_name(spec, k) for k in SIDES}
     configs = {k: spec.variants[n] for k, n in names.items()}
     nets, weights = {}, {}
-    for kind in ("vanilla", "mod"):
+    for kind in SIDES:
         run_dir = runs.get((size.name, names[kind]))
         if run_dir is not None:
             nets[kind], run, step = load_run(run_dir, device)

@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from modexp.runs.metrics import METRICS_FILE, SUMMARY_FILE, read_json, read_metrics
+from modexp.records import ROW, SUMMARY, Summary, row_from_dict
+from modexp.runs.metrics import METRICS_FILE, SUMMARY_FILE, read_json, read_metrics, read_summary
 from modexp.runs.failures import INTERRUPTED_FILE
 from modexp.runs.runner import PLAN_FILE, run_state
 from modexp.spec import SpecError, load_spec
@@ -42,41 +43,45 @@ def sweep_status(path: str | Path, results: str | Path = "results", overrides=()
 
 
 def _one(run_dir: Path, plan: dict) -> dict:
-    """A run's row; a garbled file makes the state 'corrupt' with the reason in 'error'."""
+    """A run's row; a garbled file makes the state 'corrupt' with the reason in 'error'.
+    Rows and summary are read through records.py: a row without an integer step is passed
+    over (a fixture's or a torn writer's), a file of another schema makes the run corrupt."""
     state, problems = run_state(run_dir), []
-    rows, summary, note = [], {}, {}
+    rows, summary, note = [], Summary(state=None), {}
     try:
         rows = read_metrics(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else []
-        rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
-        flops = max((float(r.get("flops") or 0) for r in rows), default=0)
+        rows = [row_from_dict(r, f"row {i + 1}") for i, r in enumerate(rows)
+                if isinstance(r, dict) and isinstance(r.get(ROW.step), int)]
+        flops = max((float(r.flops or 0) for r in rows), default=0)
     except (ValueError, TypeError) as e:
         problems.append(f"{METRICS_FILE}: {str(e).removeprefix(str(run_dir / METRICS_FILE) + ': ')}")
         rows, flops = [], 0
     if state == "corrupt":
-        problems.append(f"{SUMMARY_FILE} is not valid JSON; `modexp run` rewrites it from the checkpoint")
+        problems.append(f"{SUMMARY_FILE} is not valid JSON or not a summary of a schema this "
+                        "modexp reads; `modexp run` rewrites it from the checkpoint")
     elif (run_dir / SUMMARY_FILE).exists():
-        summary = read_json(run_dir / SUMMARY_FILE)
+        summary = read_summary(run_dir / SUMMARY_FILE)
     if state == "interrupted" and (run_dir / INTERRUPTED_FILE).exists():
         try:
             note = read_json(run_dir / INTERRUPTED_FILE)
         except ValueError:
             note = {}
     return {"run_id": plan["run_id"], "state": "corrupt" if problems else state,
-            "step": max((r["step"] for r in rows), default=0),
+            "step": max((r.step for r in rows), default=0),
             "steps": plan["steps"], "flops": flops, "total_flops": plan["total_flops"],
             "progress": flops / plan["total_flops"],
-            "final_eval_loss": summary.get("final_eval_loss"),
-            "final_eval_loss_causal": summary.get("final_eval_loss_causal"),
-            "routed_frac_causal": summary.get("routed_frac_causal"),
-            "decision_acc": summary.get("predictor_acc_causal"),
-            "decision_acc_ci": summary.get("predictor_acc_causal_ci"),
-            "capacity": summary.get("routed_frac_topk"),  # per routed layer, k/T
-            "error": "; ".join(problems) or summary.get("error") or note.get("error")}
+            SUMMARY.final_eval_loss: summary.final_eval_loss,
+            SUMMARY.final_eval_loss_causal: summary.final_eval_loss_causal,
+            SUMMARY.routed_frac_causal: summary.routed_frac_causal,
+            "decision_acc": summary.predictor_acc_causal,
+            "decision_acc_ci": summary.predictor_acc_causal_ci,
+            "capacity": summary.routed_frac_topk,  # per routed layer, k/T
+            "error": "; ".join(problems) or summary.error or note.get("error")}
 
 
 def _routed(r: dict) -> Text:
     """Causal routed fraction per layer vs capacity; '!' marks a layer > 2 points off."""
-    fracs, caps = r.get("routed_frac_causal"), r.get("capacity")
+    fracs, caps = r.get(SUMMARY.routed_frac_causal), r.get("capacity")
     out = Text()
     if not fracs or not caps or len(fracs) != len(caps):
         return out
@@ -108,6 +113,6 @@ def print_status(rows: list[dict], console: Console) -> None:
         fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
         t.add_row(Text(r["run_id"]), Text(r["state"], style=colour.get(r["state"], "white")),
                   f"{r['step']}/{r['steps']}", f"{100 * r['progress']:.0f}%",
-                  fmt(r["final_eval_loss"]), fmt(r["final_eval_loss_causal"]), _routed(r),
+                  fmt(r[SUMMARY.final_eval_loss]), fmt(r[SUMMARY.final_eval_loss_causal]), _routed(r),
                   Text(_accuracy(r)), Text(r["error"] or ""))
     console.print(t)

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from modexp.data.tokens import TokenData
 from modexp.plan import RunPlan
+from modexp.records import EvalRow, Row, Summary, TrainRow
 from modexp.training import checkpoint
 from modexp.spec import TrainConfig
 from modexp.training import mfu
@@ -48,7 +49,7 @@ class Preempted(RuntimeError):
 class Logger(Protocol):
     """Where rows go (metrics file, progress bar); the trainer does not know which."""
 
-    def log(self, row: dict) -> None: ...
+    def log(self, row: Row) -> None: ...
 
 
 @dataclass
@@ -314,7 +315,7 @@ class Trainer:
         return t / self.ctx.world
 
     # ------------------------------------------------------------ the loop
-    def fit(self) -> dict:
+    def fit(self) -> Summary:
         """Train from the current step to plan.steps; return the summary of the finished run."""
         with self._prefetching():
             return self._fit()
@@ -341,15 +342,15 @@ class Trainer:
                 now = time.time()
                 row = self._train_row(sums, now - start_wall, s - step_log, now - t_log)
                 self.logger.log(row)
-                t_log, step_log, loss = now, s, row["train_loss"]
+                t_log, step_log, loss = now, s, row.train_loss
             if s in eval_at:
                 # the nominal fraction k/eval_points this step stands for (within half a step)
                 frac = round(s * self.cfg.eval_points / plan.steps) / self.cfg.eval_points
                 t_eval = time.time()
-                self.last_eval = {"kind": "eval", **self._position(), "budget_frac": frac,
-                                  **self.evaluate()}
+                ev = EvalRow(**self._position(), budget_frac=frac, **self.evaluate())
+                self.last_eval = ev.to_dict()  # the checkpoint keeps it as metrics.jsonl does
                 self.eval_time += time.time() - t_eval
-                self.logger.log(self.last_eval)
+                self.logger.log(ev)
             if ckpt_now:
                 self.save(time.time() - start_wall)
             if s in eval_at or ckpt_now:  # train rows' throughput covers training steps only
@@ -400,37 +401,38 @@ class Trainer:
         return {"step": self.step, "tokens": self.step * p.batch_size * p.seq_len,
                 "flops": self.step * p.flops_per_step}
 
-    def _train_row(self, sums: dict, wall: float, steps: int, secs: float) -> dict:
+    def _train_row(self, sums: dict, wall: float, steps: int, secs: float) -> TrainRow:
         """Losses and stats of the step, throughput over the `steps` trained in `secs`."""
         vals = {k: v.tolist() for k, v in sums.items()}  # one host sync per logged step
-        routed, p = vals.get("routed", []), self.plan
-        return {"kind": "train", **self._position(), "train_loss": vals["loss"],
-                "lm_loss": vals["lm_loss"], "aux_loss": vals.get("aux_loss"),
-                "predictor_loss": vals.get("predictor_loss"), "lr": vals["lr"],
-                "grad_norm": vals["grad_norm"], "predictor_grad_norm": vals.get("predictor_grad_norm"),
-                "routed_frac": routed,
-                "wall_time": wall, "tokens_per_s": steps * p.batch_size * p.seq_len / max(secs, 1e-9),
-                **mfu.throughput_fields(steps * p.flops_per_step, secs, self.ctx.peak_flops)}
-
-    def _summary(self, last_eval: dict, wall: float) -> dict:
         p = self.plan
-        return {"state": "done", "step": self.step, "flops": self.step * p.flops_per_step,
-                "final_eval_loss": last_eval.get("eval_loss"),
-                "final_eval_loss_causal": last_eval.get("eval_loss_causal"),
-                "predictor_acc": last_eval.get("predictor_acc"),
-                "predictor_acc_causal": last_eval.get("predictor_acc_causal"),
-                "predictor_precision_causal": last_eval.get("predictor_precision_causal"),
-                "predictor_recall_causal": last_eval.get("predictor_recall_causal"),
-                "predictor_acc_causal_ci": last_eval.get("predictor_acc_causal_ci"),
-                "routed_frac_causal": last_eval.get("routed_frac_causal"),
-                "routed_frac_causal_ci": last_eval.get("routed_frac_causal_ci"),
-                "routed_frac_topk": last_eval.get("routed_frac_topk"),  # = each layer's k/T
-                "threshold": last_eval.get("threshold"),
-                "wall_time": wall, "tokens_per_s": p.tokens / max(wall, 1e-9),
-                # over the whole wall time, evaluation and checkpoints included
-                **mfu.throughput_fields(self.step * p.flops_per_step, wall, self.ctx.peak_flops),
-                "eval_time": self.eval_time, "eval_share": self.eval_time / max(wall, 1e-9),
-                **peak_memory(self.ctx.device)}
+        return TrainRow(**self._position(), train_loss=vals["loss"], lm_loss=vals["lm_loss"],
+                        aux_loss=vals.get("aux_loss"), predictor_loss=vals.get("predictor_loss"),
+                        lr=vals["lr"], grad_norm=vals["grad_norm"],
+                        predictor_grad_norm=vals.get("predictor_grad_norm"),
+                        routed_frac=vals.get("routed", []), wall_time=wall,
+                        tokens_per_s=steps * p.batch_size * p.seq_len / max(secs, 1e-9),
+                        **mfu.throughput_fields(steps * p.flops_per_step, secs, self.ctx.peak_flops))
+
+    def _summary(self, last_eval: dict, wall: float) -> Summary:
+        """The finished run's summary: the last eval row's figures (`last_eval` as the
+        checkpoint keeps it; empty if the run never evaluated) and the run's throughput."""
+        p = self.plan
+        ev = EvalRow.from_dict(last_eval, "the checkpoint's last eval row") if last_eval else EvalRow()
+        return Summary(run_id=p.run_id, step=self.step, flops=self.step * p.flops_per_step,
+                       final_eval_loss=ev.eval_loss, final_eval_loss_causal=ev.eval_loss_causal,
+                       predictor_acc=ev.predictor_acc, predictor_acc_causal=ev.predictor_acc_causal,
+                       predictor_precision_causal=ev.predictor_precision_causal,
+                       predictor_recall_causal=ev.predictor_recall_causal,
+                       predictor_acc_causal_ci=ev.predictor_acc_causal_ci,
+                       routed_frac_causal=ev.routed_frac_causal,
+                       routed_frac_causal_ci=ev.routed_frac_causal_ci,
+                       routed_frac_topk=ev.routed_frac_topk,  # = each layer's k/T
+                       threshold=ev.threshold,
+                       wall_time=wall, tokens_per_s=p.tokens / max(wall, 1e-9),
+                       # over the whole wall time, evaluation and checkpoints included
+                       **mfu.throughput_fields(self.step * p.flops_per_step, wall, self.ctx.peak_flops),
+                       eval_time=self.eval_time, eval_share=self.eval_time / max(wall, 1e-9),
+                       **peak_memory(self.ctx.device))
 
 
 def ddp_wrap(model: torch.nn.Module, device_ids: list[int] | None) -> torch.nn.Module:

@@ -17,8 +17,8 @@ from modexp.variants import gate_one  # noqa: F401
 # isort: on
 from modexp.variants.base import VariantConfig
 from modexp.variants.registry import (BASELINE, CONTROL, TREATMENT, Entry, config_class, entries,
-                                      entry_of, kinds, named, of_run, register, registered,
+                                      entry_of, first, kinds, named, of_run, register, registered,
                                       unregister)
 
 __all__ = ["BASELINE", "CONTROL", "TREATMENT", "Entry", "VariantConfig", "config_class", "entries",
-           "entry_of", "kinds", "named", "of_run", "register", "registered", "unregister"]
+           "entry_of", "first", "kinds", "named", "of_run", "register", "registered", "unregister"]

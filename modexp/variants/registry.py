@@ -52,6 +52,13 @@ class Entry:
             raise ValueError(f"entry {self.name}: role in {ROLES}, score in {SCORES}")
 
     @property
+    def decides(self) -> bool:
+        """Whether its routed layers make a causal decision per token (what sampling and the
+        causal eval pass route by; the routing figures draw it): the entries scored by their
+        causal loss."""
+        return self.score == "causal"
+
+    @property
     def kind(self) -> str:
         """The spec's `kind` value of this entry's class."""
         return self.config.kind_name()
@@ -91,6 +98,11 @@ def registered(*entries: Entry) -> Iterator[tuple[Entry, ...]]:
 def entries() -> list[Entry]:
     """Every entry, in registration order (the built-ins first)."""
     return list(_ENTRIES.values())
+
+
+def first(role: str) -> Entry:
+    """The first registered entry of a role (the built-ins register first: vanilla, mod)."""
+    return next(e for e in _ENTRIES.values() if e.role == role)
 
 
 def kinds() -> list[str]:
