@@ -68,8 +68,8 @@ class _Rows:
     def __init__(self):
         self.rows = []
 
-    def log(self, row: dict) -> None:
-        self.rows.append(row)
+    def log(self, row) -> None:
+        self.rows.append(row.to_dict())  # a records.TrainRow or EvalRow
 
 
 def _losses(rows):
