@@ -29,7 +29,8 @@ from test_distributed import (_write, assert_one_set_of_rows, assert_same_curve,
 
 RANDOM = {"kind": "mod", "capacity": 0.25, "route_every": 2, "router": "random"}
 THREE = {**TINY["variants"], "random": RANDOM}  # vanilla, learned MoD, random routing
-FSDP = {**TINY, "name": "fsdp", "variants": THREE, "train": {**TINY["train"], "parallel": "fsdp"}}
+FSDP = {**TINY, "name": "fsdp", "variants": THREE,  # checkpointed blocks in FSDP units, as at scale
+        "train": {**TINY["train"], "parallel": "fsdp", "activation_checkpointing": True}}
 CFG = ModelConfig(name="t", n_layers=4, d_model=32, n_heads=2)
 VARIANTS = {"vanilla": VanillaVariant(kind="vanilla"),
             "mod": ModVariant(kind="mod", capacity=0.25, causal="predictor"),
@@ -71,6 +72,31 @@ def test_checkpointed_blocks_are_modules_with_their_keys(name):
         assert torch.equal(p.grad, q.grad), k  # the recomputed backward: the same bits
 
 
+def test_checkpointed_model_compiles_to_one_graph():
+    """Dynamo traces the checkpointed blocks (its checkpoint operator) without a graph break;
+    the counting backend runs the traced graph, whose loss and gradients are the eager ones."""
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    plain = build_model(CFG, VARIANTS["mod"], 64)
+    torch.manual_seed(0)
+    net = build_model(CFG, VARIANTS["mod"], 64)
+    checkpoint_blocks(net)
+    torch._dynamo.reset()
+    counters.clear()
+    counter = CompileCounter()
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    out, ref = torch.compile(net, backend=counter)(x, x), plain(x, x)
+    out.loss.backward()
+    ref.loss.backward()
+    assert counter.frame_count == 1 and not counters["graph_break"]
+    assert torch.equal(out.loss, ref.loss)
+    assert all(torch.allclose(p.grad, q.grad, rtol=1e-6, atol=1e-8)
+               for p, q in zip(net.parameters(), plain.parameters()))
+    torch._dynamo.reset()
+
+
 def test_activation_checkpointing_trains_and_resumes_bit_identical(tmp_path):
     off, on = _spec(tmp_path, "off"), _spec(tmp_path, "on", activation_checkpointing=True)
     run_sweep(off, tmp_path / "off")
@@ -100,6 +126,7 @@ def _folder_state(step: int) -> tuple[dict, dict]:
     return {"model": net.state_dict()}, {"step": step, "sched": {"last_epoch": step}}
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # one process: meant so
 def test_sharded_folder_verifies_falls_back_and_retires(tmp_path):
     for step in (2, 4, 6):  # one process: dcp writes one shard file, no process group
         C.save_sharded(*_folder_state(step), tmp_path, keep_every=4)
@@ -125,9 +152,24 @@ def test_sharded_folder_verifies_falls_back_and_retires(tmp_path):
     (tmp_path / ".ckpt.dcp.tmp" / "__0_0.distcp").write_bytes(b"half")
     assert C.clean_stale_temp(tmp_path) == [".ckpt.dcp.tmp"]
     assert C.retire(tmp_path, "every:4") == [C.DCP_PREV]
-    assert sorted(read_json(tmp_path / C.MANIFEST_FILE)) == ["ckpt.step4.dcp"]
+    assert C.DCP_PREV not in read_json(tmp_path / C.MANIFEST_FILE)
     assert not C.has_checkpoint(tmp_path)  # the damaged newest set aside, the previous retired
     assert set(C.retire(tmp_path, "none")) == {"ckpt.step4.dcp", C.MANIFEST_FILE}
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_resume_refuses_the_other_layout(write_spec, tmp_path):
+    spec = write_spec(variants={"vanilla": {"kind": "vanilla"}})
+    with pytest.raises(KeyboardInterrupt):  # checkpoint at step 5, killed at 8
+        run_sweep(spec, tmp_path, progress=StopAt(8))
+    run_dir = tmp_path / "tiny" / run_ids(spec)[0]
+    for name in (C.CKPT_FILE, C.PREV_FILE, C.MANIFEST_FILE):  # as an FSDP job leaves it
+        (run_dir / name).unlink(missing_ok=True)
+    C.save_sharded(*_folder_state(5), run_dir)
+    assert run_sweep(spec, tmp_path).outcomes == {run_ids(spec)[0]: "failed"}
+    error = read_json(run_dir / "summary.json")["error"]
+    assert "ckpt.dcp/" in error and "train.parallel" in error, error
+    assert (run_dir / C.DCP_DIR).is_dir()  # left for the settings that wrote it
 
 
 # ---------------------------------------------------------------- FSDP under torchrun
