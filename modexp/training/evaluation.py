@@ -24,12 +24,6 @@ def eval_pass(model, batches, routing: str, device: torch.device, autocast,
     if world == 1:
         return _summarize(mine, routing)
     import torch.distributed as dist
-    from torch.distributed.fsdp import FSDPModule
-
-    if isinstance(model, FSDPModule) and len(mine) < -(-len(batches) // world):
-        # a sharded model gathers its weights from every rank in each forward: a rank with
-        # one batch fewer runs one more (its score dropped), or the others would wait for it
-        _score(model, *batches[0], routing, device, autocast, starts[0])
 
     parts = [None] * world
     dist.all_gather_object(parts, [_to_cpu(s) for s in mine])
