@@ -143,24 +143,20 @@ class Trainer:
         writes ckpt.pt, or under FSDP every rank its shards of ckpt.dcp/ (checkpoint.py)."""
         if not (self.ctx.is_main or self.sharded):
             return
-        rest = {"step": self.step, "wall_time": wall, "cpu_rng": torch.get_rng_state(),
-                "run_id": self.plan.run_id, "last_eval": self.last_eval, "eval_time": self.eval_time}
-        if self.sharded:
-            rest |= {"sched": self.sched.state_dict()}
-        else:
-            rest = {"model": self.raw.state_dict(), "opt": self.opt.state_dict(),
-                    "sched": self.sched.state_dict(), **rest}
-            if self.pred_opt is not None:
-                rest["pred_opt"] = self.pred_opt.state_dict()
+        state = {"sched": self.sched.state_dict(), "step": self.step, "wall_time": wall,
+                 "cpu_rng": torch.get_rng_state(), "run_id": self.plan.run_id,
+                 "last_eval": self.last_eval, "eval_time": self.eval_time}
         if self.pred_opt is not None:
-            rest["pred_sched"] = self.pred_sched.state_dict()
+            state["pred_sched"] = self.pred_sched.state_dict()
         if self.ctx.device.type == "cuda":
-            rest["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
         if self.sharded:
             shards = parallel.sharded_state(self.raw, self._optimizers())
-            checkpoint.save_sharded(shards, rest, self.ckpt_path.parent, self.cfg.keep_every)
-        else:
-            checkpoint.save(rest, self.ckpt_path, self.cfg.keep_every)
+            checkpoint.save_sharded(shards, state, self.ckpt_path.parent, self.cfg.keep_every)
+            return
+        weights = {"model": self.raw.state_dict(),
+                   **{name: opt.state_dict() for name, opt in self._optimizers().items()}}
+        checkpoint.save(weights | state, self.ckpt_path, self.cfg.keep_every)
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The optimisers by their name in a checkpoint."""
@@ -181,11 +177,10 @@ class Trainer:
             self._refuse_other_layout()
             self._check_same_step()
             return 0
-        if not self.sharded:
+        if not self.sharded:  # (FSDP's shards are in place already)
             self.raw.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["opt"])
-            if self.pred_opt is not None:
-                self.pred_opt.load_state_dict(state["pred_opt"])
+            for name, opt in self._optimizers().items():
+                opt.load_state_dict(state[name])
         self.sched.load_state_dict(state["sched"])
         if self.pred_opt is not None:
             self.pred_sched.load_state_dict(state["pred_sched"])
