@@ -65,7 +65,7 @@ from modexp.training.checkpoint import CKPT_FILE  # noqa: E402
 from modexp.runs.metrics import read_json, read_metrics  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
 from modexp.training import mfu  # noqa: E402
-from modexp.training import train as T  # noqa: E402
+from modexp.training import parallel, train as T  # noqa: E402
 from modexp.training.optim import make_optimizers  # noqa: E402
 
 MOD = {"kind": "mod", "capacity": 0.125, "route_every": 2, "causal": "predictor"}
@@ -356,7 +356,7 @@ def _ddp_worker(rank: int, world: int, port: int, dry: bool) -> None:
             torch.manual_seed(0)
             net = build_model(ModelConfig(**setup.model), variant, setup.vocab, seq_len=setup.seq, device=device)
             opts = make_optimizers(net, TrainConfig(), device)
-            ddp = T.ddp_wrap(net, device_ids=None if dry else [rank])
+            ddp = parallel.ddp_wrap(net, device_ids=None if dry else [rank])
             gen = torch.Generator().manual_seed(rank)
             for _ in range(3):
                 tokens = torch.randint(0, setup.vocab, (2, setup.seq + 1), generator=gen).to(device)

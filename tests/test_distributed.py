@@ -98,12 +98,16 @@ def assert_one_set_of_rows(run_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     """One uninterrupted 2-process run of SPEC: (spec path, experiment folder, output)."""
-    root = tmp_path_factory.mktemp("ddp")
-    spec = _write(root / "spec.yaml", SPEC)
-    proc = torchrun(spec, root / "res")
+    return uninterrupted(tmp_path_factory.mktemp("ddp"), SPEC)
+
+
+def uninterrupted(root: Path, spec: dict) -> tuple[Path, Path, str]:
+    """A 2-process job of spec to its end in root: (spec path, experiment folder, output)."""
+    path = _write(root / "spec.yaml", spec)
+    proc = torchrun(path, root / "res")
     out = finish(proc)
     assert proc.returncode == 0, out
-    return spec, root / "res" / "ddp", out
+    return path, root / "res" / spec["name"], out
 
 
 def test_two_processes_match_one(ddp_run, tmp_path):
@@ -146,22 +150,27 @@ def _children(pid: int) -> list[int]:
 def test_resume_after_kill_under_torchrun(ddp_run, tmp_path):
     spec, straight, _ = ddp_run
     first = run_ids(spec)[0]
-    proc = torchrun(spec, tmp_path)
-    ckpt, deadline = tmp_path / "ddp" / first / "ckpt.pt", time.time() + 90
+    kill_and_resume(spec, tmp_path / "ddp" / first / "ckpt.pt")
+    for run_id in run_ids(spec):
+        assert_one_set_of_rows(tmp_path / "ddp" / run_id)
+        assert_same_curve(curve(tmp_path / "ddp" / run_id), curve(straight / run_id), tol=1e-6)
+
+
+def kill_and_resume(spec: Path, ckpt: Path) -> None:
+    """Start a 2-process job of spec into the results folder two levels above ckpt, kill
+    every process of it (SIGKILL) once ckpt exists, then run the same command to the end."""
+    results = ckpt.parents[2]
+    proc, deadline = torchrun(spec, results), time.time() + 90
     while not ckpt.exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
         time.sleep(0.01)
     for pid in [*_children(proc.pid), proc.pid]:  # a hard kill of every process of the job
         os.kill(pid, signal.SIGKILL)
     proc.communicate()
-    assert not (tmp_path / "ddp" / first / "summary.json").exists()  # killed mid-run
-
-    rerun = torchrun(spec, tmp_path)
+    assert not (ckpt.parent / "summary.json").exists()  # killed mid-run
+    rerun = torchrun(spec, results)
     out = finish(rerun)
     assert rerun.returncode == 0, out
-    for run_id in run_ids(spec):
-        assert_one_set_of_rows(tmp_path / "ddp" / run_id)
-        assert_same_curve(curve(tmp_path / "ddp" / run_id), curve(straight / run_id), tol=1e-6)
 
 
 def test_one_rank_failing_neither_hangs_nor_desyncs(tmp_path):

@@ -54,7 +54,7 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
                                        "results/<experiment>/<run_id>/)"])
     ckpt = run_dir / CKPT_FILE
     if not has_checkpoint(run_dir):
-        raise SpecError(str(run_dir), ["no checkpoint (ckpt.pt): the run has not trained yet "
+        raise SpecError(str(run_dir), ["no checkpoint (ckpt.pt or ckpt.dcp/): the run has not trained yet "
                                        "(modexp run SPEC)"])
     record = read_run(run_dir / RUN_FILE)  # records.RunRecord: one line if another schema
     spec, plan, run = parse_spec(record.spec, str(run_dir / RUN_FILE)), record.plan, record.to_dict()
@@ -271,7 +271,8 @@ def _largest(spec, name: str | None):
 def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
     """A run folder, a results folder, a spec file (or spec) -> the pair of models to compare."""
     from modexp.runs.metrics import RUN_FILE, read_json, read_run
-    from modexp.runs.runner import CKPT_FILE, PLAN_FILE
+    from modexp.runs.runner import PLAN_FILE
+    from modexp.training.checkpoint import has_checkpoint
     from modexp.data.facts import resolved_spec
     from modexp.spec import load_spec, parse_spec
 
@@ -293,7 +294,7 @@ def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
         spec = parse_spec(planned["spec"], str(target / PLAN_FILE))
         size = _largest(spec, model)
         done = [r["budget"] for r in planned["runs"]
-                if r["model"] == size.name and (target / r["run_id"] / CKPT_FILE).is_file()]
+                if r["model"] == size.name and has_checkpoint(target / r["run_id"])]
         runs = _runs(target, max(done), spec.seeds[0]) if done else {}
         return _pair(spec, size, runs, {}, device)
     raise SpecError(str(target), ["expected a run folder (run.json), a results folder "
@@ -303,12 +304,12 @@ def resolve(target, model: str | None = None, device: str = "cpu") -> Pair:
 def _runs(exp_dir: Path, budget: float, seed: int) -> dict[tuple[str, str], Path]:
     """(model, variant) -> run folder with a checkpoint, for one budget and seed."""
     from modexp.runs.metrics import RUN_FILE, read_run
-    from modexp.runs.runner import CKPT_FILE
+    from modexp.training.checkpoint import has_checkpoint
 
     found = {}
     for run_file in exp_dir.glob(f"*/{RUN_FILE}"):
         p = read_run(run_file).plan
-        if p["budget"] == budget and p["seed"] == seed and (run_file.parent / CKPT_FILE).is_file():
+        if p["budget"] == budget and p["seed"] == seed and has_checkpoint(run_file.parent):
             found[(p["model"], p["variant"])] = run_file.parent
     return found
 

@@ -247,13 +247,15 @@ class TrainConfig(_Strict):
     """torch.compile the model (top-k training path; static shapes)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward instead of keeping them
-    (torch.utils.checkpoint, non-reentrant, one block at a time): ~1/3 more compute per step,
-    activation memory of one block instead of every block. Same numbers (not fingerprinted)."""
+    (torch.utils.checkpoint, non-reentrant, one block at a time: training/parallel.py): every
+    block keeps only its input (B, T, d), for about one more forward of compute (~1/3 of a
+    step). Same numbers, bit for bit on a CPU (not fingerprinted)."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """How torchrun's processes share the model: `ddp` replicates it (each process holds every
     weight, gradient and AdamW state); `fsdp` shards them over the processes (FSDP2
-    fully_shard, one unit per block) for models that do not fit one device. One process: no
-    difference. Same numbers up to float reduction order (not fingerprinted)."""
+    fully_shard, one unit per block; checkpoints become the folder ckpt.dcp/: docs/scaling.md)
+    for models that do not fit one device. One process: no difference. Same numbers up to
+    float reduction order (not fingerprinted)."""
     prefetch: OnOffAuto = "auto"
     """Make the coming steps' batches on a background thread (two steps ahead, pinned memory
     on CUDA): `auto` on CUDA only (on the CPU the thread shares the step's cores:

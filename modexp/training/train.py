@@ -11,7 +11,6 @@ import math
 import os
 import resource
 import time
-import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from modexp.plan import RunPlan
 from modexp.records import EvalRow, Row, Summary, TrainRow
 from modexp.training import checkpoint
 from modexp.spec import TrainConfig
-from modexp.training import mfu
+from modexp.training import mfu, parallel
 from modexp.training.allocator import tune_cpu_allocator
 from modexp.training.calibrate import calibrate_on_training, fold_thresholds
 from modexp.training.evaluation import eval_pass
@@ -125,6 +124,9 @@ class Trainer:
         self.raw = model.to(ctx.device)
         if ctx.device.type == "cuda":  # summary's peak_mem_bytes: this run's, not the sweep's
             torch.cuda.reset_peak_memory_stats(ctx.device)
+        # before the optimisers: fully_shard replaces the parameters by DTensor shards
+        self.sharded = parallel.is_sharded(cfg, ctx.world)
+        self.ddp, self.model = parallel.parallelize(self.raw, cfg, ctx)
         self.lm_params, self.pred_params = split_params(self.raw)
         self.opt = make_optimizer(self.raw, cfg, ctx.device)
         self.pred_opt = make_predictor_optimizer(self.raw, cfg, ctx.device)
@@ -133,59 +135,56 @@ class Trainer:
             opt, lambda s: lr_factor(s, plan.steps, warm, cfg.min_lr))
         self.sched = sched(self.opt)
         self.pred_sched = sched(self.pred_opt) if self.pred_opt is not None else None
-        self.ddp = self._ddp(self.raw)
-        # compile outside DDP: Dynamo then splits graphs at DDP's buckets, so gradient
-        # all-reduce overlaps the backward; no_sync stays on self.ddp (run eagerly, not traced)
-        self.model = torch.compile(self.ddp, backend=ctx.compile_backend) if cfg.compile else self.ddp
         self.step, self.wall_offset, self.last_eval, self.notes = 0, 0.0, {}, []
         self.eval_time = 0.0
         self.micro, self.accum = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world)
 
-    def _ddp(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.ctx.world == 1:
-            return model
-        ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-        # each rank's draws start at its own global row: never overwritten by rank 0's
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            model, model.rank_local_buffers())
-        # every parameter gets a gradient each step (routers via the gate, predictors via
-        # their BCE), so DDP needs no search for unused parameters. No buffer broadcast
-        # before each forward: the buffers are the RoPE tables (made at build), the decision
-        # thresholds (folded from all-reduced quantiles, so equal on every rank: calibrate.py)
-        # and random routing's draw counter (advanced alike on every rank)
-        return ddp_wrap(model, ids)
-
     # ------------------------------------------------------------ checkpoints
     def save(self, wall: float) -> None:
-        """Atomically checkpoint model, optimizer, scheduler, step and RNG states (rank 0)."""
-        if not self.ctx.is_main:
+        """Atomically checkpoint model, optimizer, scheduler, step and RNG states: rank 0
+        writes ckpt.pt, or under FSDP every rank its shards of ckpt.dcp/ (checkpoint.py)."""
+        if not (self.ctx.is_main or self.sharded):
             return
-        state = {"model": self.raw.state_dict(), "opt": self.opt.state_dict(),
-                 "sched": self.sched.state_dict(), "step": self.step, "wall_time": wall,
+        state = {"sched": self.sched.state_dict(), "step": self.step, "wall_time": wall,
                  "cpu_rng": torch.get_rng_state(), "run_id": self.plan.run_id,
                  "last_eval": self.last_eval, "eval_time": self.eval_time}
         if self.pred_opt is not None:
-            state |= {"pred_opt": self.pred_opt.state_dict(), "pred_sched": self.pred_sched.state_dict()}
+            state["pred_sched"] = self.pred_sched.state_dict()
         if self.ctx.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
-        checkpoint.save(state, self.ckpt_path, self.cfg.keep_every)
+        if self.sharded:
+            shards = parallel.sharded_state(self.raw, self._optimizers())
+            checkpoint.save_sharded(shards, state, self.ckpt_path.parent, self.cfg.keep_every)
+            return
+        weights = {"model": self.raw.state_dict(),
+                   **{name: opt.state_dict() for name, opt in self._optimizers().items()}}
+        checkpoint.save(weights | state, self.ckpt_path, self.cfg.keep_every)
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers by their name in a checkpoint."""
+        return {"opt": self.opt} | ({"pred_opt": self.pred_opt} if self.pred_opt is not None else {})
 
     def resume(self) -> int:
         """Load the newest good checkpoint if any; return the step to continue from.
 
         Files passed over (corrupt, or killed mid-save) are described in self.notes."""
-        # onto the CPU, memory-mapped: load_state_dict copies each tensor to the device, and
-        # the RNG states stay the CPU ByteTensors torch.set_rng_state requires (loaded onto a
-        # GPU they raised TypeError, so no run could resume there)
-        state, self.notes = checkpoint.load(self.ckpt_path, "cpu", set_aside=self.ctx.is_main)
+        if self.sharded:
+            state = self._load_sharded()
+        else:
+            # onto the CPU, memory-mapped: load_state_dict copies each tensor to the device,
+            # and the RNG states stay the CPU ByteTensors torch.set_rng_state requires (loaded
+            # onto a GPU they raised TypeError, so no run could resume there)
+            state, self.notes = checkpoint.load(self.ckpt_path, "cpu", set_aside=self.ctx.is_main)
         if state is None:
+            self._refuse_other_layout()
             self._check_same_step()
             return 0
-        self.raw.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
+        if not self.sharded:  # (FSDP's shards are in place already)
+            self.raw.load_state_dict(state["model"])
+            for name, opt in self._optimizers().items():
+                opt.load_state_dict(state[name])
         self.sched.load_state_dict(state["sched"])
         if self.pred_opt is not None:
-            self.pred_opt.load_state_dict(state["pred_opt"])
             self.pred_sched.load_state_dict(state["pred_sched"])
         torch.set_rng_state(state["cpu_rng"].cpu())
         if "cuda_rng" in state and self.ctx.device.type == "cuda":
@@ -194,6 +193,32 @@ class Trainer:
         self.last_eval, self.eval_time = state["last_eval"], state.get("eval_time", 0.0)
         self._check_same_step()
         return self.step
+
+    def _load_sharded(self) -> dict | None:
+        """Under FSDP: rank 0 picks the newest folder that verifies and tells every rank,
+        which fills its shards of the model and optimisers from it; the trainer.pt state."""
+        run_dir = self.ckpt_path.parent
+        choice = [checkpoint.choose_sharded(run_dir)[::2] if self.ctx.is_main else None]
+        dist.broadcast_object_list(choice)
+        name, self.notes = choice[0]
+        if name is None:
+            return None
+        shards = parallel.sharded_state(self.raw, self._optimizers())
+        checkpoint.load_sharded(shards, run_dir / name)
+        parallel.load_sharded_state(self.raw, self._optimizers(), shards)
+        return torch.load(run_dir / name / checkpoint.TRAINER_FILE, map_location="cpu", mmap=True)
+
+    def _refuse_other_layout(self) -> None:
+        """A run resumes from the checkpoint layout its train.parallel writes: ckpt.pt (one
+        process, DDP) or ckpt.dcp/ (FSDP); the other's alone is not converted."""
+        run_dir = self.ckpt_path.parent
+        mine, other = ("ckpt.dcp/", checkpoint.CKPT_FILE) if self.sharded else \
+            (checkpoint.CKPT_FILE, "ckpt.dcp/")
+        if (run_dir / other.rstrip("/")).exists():
+            how = "fsdp over more than one process" if other.endswith("/") else "ddp (or one process)"
+            raise RuntimeError(f"{run_dir} holds {other}, written with train.parallel: {how}, and "
+                               f"no {mine}: resume it with the train.parallel and process count "
+                               "that wrote it")
 
     def _check_same_step(self) -> None:
         """Every rank must resume from rank 0's checkpoint (multi-node: a shared results folder)."""
@@ -251,7 +276,7 @@ class Trainer:
             sync = i == self.accum - 1 or self.ctx.world == 1
             # all-reduce once, after the last micro-batch; no_sync is entered once (a context
             # manager made by a generator cannot be re-entered) around forward and backward
-            with nullcontext() if sync else self.ddp.no_sync():
+            with parallel.accumulation_context(self.ddp, sync):
                 with self._autocast():
                     out = self.model(x, y)
                 (out.loss / self.accum).backward()
@@ -260,11 +285,11 @@ class Trainer:
                 quantiles.append(out.quantiles.detach())
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         # Two clips: the LM's norm is its own (the predictors' never scales the LM's step)
-        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.lm_params, clip)
+        sums["grad_norm"] = parallel.clip_grad_norm(self.lm_params, clip)
         sums["lr"] = torch.tensor(self.sched.get_last_lr()[0])
         opts = [(self.opt, self.sched)]
         if self.pred_opt is not None:
-            sums["predictor_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.pred_params, clip)
+            sums["predictor_grad_norm"] = parallel.clip_grad_norm(self.pred_params, clip)
             opts.append((self.pred_opt, self.pred_sched))
         for opt, sched in opts:
             opt.step()
@@ -433,17 +458,6 @@ class Trainer:
                        **mfu.throughput_fields(self.step * p.flops_per_step, wall, self.ctx.peak_flops),
                        eval_time=self.eval_time, eval_share=self.eval_time / max(wall, 1e-9),
                        **peak_memory(self.ctx.device))
-
-
-def ddp_wrap(model: torch.nn.Module, device_ids: list[int] | None) -> torch.nn.Module:
-    """DistributedDataParallel without a buffer broadcast before each forward. torch 2.13
-    deprecates broadcast_buffers for forward_sync_buffers, whose False still syncs buffers at
-    init; its own warning says to keep broadcast_buffers=False until then, so it is kept and
-    the warning silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
-                                                         broadcast_buffers=False)
 
 
 def _accumulate(sums: dict, out, accum: int) -> None:
