@@ -23,8 +23,9 @@ function `modexp run` calls, in this process. The checks:
 5. SDPA: a training forward and backward of each model with only the flash backend allowed.
 6. peak memory of one training step at 1.3B (d 2048 x 24) and 2.7B (d 2560 x 32), micro-batch
    1 at seq 2048, eager: the allocator's peak against modexp/memory.py's estimate, which must
-   bound it and fit the device. (Activation checkpointing is not built yet: the step runs
-   without it.)
+   bound it and fit the device; and 2.7B at the paper spec's micro-batch 8 with activation
+   checkpointing (train.activation_checkpointing), which must fit 80 GB (the H100's memory)
+   and stay under its estimate.
 7. DDP: where >= 2 GPUs are visible (dry run: 2 gloo processes), the same bare steps under
    DistributedDataParallel leave every rank's parameters equal to rank 0's.
 
@@ -47,7 +48,6 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,6 @@ from modexp.runs import runner  # noqa: E402
 from modexp.training.checkpoint import CKPT_FILE  # noqa: E402
 from modexp.runs.metrics import read_json, read_metrics  # noqa: E402
 from modexp.spec import ModelConfig, ModVariant, TrainConfig, VanillaVariant  # noqa: E402
-from modexp.training import mfu  # noqa: E402
 from modexp.training import parallel, train as T  # noqa: E402
 from modexp.training.optim import make_optimizers  # noqa: E402
 
@@ -275,10 +274,14 @@ def phase_throughput(specs: dict, results: Path, setup: Setup, ctx, peak: float 
 # ---------------------------------------------------------------- 4-6. TF32, SDPA, memory
 
 
-def bare_step(cfg: ModelConfig, variant, setup: Setup, device: torch.device, micro: int = 1):
-    """One forward, backward and AdamW step of a fresh model on random tokens (bf16 autocast)."""
+def bare_step(cfg: ModelConfig, variant, setup: Setup, device: torch.device, micro: int = 1,
+              checkpointed: bool = False):
+    """One forward, backward and AdamW step of a fresh model on random tokens (bf16 autocast);
+    `checkpointed`: every block recomputed in backward, as the Trainer does it."""
     torch.manual_seed(0)
     net = build_model(cfg, variant, setup.vocab, seq_len=setup.seq, device=device)
+    if checkpointed:
+        parallel.checkpoint_blocks(net)
     opts = make_optimizers(net, TrainConfig(), device)
     tokens = torch.randint(0, setup.vocab, (micro, setup.seq + 1), device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -308,27 +311,33 @@ def phase_device(setup: Setup, device: torch.device) -> tuple[list, list]:
         except RuntimeError as e:
             ok, why = False, f": {str(e).splitlines()[0][:120]}"
         checks.append((ok, f"{name}: a training step with only SDPA's {backend.name} backend{why}"))
-    for big in setup.big:
+    h100 = 80 * 10 ** 9
+    cases = [(big, 1, False) for big in setup.big] + [(setup.big[-1], 8, True)]
+    for big, micro, ckpt in cases:
         cfg = ModelConfig(**big)
         est = memory.training_memory(flops.arch_from_config(cfg, VARIANTS["vanilla"], setup.vocab),
-                                     setup.seq, 1, "bfloat16" if device.type == "cuda" else "float32")
+                                     setup.seq, micro, "bfloat16" if device.type == "cuda" else "float32",
+                                     activation_checkpointing=ckpt)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            bare_step(cfg, VARIANTS["vanilla"], setup, device)
+            bare_step(cfg, VARIANTS["vanilla"], setup, device, micro, ckpt)
             peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
             err = None
         except torch.OutOfMemoryError as e:
             peak, err = None, str(e).splitlines()[0][:100]
         total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-        rows.append((f"one step at {cfg.name} (micro 1, seq {setup.seq})",
+        if ckpt and total is not None:
+            total = min(total, h100)  # the target: one 80 GB GPU, whatever this one has
+        how = f"micro {micro}, seq {setup.seq}" + (", activation checkpointing" if ckpt else "")
+        rows.append((f"one step at {cfg.name} ({how})",
                      "peak " + (memory.size(peak) if peak else "n/a (CPU)" if err is None else "OOM"),
                      f"estimate {memory.size(est.total)}", ""))
         if device.type == "cuda":
             checks.append((err is None and peak <= est.total <= total,
-                           f"{cfg.name}: one step fits ({err or memory.size(peak)}), under the estimate "
-                           f"{memory.size(est.total)} and the device's {memory.size(total)}"))
+                           f"{cfg.name} ({how}): one step fits ({err or memory.size(peak)}), under the "
+                           f"estimate {memory.size(est.total)} and {memory.size(total)}"))
     return rows, checks
 
 

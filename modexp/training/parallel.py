@@ -108,6 +108,13 @@ def shard(model: nn.Module, device: torch.device) -> None:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    # FSDP2 warns when a unit returns a view (a block's x is its index_add's (B*T, d) result
+    # viewed as (B, T, d)), since an in-place op on such a view would skip the all-gather of
+    # backward. Nothing modifies a block's output in place (Transformer.forward hands it to
+    # the next block; every block's update is out of place), and tests/test_parallel.py holds
+    # FSDP's gradients to one process's, so the warning says nothing here.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor",
+                            category=UserWarning)
     for block in model.blocks:  # one unit per layer: its router and predictor with it
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)  # the embedding, the final norm, the head

@@ -508,4 +508,8 @@ def _known_peak(dev: torch.device) -> float | None:
 def teardown_context(ctx: Context) -> None:
     """End the process group setup_context started (after the last collective of the sweep)."""
     if ctx.owns_group and dist.is_initialized():
+        # every rank past its last collective before any tears its group down: a rank whose
+        # peer closed the connection while it still had gloo work in flight aborted at exit
+        # ("terminate called without an active exception", seen after an FSDP sweep)
+        dist.barrier()
         dist.destroy_process_group()
