@@ -183,3 +183,22 @@ def test_nan_is_kept_in_the_record_and_written_as_null(tmp_path):
     MetricsWriter(tmp_path).log(EvalRow(step=1, eval_loss=math.nan, eval_sequences=2))
     (row,) = read_rows(tmp_path / "metrics.jsonl")
     assert row.eval_loss is None and row.schema == R.SCHEMA
+
+
+def test_a_future_schema_run_json_is_refused_by_run_with_one_line_naming_it(trained, tmp_path):
+    """`modexp run` over a results folder whose run.json another schema wrote: the run is
+    named with the record's own line (not a settings diff), exit 2, nothing trained."""
+    import yaml
+
+    res = tmp_path / "res"
+    shutil.copytree(trained, res / "tiny")
+    run_file = next((res / "tiny").glob("*-mod-*")) / "run.json"
+    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), R.SCHEMA_KEY: 7}))
+    before = {p: p.stat().st_mtime_ns for p in res.rglob("*") if p.is_file()}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(TINY, sort_keys=False))
+    r = CliRunner().invoke(app, ["run", str(spec), "--results", str(res), "--device", "cpu", "-q"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    line = next(l for l in r.output.splitlines() if run_file.parent.name in l)
+    assert "unreadable" in line and "schema is 7" in line, line
+    assert {p: p.stat().st_mtime_ns for p in res.rglob("*") if p.is_file()} == before

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from modexp.runs import fingerprint as fp
-from modexp.runs.metrics import RUN_FILE, read_json
+from modexp.records import RecordError
+from modexp.runs.metrics import RUN_FILE, read_run
 from modexp.spec import SpecError
 
 PLAN_FILE = "plan.json"
@@ -51,7 +52,10 @@ def mismatches(exp_dir: Path, planned: dict[str, dict], spec_dict: dict, data: d
     for run_file in sorted(exp_dir.glob(f"*/{RUN_FILE}")):
         name = run_file.parent.name
         try:
-            old = fp.of_run_file(read_json(run_file))["fields"]
+            old = fp.of_run_file(read_run(run_file).to_dict())["fields"]
+        except RecordError as e:  # another schema (a newer modexp?), a field of the wrong type
+            found[name] = f"{RUN_FILE} is unreadable ({e})"
+            continue
         except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
             found[name] = f"{RUN_FILE} is unreadable ({type(e).__name__})"
             continue
