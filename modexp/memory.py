@@ -391,8 +391,10 @@ def fit_problems(spec, runs, micro: dict[int, int], device: str, world: int = 1,
     """One line per run (plan.RunPlan) of a spec whose training step cannot fit where it runs:
     training_memory against the free memory, RAM for the CPU, shared by the `local` processes
     of this machine, or under torchrun (`world` > 1) each rank's own GPU (LOCAL_RANK).
-    `micro`: run id (or batch size) -> sequences per forward pass of one process. `modexp run` refuses
-    such runs before it writes anything."""
+    `micro`: run id (or batch size) -> sequences per forward pass of one process. Estimated
+    under the spec's train.activation_checkpointing and, with train.parallel fsdp, its shards
+    over the `world` processes, as plan and `auto` estimate them. `modexp run` refuses such
+    runs before it writes anything."""
     cuda = device.startswith("cuda")
     if cuda and world > 1 and ":" not in device:
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
@@ -400,12 +402,13 @@ def fit_problems(spec, runs, micro: dict[int, int], device: str, world: int = 1,
     if free is None:
         return []
     here = 1 if cuda else local
+    ckpt, shards = spec.train.activation_checkpointing, world if spec.train.parallel == "fsdp" else 1
     models = {m.name: m for m in spec.models}
     problems = []
     for r in runs:
         arch = F.arch_from_config(models[r.model], spec.variants[r.variant], r.vocab)
         m = micro[r.run_id] if r.run_id in micro else micro[r.batch_size]
-        est = training_memory(arch, r.seq_len, m, "bfloat16" if cuda else "float32")
+        est = training_memory(arch, r.seq_len, m, "bfloat16" if cuda else "float32", ckpt, shards)
         if est.total * here > free:
             procs = f" x {here} processes" if here > 1 else ""
             problems.append(f"{r.run_id}: a training step needs about {est.summary()}{procs}, "

@@ -378,6 +378,23 @@ def test_memory_check_counts_the_processes_sharing_ram(write_spec, monkeypatch):
     assert "x 4 processes" in M.fit_problems(spec, plan.runs, {4: 4}, "cpu", 4, local=4)[0]
 
 
+
+def test_memory_check_counts_activation_checkpointing_and_fsdp_shards(write_spec, monkeypatch):
+    """The run's refusal estimates the step the Trainer will take: with checkpointing, or
+    sharded over the processes under fsdp, a step that fits is not refused."""
+    import modexp.memory as M
+    from modexp.plan import plan_file
+
+    spec, plan = plan_file(write_spec(variants={"v": {"kind": "vanilla"}}))
+    need = plan.runs[0].memory["total"]
+    monkeypatch.setattr(M, "cpu_available_bytes", lambda: need - 1)
+    assert M.fit_problems(spec, plan.runs, {4: 4}, "cpu")  # plain: one byte short
+    ckpt = spec.model_copy(update={"train": spec.train.model_copy(update={"activation_checkpointing": True})})
+    assert M.fit_problems(ckpt, plan.runs, {4: 4}, "cpu") == []
+    fsdp = spec.model_copy(update={"train": spec.train.model_copy(update={"parallel": "fsdp"})})
+    assert M.fit_problems(fsdp, plan.runs, {4: 4}, "cpu", 4) == []
+    assert M.fit_problems(fsdp, plan.runs, {4: 4}, "cpu", 1)  # one process: nothing to shard
+
 def test_memory_check_reads_the_gpu_on_a_cpu_machine(write_spec, monkeypatch):
     import torch
 
